@@ -1,0 +1,109 @@
+"""Run settings in one place: the ``ci`` (CPU, minutes) and ``full`` (GPU, paper-scale) profiles.
+
+Every chapter calls :func:`get_profile` once; the profile is chosen by, in order,
+
+1. the ``name`` argument,
+2. the environment variable ``MEDADV_PROFILE`` (``ci`` or ``full``),
+3. the hardware: ``full`` when CUDA is available, ``ci`` otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+PROFILE_ENV = "MEDADV_PROFILE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Settings shared by data loading, training and the experiments.
+
+    Attributes
+    ----------
+    name: ``"ci"`` or ``"full"``.
+    image_size: side length (pixels) every dataset is resized to.
+    n_train: training images per dataset (a seeded, class-stratified subset;
+        ``None`` = all).
+    n_test: test images per dataset (``None`` = all).
+    epochs: fine-tuning epochs.
+    batch_size: training batch size.
+    eval_batch_size: batch size for evaluation and feature extraction.
+    lr: AdamW learning rate for fine-tuning.
+    backbone: default backbone name (see :mod:`medadv_tutorial.models`).
+    num_threads: CPU threads for torch (fixed so results repeat; ``None`` = torch default).
+    """
+
+    name: str
+    image_size: int
+    n_train: int | None
+    n_test: int | None
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    lr: float
+    backbone: str
+    num_threads: int | None
+
+    def describe(self) -> str:
+        """One line stating the settings, for the chapters' printouts."""
+        fields = dataclasses.asdict(self)
+        return ", ".join(f"{k}={v}" for k, v in fields.items())
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(
+        name="ci",
+        image_size=128,
+        n_train=2000,
+        n_test=600,
+        epochs=2,
+        batch_size=32,
+        eval_batch_size=100,
+        lr=1e-3,
+        backbone="efficientnet_lite0",
+        num_threads=2,
+    ),
+    "full": Profile(
+        name="full",
+        image_size=224,
+        n_train=None,
+        n_test=None,
+        epochs=10,
+        batch_size=64,
+        eval_batch_size=256,
+        lr=3e-4,
+        backbone="efficientnet_lite0",
+        num_threads=None,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the active :class:`Profile`.
+
+    Parameters
+    ----------
+    name: ``"ci"`` or ``"full"``; if ``None``, read ``$MEDADV_PROFILE``, and if that
+        is unset, pick ``"full"`` on a CUDA machine and ``"ci"`` otherwise.
+    """
+    if name is None:
+        name = os.environ.get(PROFILE_ENV) or ("full" if torch.cuda.is_available() else "ci")
+    name = name.strip().lower()
+    if name not in PROFILES:
+        raise ValueError(
+            f"unknown profile {name!r} (from the argument or ${PROFILE_ENV}); "
+            f"choose one of {sorted(PROFILES)}"
+        )
+    return PROFILES[name]
+
+
+def default_device() -> torch.device:
+    """CUDA if available, then Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,263 @@
+"""Fine-tuning, evaluation and the checkpoint cache.
+
+Later chapters call :func:`get_model`, which loads a cached checkpoint keyed by
+dataset, backbone, profile and seed, and trains (then caches) the model when the
+checkpoint is absent -- so every chapter also runs on its own in a fresh runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from .models import Classifier, build_model
+from .profiles import Profile, get_profile
+
+CKPT_FORMAT = 1
+
+
+def seed_everything(seed: int, num_threads: int | None = None) -> None:
+    """Seed Python, NumPy and torch, and fix torch's CPU thread count (if given)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+
+
+def _as_dataset(data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return TensorDataset(*data)
+    raise TypeError(f"data must be a torch Dataset or an (x, y) tensor pair, got {type(data).__name__}")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool = False):
+    """Softmax probabilities and labels over a dataset, in eval mode.
+
+    Parameters
+    ----------
+    model: maps (N, C, H, W) images in [0, 1] to logits (N, K).
+    data: Dataset yielding (image (C, H, W) in [0, 1], label) or an (x, y) tensor pair.
+
+    Returns
+    -------
+    probs: float tensor (N, K) on the CPU.
+    labels: int64 tensor (N,) on the CPU.
+    """
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    probs, labels = [], []
+    loader = DataLoader(_as_dataset(data), batch_size=batch_size, shuffle=False)
+    for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        probs.append(model(x.to(device)).softmax(1).float().cpu())
+        labels.append(torch.as_tensor(y).long())
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, data, batch_size: int = 100, progress: bool = False) -> dict:
+    """Accuracy, AUROC and confusion matrix of ``model`` on ``data``.
+
+    Returns a dict with ``accuracy`` (float in [0, 1]), ``auroc`` (binary: of the
+    class-1 probability; multi-class: one-vs-rest macro average), ``confusion``
+    (K x K nested list, rows = true class, columns = predicted) and ``n``.
+    """
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    probs, labels = predict_proba(model, data, batch_size, progress)
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+    if len(torch.unique(labels)) < 2:
+        auroc = float("nan")
+    elif k == 2:
+        auroc = roc_auc_score(labels.numpy(), probs[:, 1].numpy())
+    else:
+        auroc = roc_auc_score(labels.numpy(), probs.numpy(), multi_class="ovr", labels=list(range(k)))
+    return {
+        "accuracy": float((pred == labels).float().mean()),
+        "auroc": float(auroc),
+        "confusion": confusion_matrix(labels.numpy(), pred.numpy(), labels=list(range(k))).tolist(),
+        "n": int(len(labels)),
+    }
+
+
+def fit(
+    model: nn.Module,
+    train_data,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    weight_decay: float = 1e-4,
+    hflip: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """Fine-tune ``model`` with AdamW and a cosine learning-rate schedule.
+
+    Deterministic for a given ``seed`` (shuffling and augmentation use their own
+    generator).  Augmentation: random horizontal flips (``hflip``).
+
+    Returns the history: one dict per epoch with ``epoch``, ``loss`` and ``accuracy``
+    (running averages over the epoch's training batches).
+    """
+    dataset = _as_dataset(train_data)
+    device = _device_of(model)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(dataset) > batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=max(1, epochs * len(loader)), pct_start=0.15, anneal_strategy="cos"
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    history = []
+    model.train()
+    for epoch in range(1, epochs + 1):
+        tot_loss, tot_correct, tot_n = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for x, y in bar:
+            x, y = x.to(device), torch.as_tensor(y).long().to(device)
+            if hflip:
+                flip = torch.rand(len(x), generator=gen) < 0.5
+                x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(-1), x)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += float(loss) * len(x)
+            tot_correct += int((logits.argmax(1) == y).sum())
+            tot_n += len(x)
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
+        history.append({"epoch": epoch, "loss": tot_loss / tot_n, "accuracy": tot_correct / tot_n})
+    model.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _cache_root() -> Path:
+    from .data import cache_dir
+
+    return Path(cache_dir()) / "checkpoints"
+
+
+def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int) -> str:
+    """File stem of a cached model: readable parts plus a hash of every profile setting."""
+    settings = json.dumps(dataclasses.asdict(profile), sort_keys=True)
+    digest = hashlib.sha256(f"{CKPT_FORMAT}|{settings}".encode()).hexdigest()[:10]
+    return f"{dataset}-{backbone}-{profile.name}-seed{seed}-{digest}"
+
+
+def save_checkpoint(path: Path, model: Classifier, meta: dict) -> None:
+    """Write ``{"state_dict", "meta"}`` atomically (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: Path, model: Classifier) -> dict:
+    """Load weights into ``model`` (``weights_only=True``) and return the stored metadata."""
+    blob = torch.load(path, map_location=_device_of(model), weights_only=True)
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return blob["meta"]
+
+
+def get_model(
+    dataset: str,
+    *,
+    profile: Profile | None = None,
+    seed: int = 0,
+    backbone: str | None = None,
+    device: torch.device | str | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> tuple[Classifier, dict]:
+    """A fine-tuned classifier for ``dataset``: loaded from the cache, or trained and cached.
+
+    Parameters
+    ----------
+    dataset: a name from :data:`medadv_tutorial.data.DATASETS`.
+    profile: settings (image size, subset sizes, epochs, ...); default :func:`get_profile`.
+    seed: seeds the data subset, the head initialisation, shuffling and augmentation.
+    backbone: default ``profile.backbone``.
+    device: where the model lives (default: CPU for ``ci``, else CUDA if available).
+    retrain: ignore an existing checkpoint.
+
+    Returns
+    -------
+    model: :class:`~medadv_tutorial.models.Classifier` in eval mode.
+    record: dict with ``dataset``, ``backbone``, ``profile``, ``seed``, ``classes``,
+        ``history`` (per-epoch loss/accuracy), ``test`` (see :func:`evaluate`),
+        ``n_train``, ``n_test``, ``train_seconds`` and ``cached`` (True when loaded).
+    """
+    from .data import load_dataset
+
+    profile = profile or get_profile()
+    backbone = backbone or profile.backbone
+    if device is None:
+        device = "cuda" if (profile.name != "ci" and torch.cuda.is_available()) else "cpu"
+    seed_everything(seed, profile.num_threads)
+    path = _cache_root() / f"{checkpoint_key(dataset, backbone, profile, seed)}.pt"
+
+    test = load_dataset(dataset, "test", profile=profile, seed=seed)
+    in_channels, num_classes = test.images.shape[1], len(test.classes)
+    model = build_model(backbone, num_classes, in_channels, profile.image_size, pretrained=not path.exists() or retrain)
+    model.to(device)
+    if path.exists() and not retrain:
+        meta = load_checkpoint(path, model)
+        meta["cached"] = True
+        return model, meta
+
+    import time
+
+    train = load_dataset(dataset, "train", profile=profile, seed=seed)
+    seed_everything(seed, profile.num_threads)
+    model.fc.reset_parameters()
+    t0 = time.perf_counter()
+    history = fit(model, train, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=seed, progress=progress)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "profile": profile.name,
+        "seed": seed,
+        "classes": list(test.classes),
+        "history": history,
+        "test": evaluate(model, test, batch_size=profile.eval_batch_size, progress=progress),
+        "n_train": len(train),
+        "n_test": len(test),
+        "train_seconds": seconds,
+    }
+    save_checkpoint(path, model, meta)
+    meta["cached"] = False
+    return model, meta

@@ -1,0 +1,103 @@
+"""Training: seeded determinism, evaluation with known answers, the checkpoint cache."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from medadv_tutorial import training
+from medadv_tutorial.models import build_model
+from medadv_tutorial.profiles import PROFILES, get_profile
+
+TINY = dataclasses.replace(PROFILES["ci"], name="tiny", image_size=32, n_train=64, n_test=40, epochs=1, batch_size=16)
+
+
+def _synthetic(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 3, 32, 32, generator=g) * 0.5
+    x[y == 1, :, :16] += 0.5  # class 1: bright upper half
+    return x.clamp(0, 1), y
+
+
+class _Fixed(nn.Module):
+    """Logits given directly by a lookup (for known-answer evaluation)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        idx = (x[:, 0, 0, 0] * 1000).round().long()
+        return self.logits[idx]
+
+
+def test_evaluate_known_answer():
+    x = (torch.arange(6).float() / 1000).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    # scores for class 1: 0.1 0.4 0.35 0.8 0.7 0.2 -> AUROC = 7/9; predictions 0 0 0 1 1 0
+    p1 = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.7, 0.2])
+    logits = torch.stack([torch.log(1 - p1), torch.log(p1)], 1)
+    m = _Fixed(logits)
+    out = training.evaluate(m, (x, y))
+    assert out["accuracy"] == pytest.approx(5 / 6)
+    assert out["auroc"] == pytest.approx(7 / 9)
+    assert out["confusion"] == [[3, 0], [1, 2]]
+    assert out["n"] == 6
+
+
+def _train_once(seed):
+    training.seed_everything(seed)
+    model = build_model("efficientnet_lite0", 2, 3, 32)
+    model.fc.reset_parameters()
+    hist = training.fit(model, _synthetic(96), epochs=4, batch_size=16, lr=3e-3, seed=seed, progress=False)
+    return model, hist
+
+
+def test_fit_is_deterministic_and_learns():
+    m1, h1 = _train_once(0)
+    m2, h2 = _train_once(0)
+    assert [e["epoch"] for e in h1] == [1, 2, 3, 4]
+    assert h1 == h2
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    x, y = _synthetic(64, seed=1)
+    assert training.evaluate(m1, (x, y))["accuracy"] >= 0.9
+    assert not m1.training  # fit leaves the model in eval mode
+
+
+def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
+    model = build_model("efficientnet_lite0", 2, 1, 32, pretrained=False)
+    path = tmp_path / "sub" / "m.pt"
+    training.save_checkpoint(path, model, {"history": [{"epoch": 1, "loss": 0.5}], "classes": ["a", "b"]})
+    assert path.exists() and not list(path.parent.glob("*.tmp"))
+    other = build_model("efficientnet_lite0", 2, 1, 32, pretrained=False)
+    meta = training.load_checkpoint(path, other)
+    assert meta["classes"] == ["a", "b"]
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_key_depends_on_every_setting():
+    ci = get_profile("ci")
+    k = training.checkpoint_key("chest_xray", "efficientnet_lite0", ci, 0)
+    assert k.startswith("chest_xray-efficientnet_lite0-ci-seed0-")
+    assert k != training.checkpoint_key("chest_xray", "efficientnet_lite0", ci, 1)
+    assert k != training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, epochs=3), 0)
+
+
+def test_get_model_trains_then_loads_from_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
+    m1, rec1 = training.get_model("pneumoniamnist", profile=TINY, progress=False)
+    assert rec1["cached"] is False
+    assert rec1["n_train"] == 64 and rec1["n_test"] == 40
+    assert rec1["classes"] == ["normal", "pneumonia"]
+    assert 0.0 <= rec1["test"]["accuracy"] <= 1.0 and len(rec1["history"]) == 1
+    assert len(list(tmp_path.rglob("*.pt"))) == 1
+    m2, rec2 = training.get_model("pneumoniamnist", profile=TINY, progress=False)
+    assert rec2["cached"] is True
+    assert rec2["test"] == rec1["test"]
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)

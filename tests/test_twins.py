@@ -1,0 +1,38 @@
+"""Every chapter notebook has a jupytext twin (``.py``, percent format) with the same cells."""
+
+from pathlib import Path
+
+import jupytext
+import pytest
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, f"no chapter notebooks found in {BOOK}"
+
+
+@pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.name)
+def test_twin_in_sync(ipynb):
+    twin = ipynb.with_suffix(".py")
+    assert twin.exists(), f"{ipynb.name} has no jupytext twin {twin.name}; run: jupytext --sync {ipynb}"
+    nb = jupytext.read(ipynb)
+    py = jupytext.read(twin)
+    assert _cells(nb) == _cells(py), (
+        f"{ipynb.name} and {twin.name} differ; run: jupytext --sync book/{ipynb.name}"
+    )
+
+
+@pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_outputs_and_colab_install_cell(ipynb):
+    nb = jupytext.read(ipynb)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert any(c.get("outputs") for c in code), f"{ipynb.name} has no stored outputs"
+    assert "medadv_tutorial" in code[0].source and "pip" in code[0].source, (
+        f"the first code cell of {ipynb.name} must install the package when it is missing"
+    )
