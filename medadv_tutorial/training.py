@@ -7,6 +7,7 @@ checkpoint is absent -- so every chapter also runs on its own in a fresh runtime
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,6 +43,21 @@ def _as_dataset(data) -> Dataset:
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return TensorDataset(*data)
     raise TypeError(f"data must be a torch Dataset or an (x, y) tensor pair, got {type(data).__name__}")
+
+
+def _labels_of(dataset) -> torch.Tensor:
+    labels = getattr(dataset, "labels", None)
+    if labels is None and isinstance(dataset, TensorDataset):
+        labels = dataset.tensors[1]
+    if labels is None:
+        labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    return torch.as_tensor(labels).long()
+
+
+def class_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency weights ``N / (K N_k)`` for integer labels (N,) -> (K,) float32."""
+    counts = torch.bincount(torch.as_tensor(labels).long()).float()
+    return len(labels) / (len(counts) * counts.clamp_min(1))
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -110,15 +126,19 @@ def fit(
     seed: int = 0,
     weight_decay: float = 1e-4,
     hflip: bool = True,
+    class_weighted: bool = False,
     progress: bool = True,
-) -> list[dict]:
-    """Fine-tune ``model`` with AdamW and a cosine learning-rate schedule.
+) -> dict:
+    """Fine-tune ``model`` with AdamW and a one-cycle (warm-up + cosine) learning-rate schedule.
 
     Deterministic for a given ``seed`` (shuffling and augmentation use their own
-    generator).  Augmentation: random horizontal flips (``hflip``).
+    generator).  Augmentation: random horizontal flips (``hflip``).  With
+    ``class_weighted`` the cross-entropy weights class ``k`` by ``N / (K N_k)``, the
+    inverse of its frequency in ``train_data`` (weights are 1 for a balanced set).
 
-    Returns the history: one dict per epoch with ``epoch``, ``loss`` and ``accuracy``
-    (running averages over the epoch's training batches).
+    Returns the history: ``{"epochs": [...], "step_loss": [...], "step_accuracy": [...]}``
+    where each epoch entry has ``epoch``, ``loss`` and ``accuracy`` (averages over that
+    epoch's training batches) and the ``step_*`` lists hold one value per batch.
     """
     dataset = _as_dataset(train_data)
     device = _device_of(model)
@@ -128,8 +148,9 @@ def fit(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=max(1, epochs * len(loader)), pct_start=0.15, anneal_strategy="cos"
     )
-    loss_fn = nn.CrossEntropyLoss()
-    history = []
+    weight = class_weights(_labels_of(dataset)).to(device) if class_weighted else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    history = {"epochs": [], "step_loss": [], "step_accuracy": []}
     model.train()
     for epoch in range(1, epochs + 1):
         tot_loss, tot_correct, tot_n = 0.0, 0, 0
@@ -145,11 +166,15 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            tot_loss += float(loss) * len(x)
-            tot_correct += int((logits.argmax(1) == y).sum())
+            correct = int((logits.argmax(1) == y).sum())
+            loss_value = loss.item()
+            tot_loss += loss_value * len(x)
+            tot_correct += correct
             tot_n += len(x)
+            history["step_loss"].append(loss_value)
+            history["step_accuracy"].append(correct / len(x))
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
-        history.append({"epoch": epoch, "loss": tot_loss / tot_n, "accuracy": tot_correct / tot_n})
+        history["epochs"].append({"epoch": epoch, "loss": tot_loss / tot_n, "accuracy": tot_correct / tot_n})
     model.eval()
     return history
 
@@ -192,6 +217,23 @@ def load_checkpoint(path: Path, model: Classifier) -> dict:
     return blob["meta"]
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive advisory lock on ``path`` (POSIX ``flock``; a no-op where unavailable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def get_model(
     dataset: str,
     *,
@@ -231,20 +273,28 @@ def get_model(
 
     test = load_dataset(dataset, "test", profile=profile, seed=seed)
     in_channels, num_classes = test.images.shape[1], len(test.classes)
-    model = build_model(backbone, num_classes, in_channels, profile.image_size, pretrained=not path.exists() or retrain)
-    model.to(device)
-    if path.exists() and not retrain:
-        meta = load_checkpoint(path, model)
-        meta["cached"] = True
-        return model, meta
+    # One process trains a given checkpoint; others (e.g. a second chapter run in parallel) wait.
+    with _file_lock(path.with_suffix(".lock")):
+        model = build_model(backbone, num_classes, in_channels, profile.image_size, pretrained=not path.exists() or retrain)
+        model.to(device)
+        if path.exists() and not retrain:
+            meta = load_checkpoint(path, model)
+            meta["cached"] = True
+            return model, meta
+        return model, _train_and_cache(model, path, dataset, backbone, profile, seed, test, progress)
 
+
+def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progress) -> dict:
     import time
+
+    from .data import load_dataset
 
     train = load_dataset(dataset, "train", profile=profile, seed=seed)
     seed_everything(seed, profile.num_threads)
     model.fc.reset_parameters()
     t0 = time.perf_counter()
-    history = fit(model, train, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=seed, progress=progress)
+    history = fit(model, train, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=seed,
+                  class_weighted=profile.class_weighted, progress=progress)
     seconds = time.perf_counter() - t0
     meta = {
         "dataset": dataset,
@@ -260,4 +310,4 @@ def get_model(
     }
     save_checkpoint(path, model, meta)
     meta["cached"] = False
-    return model, meta
+    return meta

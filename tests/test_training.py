@@ -48,6 +48,12 @@ def test_evaluate_known_answer():
     assert out["n"] == 6
 
 
+def test_class_weights_known_answer():
+    w = training.class_weights(torch.tensor([0, 0, 0, 1]))
+    torch.testing.assert_close(w, torch.tensor([4 / 6, 2.0]))
+    torch.testing.assert_close(training.class_weights(torch.tensor([0, 1, 2, 0, 1, 2])), torch.ones(3))
+
+
 def _train_once(seed):
     training.seed_everything(seed)
     model = build_model("efficientnet_lite0", 2, 3, 32)
@@ -59,7 +65,8 @@ def _train_once(seed):
 def test_fit_is_deterministic_and_learns():
     m1, h1 = _train_once(0)
     m2, h2 = _train_once(0)
-    assert [e["epoch"] for e in h1] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in h1["epochs"]] == [1, 2, 3, 4]
+    assert len(h1["step_loss"]) == 4 * (96 // 16)
     assert h1 == h2
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
@@ -94,7 +101,7 @@ def test_get_model_trains_then_loads_from_cache(tmp_path, monkeypatch):
     assert rec1["cached"] is False
     assert rec1["n_train"] == 64 and rec1["n_test"] == 40
     assert rec1["classes"] == ["normal", "pneumonia"]
-    assert 0.0 <= rec1["test"]["accuracy"] <= 1.0 and len(rec1["history"]) == 1
+    assert 0.0 <= rec1["test"]["accuracy"] <= 1.0 and len(rec1["history"]["epochs"]) == 1
     assert len(list(tmp_path.rglob("*.pt"))) == 1
     m2, rec2 = training.get_model("pneumoniamnist", profile=TINY, progress=False)
     assert rec2["cached"] is True

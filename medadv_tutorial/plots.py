@@ -1,0 +1,84 @@
+"""Figures used across chapters (matplotlib; each function returns the Figure)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def to_display(img: torch.Tensor) -> np.ndarray:
+    """(C, H, W) tensor in [0, 1] -> (H, W) or (H, W, 3) array for ``imshow``."""
+    a = img.detach().float().cpu().clamp(0, 1).numpy()
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def sample_grid(dataset, n_per_class: int = 4, seed: int = 0, title: str | None = None, size: float = 1.6):
+    """A grid of ``n_per_class`` random images per class (one row per class) with labels.
+
+    ``dataset`` is a :class:`medadv_tutorial.data.ImageDataset`.
+    """
+    g = torch.Generator().manual_seed(seed)
+    classes = dataset.classes
+    fig, axes = plt.subplots(len(classes), n_per_class, figsize=(size * n_per_class, size * len(classes)), squeeze=False)
+    for c, name in enumerate(classes):
+        idx = torch.nonzero(dataset.labels == c).flatten()
+        pick = idx[torch.randperm(len(idx), generator=g)[:n_per_class]]
+        for j in range(n_per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(pick):
+                img, _ = dataset[int(pick[j])]
+                ax.imshow(to_display(img), cmap="gray", vmin=0, vmax=1)
+            if j == 0:
+                ax.set_title(name, fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(records: dict[str, dict], smooth: int = 10):
+    """Per-batch training loss and accuracy (moving average over ``smooth`` batches).
+
+    ``records`` maps a display name to the record returned by
+    :func:`medadv_tutorial.training.get_model`.
+    """
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.2))
+    kernel = np.ones(smooth) / smooth
+    for name, rec in records.items():
+        loss = np.asarray(rec["history"]["step_loss"])
+        acc = np.asarray(rec["history"]["step_accuracy"])
+        k = min(smooth, len(loss))
+        steps = np.arange(k, len(loss) + 1)
+        ax_l.plot(steps, np.convolve(loss, kernel[:k] * smooth / k, mode="valid"), label=name)
+        ax_a.plot(steps, np.convolve(acc, kernel[:k] * smooth / k, mode="valid"), label=name)
+    ax_l.set(xlabel="training step (batch)", ylabel="cross-entropy", title="training loss")
+    ax_a.set(xlabel="training step (batch)", ylabel="accuracy", title="training accuracy", ylim=(0, 1.02))
+    ax_a.legend(fontsize=8)
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrices(records: dict[str, dict]):
+    """One confusion-matrix panel per record (rows = true class, columns = predicted)."""
+    fig, axes = plt.subplots(1, len(records), figsize=(3.3 * len(records), 3.0), squeeze=False)
+    for ax, (name, rec) in zip(axes[0], records.items()):
+        cm = np.asarray(rec["test"]["confusion"])
+        classes = rec["classes"]
+        ax.imshow(cm, cmap="Blues")
+        k = len(classes)
+        show_text = k <= 4
+        for i in range(k):
+            for j in range(k):
+                if show_text:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                            color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=9)
+        short = [c if len(c) <= 10 else c[:9] + "." for c in classes]
+        ax.set_xticks(range(k), short, rotation=45 if k > 2 else 0, ha="right" if k > 2 else "center", fontsize=7)
+        ax.set_yticks(range(k), short, fontsize=7)
+        ax.set(xlabel="predicted", ylabel="true", title=name)
+    fig.tight_layout()
+    return fig

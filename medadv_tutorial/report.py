@@ -1,0 +1,35 @@
+"""Small helpers for the chapters' printouts: tables that render in Jupyter and in the book."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def _fmt(v, digits: int) -> str:
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2) -> str:
+    """A GitHub-flavoured Markdown table; floats are rounded to ``digits`` decimals.
+
+    Rounding keeps stored notebook outputs stable across CPUs (the regression test
+    compares text) while the chapters assert their claims on the unrounded numbers.
+    """
+    if any(len(r) != len(headers) for r in rows):
+        raise ValueError("every row must have one value per header")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_fmt(v, digits) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def show_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2) -> None:
+    """Display :func:`markdown_table` as Markdown in a notebook (falls back to print)."""
+    text = markdown_table(rows, headers, digits)
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    except ImportError:  # pragma: no cover - outside IPython
+        print(text)
