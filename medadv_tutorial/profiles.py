@@ -29,6 +29,7 @@ class Profile:
         ``None`` = all).
     n_test: test images per dataset (``None`` = all).
     epochs: fine-tuning epochs.
+    dataset_epochs: per-data-set exceptions to ``epochs`` (see :meth:`epochs_for`).
     batch_size: training batch size.
     eval_batch_size: batch size for evaluation and feature extraction.
     lr: AdamW learning rate for fine-tuning.
@@ -43,12 +44,25 @@ class Profile:
     n_train: int | None
     n_test: int | None
     epochs: int
+    dataset_epochs: tuple[tuple[str, int], ...]
     batch_size: int
     eval_batch_size: int
     lr: float
     class_weighted: bool
     backbone: str
     num_threads: int | None
+
+    def epochs_for(self, dataset: str) -> int:
+        """Fine-tuning epochs for ``dataset`` (``dataset_epochs`` entry or ``epochs``)."""
+        return dict(self.dataset_epochs).get(dataset, self.epochs)
+
+    def training_settings(self, dataset: str) -> dict:
+        """Every setting that changes the trained weights of ``dataset``'s model."""
+        return {
+            "image_size": self.image_size, "n_train": self.n_train, "n_test": self.n_test,
+            "epochs": self.epochs_for(dataset), "batch_size": self.batch_size, "lr": self.lr,
+            "class_weighted": self.class_weighted, "backbone": self.backbone,
+        }
 
     def describe(self) -> str:
         """One line stating the settings, for the chapters' printouts."""
@@ -63,6 +77,10 @@ PROFILES: dict[str, Profile] = {
         n_train=2000,
         n_test=1000,
         epochs=2,
+        # Ten classes with 200 images each still underfit after two epochs (training
+        # accuracy 0.77 in epoch 2, loss still halving); the binary medical sets reach
+        # 0.97 training accuracy in two.
+        dataset_epochs=(("cifar10", 4),),
         batch_size=32,
         eval_batch_size=100,
         lr=1e-3,
@@ -78,6 +96,7 @@ PROFILES: dict[str, Profile] = {
         n_train=None,
         n_test=None,
         epochs=10,
+        dataset_epochs=(),
         batch_size=64,
         eval_batch_size=256,
         lr=3e-4,

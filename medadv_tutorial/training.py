@@ -189,8 +189,8 @@ def _cache_root() -> Path:
 
 
 def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int) -> str:
-    """File stem of a cached model: readable parts plus a hash of every profile setting."""
-    settings = json.dumps(dataclasses.asdict(profile), sort_keys=True)
+    """File stem of a cached model: readable parts plus a hash of the settings that shape it."""
+    settings = json.dumps(dict(profile.training_settings(dataset), backbone=backbone), sort_keys=True)
     digest = hashlib.sha256(f"{CKPT_FORMAT}|{settings}".encode()).hexdigest()[:10]
     return f"{dataset}-{backbone}-{profile.name}-seed{seed}-{digest}"
 
@@ -293,7 +293,7 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
     seed_everything(seed, profile.num_threads)
     model.fc.reset_parameters()
     t0 = time.perf_counter()
-    history = fit(model, train, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, seed=seed,
+    history = fit(model, train, epochs=profile.epochs_for(dataset), batch_size=profile.batch_size, lr=profile.lr, seed=seed,
                   class_weighted=profile.class_weighted, progress=progress)
     seconds = time.perf_counter() - t0
     meta = {

@@ -93,6 +93,14 @@ def test_checkpoint_key_depends_on_every_setting():
     assert k.startswith("chest_xray-efficientnet_lite0-ci-seed0-")
     assert k != training.checkpoint_key("chest_xray", "efficientnet_lite0", ci, 1)
     assert k != training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, epochs=3), 0)
+    assert k != training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, lr=1e-4), 0)
+    # settings that do not change the weights do not change the key
+    assert k == training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, eval_batch_size=7), 0)
+    # a per-data-set epoch count changes only that data set's key
+    more = dataclasses.replace(ci, dataset_epochs=(("cifar10", 9),))
+    assert k == training.checkpoint_key("chest_xray", "efficientnet_lite0", more, 0)
+    assert training.checkpoint_key("cifar10", "efficientnet_lite0", ci, 0) != training.checkpoint_key(
+        "cifar10", "efficientnet_lite0", more, 0)
 
 
 def test_get_model_trains_then_loads_from_cache(tmp_path, monkeypatch):

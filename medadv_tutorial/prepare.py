@@ -1,0 +1,56 @@
+"""Train (or find in the cache) every model the book uses, several at a time.
+
+Usage::
+
+    python -m medadv_tutorial.prepare                 # the book's three models, 2 processes
+    python -m medadv_tutorial.prepare --jobs 1 chest_xray
+
+Each chapter trains the models it needs when they are missing, so this step is optional;
+it only makes the first run of the book faster on a multi-core machine (each process
+uses the profile's thread count, so ``--jobs`` should not exceed cores / threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import time
+
+BOOK_MODELS = ("cifar10", "chest_xray", "retinamnist")  # longest first
+
+
+def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
+    from .profiles import get_profile
+    from .training import get_model
+
+    t0 = time.perf_counter()
+    _, rec = get_model(dataset, profile=get_profile(profile_name), seed=seed, progress=False)
+    return dataset, {"accuracy": rec["test"]["accuracy"], "cached": rec["cached"], "seconds": time.perf_counter() - t0}
+
+
+def prepare(datasets=BOOK_MODELS, jobs: int = 2, profile: str | None = None, seed: int = 0) -> dict[str, dict]:
+    """Make sure a checkpoint exists for each data set; returns ``{dataset: summary}``."""
+    out = {}
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_one, d, profile, seed) for d in datasets]
+        for fut in cf.as_completed(futures):
+            name, summary = fut.result()
+            out[name] = summary
+            state = "cached" if summary["cached"] else "trained"
+            print(f"{name}: {state}, test accuracy {summary['accuracy']:.3f} ({summary['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="*", default=list(BOOK_MODELS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--profile", default=None, help="ci or full (default: $MEDADV_PROFILE or by hardware)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    prepare(args.datasets, args.jobs, args.profile, args.seed)
+
+
+if __name__ == "__main__":
+    main()
