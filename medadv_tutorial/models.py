@@ -94,18 +94,20 @@ class Classifier(nn.Module):
         return (x - self.mean) / self.std
 
     def forward_features(
-        self, x: torch.Tensor, layers: list[str] | None = None
-    ) -> tuple[torch.Tensor, "OrderedDict[str, torch.Tensor]"]:
+        self, x: torch.Tensor, layers: list[str] | None = None, logits: bool = True
+    ) -> tuple[torch.Tensor | None, "OrderedDict[str, torch.Tensor]"]:
         """Logits and pooled features of every tap in one pass.
 
         Parameters
         ----------
         x: (N, C, H, W) images in [0, 1] (not checked here, to stay cheap inside attack loops).
         layers: names to return (default: all of :attr:`feature_names`).
+        logits: if False, stop after the deepest requested layer and return ``None``
+            for the logits (cheaper for shallow layers).
 
         Returns
         -------
-        logits: (N, num_classes)
+        logits: (N, num_classes), or None
         feats: ordered dict name -> (N, C_l) spatially averaged activations; differentiable.
         """
         wanted = set(self.feature_names if layers is None else layers)
@@ -120,9 +122,10 @@ class Classifier(nn.Module):
             key = "penultimate" if i == last else name
             if key in wanted:
                 feats[key] = h.mean(dim=(2, 3))
+                if not logits and len(feats) == len(wanted):
+                    return None, feats
         pooled = h.mean(dim=(2, 3))
-        logits = self.fc(self.dropout(pooled))
-        return logits, feats
+        return self.fc(self.dropout(pooled)), feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) in [0, 1] -> logits (N, num_classes)."""

@@ -48,6 +48,9 @@ def test_layer_subset_and_unknown_layer(lite):
     x = torch.rand(2, 1, 64, 64)
     _, feats = lite.forward_features(x, layers=["block3", "penultimate"])
     assert list(feats) == ["block3", "penultimate"]
+    logits, shallow = lite.forward_features(x, layers=["block3"], logits=False)
+    assert logits is None and list(shallow) == ["block3"]
+    torch.testing.assert_close(shallow["block3"], feats["block3"])
     with pytest.raises(KeyError, match="block99"):
         lite.forward_features(x, layers=["block99"])
 

@@ -1,0 +1,135 @@
+"""The stress test: how far can a tiny perturbation move a model's internal features?
+
+Two views of vulnerability, compared across data sets on the same backbone:
+
+* **decision vulnerability** (Ma et al.): attack success rate versus the budget eps,
+  see :func:`medadv_tutorial.attacks.success_curve`;
+* **representation vulnerability** (the HFC paper's stress test, this module): inside an
+  L-inf ball of radius eps, push the pooled features of a layer as far as possible in
+  one direction -- maximise, then minimise, their mean activation -- and measure the
+  displacement in units of the spread of that data set's clean features.
+
+For a layer with clean features :math:`h_c(x) \\in \\mathbb{R}^{C}` (spatially averaged), the
+"max" attack solves :math:`\\max_{\\|\\delta\\|_\\infty \\le \\epsilon} \\tfrac1C \\sum_c h_c(x+\\delta)`
+(the "min" attack the opposite) with the package's PGD loop, and the reported deviation is
+
+.. math:: D = \\frac{1}{C} \\sum_c \\frac{|h_c(x+\\delta) - h_c(x)|}{\\sigma_c},
+
+averaged over images, where :math:`\\sigma_c` is the standard deviation of channel ``c`` over
+the data set's clean images.  ``D = 1`` means the perturbation moved a typical channel by
+one clean standard deviation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attacks import iterative_attack
+from .checks import check_images
+
+
+def _zero_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.new_zeros(logits.shape[0])
+
+
+@torch.no_grad()
+def pooled_features(model, x: torch.Tensor, layers: list[str], batch_size: int = 100) -> dict[str, torch.Tensor]:
+    """Pooled clean features ``{layer: (N, C_l)}`` of ``x`` (N, C, H, W) in [0, 1], eval mode."""
+    check_images(x, "x", ndim=(4,))
+    was = model.training
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in layers}
+    for i in range(0, len(x), batch_size):
+        _, feats = model.forward_features(x[i : i + batch_size], layers=layers, logits=False)
+        for k in layers:
+            out[k].append(feats[k])
+    model.train(was)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def push_features(
+    model,
+    x: torch.Tensor,
+    layer: str,
+    *,
+    eps: float,
+    direction: int = +1,
+    steps: int = 10,
+    alpha: float | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """PGD that maximises (``direction=+1``) or minimises (``-1``) the mean pooled activation of ``layer``.
+
+    Parameters
+    ----------
+    model: a :class:`~medadv_tutorial.models.Classifier` (needs ``forward_features``).
+    x: (N, C, H, W) images in [0, 1].
+    eps: L-inf budget in pixel units (e.g. ``1/255``).
+
+    Returns the perturbed images (N, C, H, W) in [0, 1], within ``eps`` of ``x``.
+    """
+    if direction not in (-1, 1):
+        raise ValueError(f"direction must be +1 (maximise) or -1 (minimise), got {direction}")
+
+    def forward(m, xa):  # stop at ``layer``; the loop only needs logits' shape
+        _, feats = m.forward_features(xa, layers=[layer], logits=False)
+        return feats[layer].new_zeros(len(xa), 2), feats
+
+    def extra(xa, logits, feats):  # subtracted from the objective: -(+-mean) ascends +-mean
+        return -direction * feats[layer].mean(dim=1)
+
+    y = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    return iterative_attack(
+        model, x, y, eps=eps, alpha=alpha, steps=steps, random_start=True, seed=seed,
+        loss_fn=_zero_loss, extra_loss=extra, forward=forward,
+    )
+
+
+def feature_deviation(h_adv: torch.Tensor, h_clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image deviation ``mean_c |h_adv - h_clean| / sigma_c``: (N, C) x2, (C,) -> (N,)."""
+    return ((h_adv - h_clean).abs() / sigma.clamp_min(1e-8)).mean(dim=1)
+
+
+def stress_test(
+    model,
+    x: torch.Tensor,
+    layers: list[str],
+    *,
+    eps: float,
+    reference: torch.Tensor | None = None,
+    steps: int = 10,
+    batch_size: int = 50,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Representation vulnerability of ``model`` on images ``x``, layer by layer.
+
+    Parameters
+    ----------
+    x: (N, C, H, W) images in [0, 1] to perturb.
+    layers: tap names (see ``model.feature_names``).
+    eps: L-inf budget.
+    reference: clean images whose feature spread defines sigma (default: ``x``).
+
+    Returns ``{layer: {"max": D_max, "min": D_min, "mean": (D_max + D_min) / 2}}`` with the
+    mean deviations :math:`D` defined in the module docstring.
+    """
+    from tqdm.auto import tqdm
+
+    check_images(x, "x", ndim=(4,))
+    ref = x if reference is None else check_images(reference, "reference", ndim=(4,))
+    clean_ref = pooled_features(model, ref, layers)
+    sigma = {k: v.std(dim=0) for k, v in clean_ref.items()}
+    clean = pooled_features(model, x, layers)
+    out: dict[str, dict[str, float]] = {}
+    jobs = [(layer, d) for layer in layers for d in (+1, -1)]
+    for layer, d in tqdm(jobs, desc=f"stress test eps={eps * 255:.2g}/255", disable=not progress, leave=False):
+        devs = []
+        for i in range(0, len(x), batch_size):
+            xa = push_features(model, x[i : i + batch_size], layer, eps=eps, direction=d, steps=steps, seed=seed + i)
+            h = pooled_features(model, xa, [layer])[layer]
+            devs.append(feature_deviation(h, clean[layer][i : i + batch_size], sigma[layer]))
+        out.setdefault(layer, {})["max" if d > 0 else "min"] = float(torch.cat(devs).mean())
+    for v in out.values():
+        v["mean"] = (v["max"] + v["min"]) / 2
+    return out

@@ -1,0 +1,43 @@
+"""The stress test pushes features in the requested direction, inside the budget."""
+
+import torch
+
+from medadv_tutorial import stress
+from medadv_tutorial.models import build_model
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32).eval()
+
+
+def test_feature_deviation_known_answer():
+    h_clean = torch.zeros(2, 3)
+    h_adv = torch.tensor([[1.0, -2.0, 0.0], [0.0, 0.0, 3.0]])
+    sigma = torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(stress.feature_deviation(h_adv, h_clean, sigma), torch.tensor([2 / 3, 1 / 3]))
+
+
+def test_push_features_moves_the_mean_activation_both_ways():
+    model = _model()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    eps = 4 / 255
+    clean = stress.pooled_features(model, x, ["block5"])["block5"].mean(1)
+    up = stress.push_features(model, x, "block5", eps=eps, direction=+1, steps=5)
+    down = stress.push_features(model, x, "block5", eps=eps, direction=-1, steps=5)
+    for xa in (up, down):
+        assert (xa - x).abs().max() <= eps + 1e-7 and xa.min() >= 0 and xa.max() <= 1
+    hu = stress.pooled_features(model, up, ["block5"])["block5"].mean(1)
+    hd = stress.pooled_features(model, down, ["block5"])["block5"].mean(1)
+    assert (hu > clean).all() and (hd < clean).all()
+
+
+def test_stress_test_grows_with_eps():
+    model = _model()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    small = stress.stress_test(model, x, ["block3", "penultimate"], eps=0.5 / 255, steps=3, progress=False)
+    large = stress.stress_test(model, x, ["block3", "penultimate"], eps=8 / 255, steps=3, progress=False)
+    assert set(small) == {"block3", "penultimate"}
+    for layer in small:
+        assert set(small[layer]) == {"max", "min", "mean"}
+        assert large[layer]["mean"] > small[layer]["mean"] > 0
