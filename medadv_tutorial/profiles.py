@@ -32,6 +32,8 @@ class Profile:
     dataset_epochs: per-data-set exceptions to ``epochs`` (see :meth:`epochs_for`).
     batch_size: training batch size.
     eval_batch_size: batch size for evaluation and feature extraction.
+    n_attack: correctly classified test images attacked per data set in the experiments.
+    attack_steps: iterations of the iterative attacks (BIM, PGD, MIM, CW).
     lr: AdamW learning rate for fine-tuning.
     class_weighted: weight the cross-entropy by inverse class frequency of the training
         subset (medical training sets are imbalanced: Kermany's is 74% pneumonia).
@@ -47,6 +49,8 @@ class Profile:
     dataset_epochs: tuple[tuple[str, int], ...]
     batch_size: int
     eval_batch_size: int
+    n_attack: int
+    attack_steps: int
     lr: float
     class_weighted: bool
     backbone: str
@@ -83,6 +87,8 @@ PROFILES: dict[str, Profile] = {
         dataset_epochs=(("cifar10", 4),),
         batch_size=32,
         eval_batch_size=100,
+        n_attack=100,
+        attack_steps=10,
         lr=1e-3,
         class_weighted=True,
         backbone="efficientnet_lite0",
@@ -99,6 +105,8 @@ PROFILES: dict[str, Profile] = {
         dataset_epochs=(),
         batch_size=64,
         eval_batch_size=256,
+        n_attack=1000,
+        attack_steps=20,
         lr=3e-4,
         class_weighted=True,
         backbone="efficientnet_lite0",

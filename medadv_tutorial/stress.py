@@ -133,3 +133,24 @@ def stress_test(
     for v in out.values():
         v["mean"] = (v["max"] + v["min"]) / 2
     return out
+
+
+def input_gradient_l1(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+    """Per-image L1 norm of the input gradient of the cross-entropy, ``||grad_x L(f(x), y)||_1``: (N,).
+
+    To first order, the largest loss increase an L-inf perturbation of size eps can buy is
+    ``eps * ||grad_x L||_1``, so this norm measures how steep the loss is around each image
+    -- one of the explanations Ma et al. give for the vulnerability of medical models.
+    Computed in eval mode; ``x`` (N, C, H, W) in [0, 1], ``y`` (N,) true labels.
+    """
+    check_images(x, "x", ndim=(4,))
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(xb), y[i : i + batch_size], reduction="sum")
+        (g,) = torch.autograd.grad(loss, xb)
+        out.append(g.abs().flatten(1).sum(1).detach())
+    model.train(was)
+    return torch.cat(out)

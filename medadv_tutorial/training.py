@@ -311,3 +311,20 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
     save_checkpoint(path, model, meta)
     meta["cached"] = False
     return meta
+
+
+@torch.no_grad()
+def correctly_classified(model: nn.Module, data, n: int | None = None, batch_size: int = 100):
+    """The first ``n`` images of ``data`` (in data-set order) that ``model`` classifies correctly.
+
+    Attacks are evaluated on these: an image the model already gets wrong is no success of
+    an attack.  Returns ``(x (n, C, H, W) in [0, 1], y (n,) int64)`` on the CPU (fewer than
+    ``n`` if the data set has fewer correctly classified images; ``None`` = all of them).
+    """
+    probs, labels = predict_proba(model, data, batch_size)
+    keep = torch.nonzero(probs.argmax(1) == labels).flatten()
+    if n is not None:
+        keep = keep[:n]
+    ds = _as_dataset(data)
+    x = torch.stack([ds[int(i)][0] for i in keep])
+    return x, labels[keep]

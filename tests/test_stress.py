@@ -41,3 +41,15 @@ def test_stress_test_grows_with_eps():
     for layer in small:
         assert set(small[layer]) == {"max", "min", "mean"}
         assert large[layer]["mean"] > small[layer]["mean"] > 0
+
+
+def test_input_gradient_l1_matches_linear_model_known_answer():
+    # For a linear model the CE gradient wrt x is (p - e_y)^T W, so its L1 norm is known.
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    x = torch.rand(5, 3, 2, 2)
+    y = torch.tensor([0, 1, 0, 1, 1])
+    p = lin(x).softmax(1)
+    e = torch.nn.functional.one_hot(y, 2).float()
+    expect = ((p - e) @ lin[1].weight).abs().sum(1)
+    torch.testing.assert_close(stress.input_gradient_l1(lin, x, y), expect.detach())

@@ -116,3 +116,13 @@ def test_get_model_trains_then_loads_from_cache(tmp_path, monkeypatch):
     assert rec2["test"] == rec1["test"]
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_correctly_classified_known_answer():
+    x = (torch.arange(6).float() / 1000).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    p1 = torch.tensor([0.1, 0.4, 0.7, 0.8, 0.2, 0.9])  # wrong: index 2 and 4
+    logits = torch.stack([torch.log(1 - p1), torch.log(p1)], 1)
+    xs, ys = training.correctly_classified(_Fixed(logits), (x, y), n=3)
+    assert ys.tolist() == [0, 0, 1]
+    torch.testing.assert_close(xs[:, 0, 0, 0] * 1000, torch.tensor([0.0, 1.0, 3.0]))
