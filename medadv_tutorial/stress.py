@@ -12,12 +12,14 @@ Two views of vulnerability, compared across data sets on the same backbone:
 For a layer with clean features :math:`h_c(x) \\in \\mathbb{R}^{C}` (spatially averaged), the
 "max" attack solves :math:`\\max_{\\|\\delta\\|_\\infty \\le \\epsilon} \\tfrac1C \\sum_c h_c(x+\\delta)`
 (the "min" attack the opposite) with the package's PGD loop, and the reported deviation is
+the displacement in units of the clean cloud's root-mean-square radius,
 
-.. math:: D = \\frac{1}{C} \\sum_c \\frac{|h_c(x+\\delta) - h_c(x)|}{\\sigma_c},
+.. math:: D = \frac{\|h(x+\delta) - h(x)\|_2}{\sqrt{\mathbb{E}_{x'}\|h(x') - \mu\|_2^2}},
 
-averaged over images, where :math:`\\sigma_c` is the standard deviation of channel ``c`` over
-the data set's clean images.  ``D = 1`` means the perturbation moved a typical channel by
-one clean standard deviation.
+averaged over images, where the expectation and the mean :math:`\mu` are over the data set's
+clean images.  ``D = 1`` means the perturbation moved the feature vector as far as a typical
+clean image lies from the centre of the clean cloud.  (A per-channel normalisation would
+divide by the tiny spread of channels that are almost always zero after ReLU6 and blow up.)
 """
 
 from __future__ import annotations
@@ -85,9 +87,14 @@ def push_features(
     )
 
 
-def feature_deviation(h_adv: torch.Tensor, h_clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image deviation ``mean_c |h_adv - h_clean| / sigma_c``: (N, C) x2, (C,) -> (N,)."""
-    return ((h_adv - h_clean).abs() / sigma.clamp_min(1e-8)).mean(dim=1)
+def clean_radius(h: torch.Tensor) -> torch.Tensor:
+    """RMS distance of clean features (N, C) from their mean: a scalar tensor."""
+    return (h - h.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt()
+
+
+def feature_deviation(h_adv: torch.Tensor, h_clean: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Per-image deviation ``||h_adv - h_clean||_2 / radius``: (N, C) x2, scalar -> (N,)."""
+    return (h_adv - h_clean).norm(dim=1) / radius.clamp_min(1e-12)
 
 
 def stress_test(
@@ -109,7 +116,7 @@ def stress_test(
     x: (N, C, H, W) images in [0, 1] to perturb.
     layers: tap names (see ``model.feature_names``).
     eps: L-inf budget.
-    reference: clean images whose feature spread defines sigma (default: ``x``).
+    reference: clean images whose feature spread defines the radius (default: ``x``).
 
     Returns ``{layer: {"max": D_max, "min": D_min, "mean": (D_max + D_min) / 2}}`` with the
     mean deviations :math:`D` defined in the module docstring.
@@ -119,7 +126,7 @@ def stress_test(
     check_images(x, "x", ndim=(4,))
     ref = x if reference is None else check_images(reference, "reference", ndim=(4,))
     clean_ref = pooled_features(model, ref, layers)
-    sigma = {k: v.std(dim=0) for k, v in clean_ref.items()}
+    radius = {k: clean_radius(v) for k, v in clean_ref.items()}
     clean = pooled_features(model, x, layers)
     out: dict[str, dict[str, float]] = {}
     jobs = [(layer, d) for layer in layers for d in (+1, -1)]
@@ -128,7 +135,7 @@ def stress_test(
         for i in range(0, len(x), batch_size):
             xa = push_features(model, x[i : i + batch_size], layer, eps=eps, direction=d, steps=steps, seed=seed + i)
             h = pooled_features(model, xa, [layer])[layer]
-            devs.append(feature_deviation(h, clean[layer][i : i + batch_size], sigma[layer]))
+            devs.append(feature_deviation(h, clean[layer][i : i + batch_size], radius[layer]))
         out.setdefault(layer, {})["max" if d > 0 else "min"] = float(torch.cat(devs).mean())
     for v in out.values():
         v["mean"] = (v["max"] + v["min"]) / 2

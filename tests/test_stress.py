@@ -13,9 +13,11 @@ def _model():
 
 def test_feature_deviation_known_answer():
     h_clean = torch.zeros(2, 3)
-    h_adv = torch.tensor([[1.0, -2.0, 0.0], [0.0, 0.0, 3.0]])
-    sigma = torch.tensor([1.0, 2.0, 3.0])
-    torch.testing.assert_close(stress.feature_deviation(h_adv, h_clean, sigma), torch.tensor([2 / 3, 1 / 3]))
+    h_adv = torch.tensor([[3.0, -4.0, 0.0], [0.0, 0.0, 2.0]])
+    torch.testing.assert_close(stress.feature_deviation(h_adv, h_clean, torch.tensor(2.0)), torch.tensor([2.5, 1.0]))
+    # clean cloud: points at +-1 on each of 2 axes -> RMS radius 1
+    cloud = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    torch.testing.assert_close(stress.clean_radius(cloud), torch.tensor(1.0))
 
 
 def test_push_features_moves_the_mean_activation_both_ways():

@@ -1,0 +1,1215 @@
+"""Detectors of adversarial examples, all behind one fit / score API.
+
+Every detector is fitted on features of *clean* images and then gives one score per
+image, **higher = more adversarial**::
+
+    det = MGM(reg=1e-3).fit(clean_train)          # (N, d) penultimate features
+    s = det.score(feats)                          # (N,) float64, on feats' device
+    t = det.threshold(0.95)                       # keeps 95% of the clean training scores
+    flagged = det.predict(feats)                  # (N,) bool: s > t
+
+Features are torch tensors of shape ``(N, d)`` on any device (the ensembles take one
+such tensor per layer, as a dict ``{layer: (N, d_l)}``, the format of
+``Classifier.forward_features``).  Scores are ``torch.float64`` tensors of shape ``(N,)``
+on the device of the features.  Scoring an unfitted detector raises
+:class:`NotFittedError`.
+
+The detectors
+-------------
+=========  ====================  ===========================================================
+name       class                 idea (paper)
+=========  ====================  ===========================================================
+MGM        :class:`MGM`          one Gaussian over clean features, -log density (Li & Zhu 2020)
+MAHA       :class:`Mahalanobis`  min class-conditional Mahalanobis distance, tied covariance
+                                 (Lee et al. 2018), one layer
+MAHA-LR    :class:`MahaEnsemble` per-layer MAHA scores -> logistic regression (Lee et al.)
+KD         :class:`KD`           -log Gaussian kernel density of the predicted class
+                                 (Feinman et al. 2017)
+LID        :class:`LID`          local intrinsic dimensionality, MLE over k-NN (Ma et al. 2018)
+LID-LR     :class:`LIDDetector`  per-layer LID -> logistic regression (Ma et al. 2018)
+BU         :class:`BU`           MC-dropout variance of the softmax (Feinman et al. 2017);
+                                 scores *images* through a model
+OCSVM      :class:`OCSVM`        one-class SVM on standardised features (scikit-learn)
+ISO        :class:`ISO`          Isolation Forest on standardised features (scikit-learn)
+DNN        :class:`DNNDetector`  small MLP trained on clean vs adversarial features
+=========  ====================  ===========================================================
+
+:data:`DETECTORS` maps these names to the classes.  Each class says what it needs:
+``supervised`` (fit also takes ``adv_features``: features of adversarial or noisy images
+from a *training* attack, never the images the detector is evaluated on),
+``uses_labels`` (class labels at fit time) and ``input_kind`` (``"features"``,
+``"layers"`` or ``"images"``).
+
+The threshold rule
+------------------
+:meth:`Detector.threshold` returns the ``quantile`` (default 0.95) of the clean scores
+stored in ``reference_scores_`` -- by default the scores of the clean *training*
+features, computed at fit time (Li & Zhu's rule: keep 95% of clean training data).
+
+MGM, MAHA, KD and LID score each training point **leave-one-out**, i.e. with the model
+fitted on the other N - 1 points (exact; in closed form for the Gaussians).  In-sample
+scores would be useless for the rule: a training point is its own nearest neighbour, and
+in-sample Mahalanobis distances shrink as ``d`` approaches ``N`` (at d = 256, N = 1000 an
+in-sample 95% threshold keeps about 5% of new clean images, at d = 1280, N = 2000 none;
+leave-one-out keeps 95%).  OCSVM, ISO, DNN and the logistic regressions use in-sample
+scores, which are optimistic (the one-class SVM keeps ~93% of new clean images at d = 16
+and ~80% at d = 256); :meth:`Detector.calibrate` takes the threshold from held-out clean
+features instead.
+
+GPU kernels
+-----------
+MGM, MAHA, KD and LID run in torch, in float64, on the features' device (on Apple MPS,
+which has no float64, they compute on the CPU and return to MPS); their scores are
+differentiable with respect to the features.  OCSVM, ISO and the logistic regressions of
+the ensembles use scikit-learn on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import quantile_threshold
+
+__all__ = [
+    "BU",
+    "DETECTORS",
+    "DNNDetector",
+    "Detector",
+    "ISO",
+    "KD",
+    "LID",
+    "LIDDetector",
+    "MAHA",
+    "MGM",
+    "MahaEnsemble",
+    "Mahalanobis",
+    "NotFittedError",
+    "OCSVM",
+    "gaussian_kde_log_density",
+    "lid_mle",
+    "mc_dropout_variance",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_CHUNK_ELEMENTS = 1 << 24  # pairwise-distance blocks of at most 16M entries (128 MB in float64)
+
+
+class NotFittedError(RuntimeError, ValueError):
+    """Raised when a detector is used (score, threshold, predict) before :meth:`Detector.fit`."""
+
+
+# ---------------------------------------------------------------------------------------
+# input validation
+# ---------------------------------------------------------------------------------------
+
+
+def _check_features(x, name: str, d: int | None = None) -> torch.Tensor:
+    """``x`` must be a floating tensor (N, d), N >= 1, finite; ``d`` as fitted when given."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, d), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor of shape (N, d), got dtype {x.dtype}")
+    if x.ndim != 2:
+        expected = "(N, d)" if d is None else f"(N, {d})"
+        raise ValueError(f"{name} must have shape {expected} (one feature vector per row), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}, need at least one row")
+    if d is not None and x.shape[1] != d:
+        raise ValueError(f"{name} must have shape (N, {d}) as the features the detector was fitted on, "
+                         f"got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _check_labels(labels, n: int, name: str = "labels", device=None) -> torch.Tensor:
+    """``labels`` must be a non-negative integer tensor (n,); returned on ``device``."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer class indices with shape ({n},), "
+                        f"got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the features, got {tuple(labels.shape)}")
+    if n and int(labels.min()) < 0:
+        raise ValueError(f"{name} must be non-negative class indices, got min {int(labels.min())}")
+    return labels.to(device=device, dtype=torch.int64) if device is not None else labels.long()
+
+
+def _check_layers(features, name: str, expected: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Features of several layers -> ``{layer: (N, d_l)}`` with a common N.
+
+    Accepts a mapping ``{layer: tensor}``, a list/tuple of tensors (named "0", "1", ...)
+    or a single tensor (one layer, named "features").
+    """
+    if isinstance(features, torch.Tensor):
+        layers = {"features": features}
+    elif isinstance(features, Mapping):
+        layers = dict(features)
+    elif isinstance(features, Sequence) and not isinstance(features, str):
+        layers = {str(i): f for i, f in enumerate(features)}
+    else:
+        raise TypeError(f"{name} must be a dict {{layer: tensor (N, d_l)}}, a list of such tensors or one "
+                        f"tensor, got {type(features).__name__}")
+    if not layers:
+        raise ValueError(f"{name} holds no layer")
+    if expected is not None and list(layers) != list(expected):
+        missing = [k for k in expected if k not in layers]
+        extra = [k for k in layers if k not in expected]
+        if missing or extra:
+            raise ValueError(f"{name} must have the layers the detector was fitted on, {list(expected)}; "
+                             f"missing {missing}, unexpected {extra}")
+        layers = {k: layers[k] for k in expected}
+    out = {}
+    n = None
+    for k, v in layers.items():
+        v = _check_features(v, f"{name}[{k!r}]", None if expected is None else expected[k])
+        if n is None:
+            n = v.shape[0]
+        elif v.shape[0] != n:
+            raise ValueError(f"{name}: every layer must have the same number of rows; "
+                             f"{name}[{k!r}] has {v.shape[0]}, the first layer {n}")
+        out[k] = v
+    return out
+
+
+def _compute_device(device: torch.device) -> torch.device:
+    """float64 kernels run on the features' device, except MPS (no float64) -> CPU."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def _f64(x: torch.Tensor) -> torch.Tensor:
+    return x.to(_compute_device(x.device), torch.float64)
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)
+
+
+def _out(s: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Scores back on the features' device (float32 on MPS, which has no float64)."""
+    return s.to(device, torch.float32) if device.type == "mps" else s.to(device)
+
+
+# ---------------------------------------------------------------------------------------
+# base class
+# ---------------------------------------------------------------------------------------
+
+
+class Detector:
+    """Base class: ``fit(clean_features, labels=None)`` -> ``score(features)`` -> threshold / predict.
+
+    Subclasses implement ``_fit(x, labels)``, ``_score(x, labels)`` and optionally
+    ``_training_scores(x, labels)`` (default: ``_score`` on the training features).
+
+    Attributes after fit
+    --------------------
+    reference_scores_: (N_ref,) float64 clean scores the threshold is taken from (the
+        training features, or the set passed to :meth:`calibrate`).
+    n_features_in_: feature dimension ``d`` seen at fit (a dict for layered detectors).
+    """
+
+    name = "detector"
+    supervised = False  #: fit needs ``adv_features`` (adversarial/noisy features, label 1)
+    uses_labels = False  #: fit uses class labels (``labels``); score may need predicted classes
+    input_kind = "features"  #: "features" (N, d), "layers" {layer: (N, d_l)} or "images"
+
+    # -- helpers subclasses can override ----------------------------------------------
+    def _validate(self, x, name: str, fitting: bool):
+        return _check_features(x, name, None if fitting else self.n_features_in_)
+
+    @staticmethod
+    def _n_rows(x) -> int:
+        return next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]
+
+    @staticmethod
+    def _device(x) -> torch.device:
+        return next(iter(x.values())).device if isinstance(x, dict) else x.device
+
+    def _dim(self, x):
+        return {k: v.shape[1] for k, v in x.items()} if isinstance(x, dict) else x.shape[1]
+
+    def _training_scores(self, x, labels) -> torch.Tensor:
+        return self._score(x, labels)
+
+    def _params(self) -> dict:
+        return {}
+
+    # -- public API -----------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "reference_scores_", None) is not None
+
+    def _check_fitted(self, what: str) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call .fit(clean_features"
+                                 f"{', labels' if self.uses_labels else ''}) before .{what}()")
+
+    def fit(self, clean_features, labels=None):
+        """Fit on clean features (N, d); ``labels`` (N,) int class indices where used. Returns self."""
+        x = self._validate(clean_features, "clean_features", fitting=True)
+        y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
+        self.reference_scores_ = None
+        self._fit(x, y)
+        return self._finish_fit(x, y)
+
+    def _finish_fit(self, x, y):
+        self.n_features_in_ = self._dim(x)
+        self.reference_scores_ = torch.ones(1)  # mark fitted for the scoring below
+        try:
+            with torch.no_grad():
+                self.reference_scores_ = self._training_scores(x, y).detach().to(torch.float64)
+        except BaseException:
+            self.reference_scores_ = None
+            raise
+        return self
+
+    def score(self, features, labels=None) -> torch.Tensor:
+        """Scores (N,) float64 on the features' device; higher = more adversarial.
+
+        ``labels`` (N,) are the classes the classifier *predicts* for these images; only
+        detectors with ``uses_labels`` read them (KD needs them), the others ignore them.
+        """
+        self._check_fitted("score")
+        x = self._validate(features, "features", fitting=False)
+        y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
+        return _out(self._score(x, y), self._device(x))
+
+    def calibrate(self, clean_features, labels=None):
+        """Take the threshold from held-out clean features instead of the training ones. Returns self.
+
+        ``clean_features`` must be clean images that were neither used to fit the detector
+        nor are going to be evaluated.  Useful for the detectors whose training scores are
+        in-sample (OCSVM, ISO, DNN, the ensembles).
+        """
+        self._check_fitted("calibrate")
+        with torch.no_grad():
+            self.reference_scores_ = self.score(clean_features, labels).detach().to(torch.float64)
+        return self
+
+    def threshold(self, quantile: float = 0.95) -> float:
+        """Score threshold that keeps a fraction ``quantile`` of the clean reference scores.
+
+        The smallest reference score ``t`` with at least ``quantile`` of the reference
+        scores ``<= t`` (see :func:`medadv_tutorial.metrics.quantile_threshold`); images
+        with ``score > t`` are flagged.
+        """
+        self._check_fitted("threshold")
+        return quantile_threshold(self.reference_scores_, quantile)
+
+    def predict(self, features, labels=None, quantile: float = 0.95) -> torch.Tensor:
+        """(N,) bool on the features' device: True = flagged as adversarial (score > threshold)."""
+        self._check_fitted("predict")
+        return self.score(features, labels) > self.threshold(quantile)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+
+# ---------------------------------------------------------------------------------------
+# Gaussian models: MGM and Mahalanobis (tied covariance)
+# ---------------------------------------------------------------------------------------
+
+
+def _regularised_cholesky(cov: torch.Tensor, reg: float, n: int, who: str) -> torch.Tensor:
+    """Lower Cholesky factor R of ``cov + reg * I`` (float64), or a ValueError explaining ``reg``.
+
+    A covariance estimated from ``n <= d`` samples, or from features with duplicated or
+    constant columns, is singular; ``reg * I`` makes it positive definite.  Besides a
+    failed factorisation, a pivot ``R_ii**2`` below ``1e-10 * max(diag)`` counts as failure:
+    float64 rounding can let a singular matrix through with meaningless tiny pivots.
+    """
+    d = cov.shape[0]
+    sigma = cov + reg * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    R, info = torch.linalg.cholesky_ex(sigma)
+    diag = torch.diagonal(sigma)
+    pivots = torch.diagonal(R) ** 2
+    scale = float(diag.max()) if d else 1.0
+    bad = int(info) != 0 or not bool(torch.isfinite(R).all()) or float(pivots.min()) <= 1e-10 * max(scale, 1e-300)
+    if bad:
+        mean_var = float(torch.diagonal(cov).mean())
+        suggest = max(1e-3 * mean_var, 1e-8 * float(torch.diagonal(cov).max()), 1e-12)
+        why = f"n={n} samples <= d={d} dimensions" if n <= d else "correlated, duplicated or constant features"
+        raise ValueError(
+            f"{who}: the clean feature covariance (d={d}) is singular or nearly so ({why}), and reg={reg:g} "
+            f"is too small to make Sigma = cov + reg*I positive definite (Cholesky failed). "
+            f"Use a larger reg, e.g. reg={suggest:.3g} (1e-3 x the mean feature variance {mean_var:.3g})."
+        )
+    return R
+
+
+class _GaussianBase(Detector):
+    def __init__(self, reg: float = 1e-3, relative_reg: bool = False):
+        if not (isinstance(reg, (int, float)) and reg >= 0 and math.isfinite(reg)):
+            raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+        self.reg = float(reg)
+        self.relative_reg = bool(relative_reg)
+        self.reference_scores_ = None
+
+    def _params(self):
+        return {"reg": self.reg, "relative_reg": self.relative_reg}
+
+    def _effective_reg(self, cov: torch.Tensor) -> float:
+        return self.reg * float(torch.diagonal(cov).mean()) if self.relative_reg else self.reg
+
+    def _whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """z = R^-1 (x - shift)^T, shape (d, N), with the fitted factor (float64, compute device)."""
+        dev = _compute_device(x.device)
+        R = _on(self.cholesky_, dev)
+        return torch.linalg.solve_triangular(R, _f64(x).T, upper=False)
+
+
+class MGM(_GaussianBase):
+    """Multivariate Gaussian model of clean features (Li & Zhu, ISBI 2020).
+
+    Fit: ``mu`` = mean of the clean features, ``Sigma = cov + reg * I`` with ``cov`` the
+    unbiased sample covariance (divisor N - 1, as ``numpy.cov``) and ``reg`` the
+    regularisation lambda (absolute; with ``relative_reg=True`` it is multiplied by the
+    mean feature variance ``trace(cov) / d``, which makes it scale free).  With the
+    Cholesky factor ``Sigma = R R^T``::
+
+        log p(y) = -1/2 [ 2 sum_i log R_ii + ||R^-1 (y - mu)||^2 + d log(2 pi) ]
+
+    and the score is ``-log p(y)`` (a real number, unbounded; larger = less typical).
+    Everything runs in float64 with one batched ``solve_triangular``.  Training scores
+    (for the threshold) are exact leave-one-out scores with the same lambda.
+
+    ``labels`` are accepted and ignored (one Gaussian for all classes, as in the paper).
+
+    Raises ``ValueError`` at fit when ``reg`` is too small for a singular covariance
+    (``d >= N``, duplicated or constant features), suggesting a value.
+
+    Attributes: ``mean_`` (d,), ``covariance_`` (d, d) = cov + reg I, ``cholesky_`` (d, d)
+    lower factor R, ``reg_`` the lambda used; all float64.
+    """
+
+    name = "MGM"
+
+    def _fit(self, x, labels):
+        n, d = x.shape
+        if n < 2:
+            raise ValueError(f"clean_features must have at least 2 rows to estimate a covariance, got {n}")
+        x64 = _f64(x.detach())
+        mu = x64.mean(0)
+        xc = x64 - mu
+        cov = xc.T @ xc / (n - 1)
+        self.reg_ = self._effective_reg(cov)
+        self.cholesky_ = _regularised_cholesky(cov, self.reg_, n, "MGM")
+        self.mean_ = mu
+        self.covariance_ = cov + self.reg_ * torch.eye(d, dtype=cov.dtype, device=cov.device)
+        self._half_logdet = torch.log(torch.diagonal(self.cholesky_)).sum()
+
+    def log_density(self, features) -> torch.Tensor:
+        """log p(features) under the fitted Gaussian: (N,) float64 on the features' device."""
+        self._check_fitted("log_density")
+        x = self._validate(features, "features", fitting=False)
+        return _out(self._log_density(x), x.device)
+
+    def _log_density(self, x):
+        dev = _compute_device(x.device)
+        R = _on(self.cholesky_, dev)
+        z = torch.linalg.solve_triangular(R, (_f64(x) - _on(self.mean_, dev)).T, upper=False)  # (d, N)
+        maha = (z * z).sum(0)
+        d = x.shape[1]
+        return -0.5 * (2.0 * _on(self._half_logdet, dev) + maha + d * _LOG_2PI)
+
+    def _score(self, x, labels):
+        return -self._log_density(x)
+
+    def _training_scores(self, x, labels):
+        """Leave-one-out -log p of each training point, exact and in closed form.
+
+        Without point i (u = x_i - mu): mu_(i) = mu - u/(n-1) and
+        ``Sigma_(i) = cov_(i) + reg I = A - c u u^T`` with ``A = (n-1)/(n-2) cov + reg I``
+        and ``c = n / ((n-1)(n-2))``; Sherman-Morrison and the determinant lemma give
+        ``||x_i - mu_(i)||^2_Sigma_(i) = (n/(n-1))^2 a / (1 - c a)`` and
+        ``log det Sigma_(i) = log det A + log(1 - c a)`` with ``a = u^T A^-1 u``.
+        """
+        n, d = x.shape
+        if n < 3:
+            return self._score(x, labels)
+        x64 = _f64(x)
+        u = x64 - self.mean_
+        eye = torch.eye(d, dtype=x64.dtype, device=x64.device)
+        cov = self.covariance_ - self.reg_ * eye
+        R_A = _regularised_cholesky((n - 1) / (n - 2) * cov, self.reg_, n, "MGM")
+        zu = torch.linalg.solve_triangular(R_A, u.T, upper=False)
+        a = (zu * zu).sum(0)
+        one_minus = (1.0 - n / ((n - 1) * (n - 2)) * a).clamp_min(torch.finfo(torch.float64).tiny)
+        maha = (n / (n - 1)) ** 2 * a / one_minus
+        logdet = 2.0 * torch.log(torch.diagonal(R_A)).sum() + torch.log(one_minus)
+        return 0.5 * (logdet + maha + d * _LOG_2PI)
+
+
+class Mahalanobis(_GaussianBase):
+    """Mahalanobis-distance detector of one layer (Lee et al., NeurIPS 2018), alias ``MAHA``.
+
+    Fit: one mean ``mu_c`` per class and a *tied* covariance shared by all classes,
+    ``cov = 1/N sum_c sum_{i in c} (x_i - mu_c)(x_i - mu_c)^T`` (the maximum-likelihood
+    pooled covariance, as Lee et al.'s code with ``sklearn.covariance.EmpiricalCovariance``),
+    regularised to ``Sigma = cov + reg * I`` (see :class:`MGM` for ``reg`` and
+    ``relative_reg``).  Score::
+
+        M(y) = min_c (y - mu_c)^T Sigma^-1 (y - mu_c)
+
+    the *squared* Mahalanobis distance to the closest class mean (Lee et al.'s confidence
+    score with the sign flipped), in ``[0, inf)``.  ``labels`` at fit are the true classes
+    of the clean features; ``labels=None`` treats them as one class (then MAHA is MGM
+    without the log-determinant, with the 1/N covariance); with labels every class needs
+    >= 2 points.  Training scores (for the threshold) are exact leave-one-out scores.
+    Lee et al.'s input pre-processing (a small gradient step on the image) is not part of
+    this detector.
+
+    Attributes: ``classes_`` (C,) int64, ``means_`` (C, d), ``covariance_`` (d, d) = cov + reg I,
+    ``cholesky_`` (d, d), ``reg_``; float64.
+    """
+
+    name = "MAHA"
+    uses_labels = True
+
+    def _fit(self, x, labels):
+        n, d = x.shape
+        if n < 2:
+            raise ValueError(f"clean_features must have at least 2 rows to estimate a covariance, got {n}")
+        x64 = _f64(x.detach())
+        if labels is None:
+            labels = torch.zeros(n, dtype=torch.int64, device=x64.device)
+        labels = labels.to(x64.device)
+        classes, inverse = torch.unique(labels, return_inverse=True)
+        C = len(classes)
+        counts = torch.bincount(inverse, minlength=C).to(x64.dtype)
+        if C > 1 and float(counts.min()) < 2:
+            raise ValueError(f"Mahalanobis needs at least 2 clean training features per class, got class counts "
+                             f"{dict(zip(classes.tolist(), counts.long().tolist()))}")
+        means = torch.zeros(C, d, dtype=x64.dtype, device=x64.device).index_add_(0, inverse, x64) / counts[:, None]
+        xc = x64 - means[inverse]
+        cov = xc.T @ xc / n
+        self.reg_ = self._effective_reg(cov)
+        self.cholesky_ = _regularised_cholesky(cov, self.reg_, n, "Mahalanobis")
+        self.classes_ = classes
+        self.means_ = means
+        self._counts = counts
+        self.covariance_ = cov + self.reg_ * torch.eye(d, dtype=cov.dtype, device=cov.device)
+        self._white_means = torch.linalg.solve_triangular(self.cholesky_, means.T, upper=False)  # (d, C)
+
+    def class_distances(self, features) -> torch.Tensor:
+        """Squared Mahalanobis distances to every class mean: (N, C) float64 (columns follow ``classes_``)."""
+        self._check_fitted("class_distances")
+        x = self._validate(features, "features", fitting=False)
+        return _out(self._distances(x), x.device)
+
+    def _distances(self, x):
+        z = self._whiten(x)  # (d, N)
+        M = _on(self._white_means, z.device)
+        return torch.stack([((z - M[:, c : c + 1]) ** 2).sum(0) for c in range(M.shape[1])], dim=1)
+
+    def _score(self, x, labels):
+        return self._distances(x).min(dim=1).values
+
+    def _training_scores(self, x, labels):
+        """Leave-one-out score of each training point, exact and in closed form.
+
+        Without point i of class k (u = x_i - mu_k, n_k points, N in all): the other
+        class means stay, mu_k(i) = mu_k - u/(n_k-1), and
+        ``Sigma_(i) = A - c_i u u^T`` with ``A = N/(N-1) cov + reg I`` and
+        ``c_i = n_k / ((n_k-1)(N-1))``; Sherman-Morrison gives every class distance.
+        """
+        n, d = x.shape
+        if n < 3:
+            return self._score(x, labels)
+        x64 = _f64(x)
+        inv = (torch.zeros(n, dtype=torch.int64, device=x64.device) if labels is None
+               else torch.searchsorted(self.classes_, labels.to(x64.device)))
+        eye = torch.eye(d, dtype=x64.dtype, device=x64.device)
+        cov = self.covariance_ - self.reg_ * eye
+        R_A = _regularised_cholesky(n / (n - 1) * cov, self.reg_, n, "Mahalanobis")
+        zx = torch.linalg.solve_triangular(R_A, x64.T, upper=False)  # (d, N)
+        zm = torch.linalg.solve_triangular(R_A, self.means_.T, upper=False)  # (d, C)
+        zu = zx - zm[:, inv]
+        a = (zu * zu).sum(0)
+        nk = self._counts[inv]
+        c = nk / ((nk - 1.0) * (n - 1))
+        one_minus = (1.0 - c * a).clamp_min(torch.finfo(torch.float64).tiny)
+        cols = []
+        for k in range(zm.shape[1]):
+            zv = zx - zm[:, k : k + 1]
+            cols.append((zv * zv).sum(0) + c * (zv * zu).sum(0) ** 2 / one_minus)
+        dist = torch.stack(cols, dim=1)
+        own = (nk / (nk - 1.0)) ** 2 * a / one_minus
+        dist = dist.scatter(1, inv[:, None], own[:, None])
+        return dist.min(dim=1).values
+
+
+MAHA = Mahalanobis
+
+
+# ---------------------------------------------------------------------------------------
+# kernel density (KD)
+# ---------------------------------------------------------------------------------------
+
+
+def _pairwise_sq_dist(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """||a_i - b_j||^2 for a (m, d), b (n, d) -> (m, n), via one matrix product, clamped at 0."""
+    b_sq = (b * b).sum(1) if b_sq is None else b_sq
+    return ((a * a).sum(1)[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min(0.0)
+
+
+def gaussian_kde_log_density(features: torch.Tensor, train: torch.Tensor, bandwidth: float,
+                             *, exclude_self: bool = False) -> torch.Tensor:
+    """Log of the Gaussian kernel density estimate at ``features``, normalised.
+
+    ``log p(y) = logsumexp_i(-||y - x_i||^2 / (2 h^2)) - log n - d/2 log(2 pi) - d log h``,
+
+    the quantity ``sklearn.neighbors.KernelDensity(kernel="gaussian", bandwidth=h)
+    .fit(train).score_samples(features)`` returns (normalisation included), computed
+    exactly in float64 on the features' device in blocks of rows (distances by one matrix
+    product per block).
+
+    Parameters
+    ----------
+    features: (N, d).  train: (n, d) kernel centres.  bandwidth: h > 0.
+    exclude_self: ``features`` *is* ``train`` (same rows, same order) and each row's own
+        kernel is left out (leave-one-out density with ``n - 1`` centres).
+
+    Returns (N,) float64.
+    """
+    x, t = _f64(features), _on(_f64(train), _compute_device(features.device))
+    n, d = t.shape
+    if exclude_self and (x.shape != t.shape or n < 2):
+        raise ValueError("exclude_self=True needs features to be the training set itself, with n >= 2")
+    t_sq = (t * t).sum(1)
+    rows = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    out = []
+    for i in range(0, x.shape[0], rows):
+        d2 = _pairwise_sq_dist(x[i : i + rows], t, t_sq)
+        if exclude_self:
+            idx = torch.arange(i, i + d2.shape[0], device=d2.device)
+            d2 = d2.index_put((idx - i, idx), torch.tensor(float("inf"), dtype=d2.dtype, device=d2.device))
+        out.append(torch.logsumexp(-d2 / (2.0 * bandwidth**2), dim=1))
+    n_eff = n - 1 if exclude_self else n
+    return torch.cat(out) - (math.log(n_eff) + 0.5 * d * _LOG_2PI + d * math.log(bandwidth))
+
+
+class KD(Detector):
+    """Kernel density detector (Feinman et al., 2017).
+
+    A Gaussian kernel density estimate over the clean training features *of the class the
+    classifier predicts*: for features ``y`` with predicted class ``c``::
+
+        score(y) = -log p_c(y),   p_c = KDE over {x_i : label_i = c}, bandwidth h
+
+    ``log p_c`` is the normalised log density of
+    ``sklearn.neighbors.KernelDensity(kernel="gaussian", bandwidth=h)`` fitted on that
+    class (see :func:`gaussian_kde_log_density`), computed by brute force with a torch
+    ``logsumexp``.  (Far from the data, below a log density of about -50, scikit-learn's
+    tree-based evaluation is off by up to tens of nats even with ``rtol=atol=0``,
+    scikit-learn issue #7492; the logsumexp is exact there, which matters because
+    adversarial features live there.)
+    Adversarial features sit in low-density regions of the predicted (wrong) class.
+
+    Fit with ``labels`` (the true classes of the clean training features) and score with
+    ``labels`` = the *predicted* classes; fitted without labels, one KDE over all features
+    is used and score-time labels are ignored.  Training scores for the threshold are
+    leave-one-out (each point's own kernel removed), so each class needs >= 2 points.
+
+    Parameters
+    ----------
+    bandwidth: h > 0, in feature units (Feinman et al. tuned it per data set: 1.20 MNIST,
+        0.26 CIFAR-10); choose it on clean validation features, not on the attack.
+    """
+
+    name = "KD"
+    uses_labels = True
+
+    def __init__(self, bandwidth: float = 1.0):
+        if not (isinstance(bandwidth, (int, float)) and bandwidth > 0 and math.isfinite(bandwidth)):
+            raise ValueError(f"bandwidth must be a finite number > 0, got {bandwidth!r}")
+        self.bandwidth = float(bandwidth)
+        self.reference_scores_ = None
+
+    def _params(self):
+        return {"bandwidth": self.bandwidth}
+
+    def _fit(self, x, labels):
+        x = x.detach()
+        if labels is None:
+            self.classes_ = None
+            groups = {None: x}
+        else:
+            self.classes_ = torch.unique(labels)
+            groups = {int(c): x[labels == c] for c in self.classes_}
+        for c, g in groups.items():
+            if g.shape[0] < 2:
+                raise ValueError(f"KD needs at least 2 clean training features per class "
+                                 f"(leave-one-out threshold); class {c} has {g.shape[0]}")
+        self.class_features_ = {c: _f64(g) for c, g in groups.items()}
+
+    def _groups(self, labels, n, device):
+        if self.classes_ is None:
+            return [(None, torch.arange(n, device=device))]
+        if labels is None:
+            raise ValueError("KD was fitted with class labels: score(features, labels) needs labels (N,), "
+                             "the classes the classifier predicts for these features")
+        known = set(self.class_features_)
+        present = [int(c) for c in torch.unique(labels)]
+        unknown = [c for c in present if c not in known]
+        if unknown:
+            raise ValueError(f"labels contain classes {unknown} with no clean training features; "
+                             f"fitted classes: {sorted(known)}")
+        return [(c, torch.nonzero(labels == c).squeeze(1)) for c in present]
+
+    def _score(self, x, labels):
+        dev = _compute_device(x.device)
+        out = torch.empty(x.shape[0], dtype=torch.float64, device=dev)
+        pieces = []
+        for c, idx in self._groups(labels, x.shape[0], x.device):
+            train = _on(self.class_features_[c], dev)
+            pieces.append((idx.to(dev), -gaussian_kde_log_density(x[idx], train, self.bandwidth)))
+        if len(pieces) == 1 and len(pieces[0][0]) == x.shape[0]:
+            return pieces[0][1]
+        for idx, s in pieces:  # out-of-place scatter keeps the graph when features require grad
+            out = out.index_put((idx,), s)
+        return out
+
+    def _training_scores(self, x, labels):
+        dev = _compute_device(x.device)
+        out = torch.empty(x.shape[0], dtype=torch.float64, device=dev)
+        for c, idx in self._groups(labels, x.shape[0], x.device):
+            train = _on(self.class_features_[c], dev)
+            out[idx.to(dev)] = -gaussian_kde_log_density(train, train, self.bandwidth, exclude_self=True)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# local intrinsic dimensionality (LID)
+# ---------------------------------------------------------------------------------------
+
+
+def lid_mle(features: torch.Tensor, reference: torch.Tensor, k: int = 20, *, exclude_self: bool = False
+            ) -> torch.Tensor:
+    """Maximum-likelihood LID estimate of each row of ``features`` among ``reference``.
+
+    With ``r_1 <= ... <= r_k`` the Euclidean distances to the ``k`` nearest reference
+    points (Ma et al., ICLR 2018, after Amsaleg et al. 2015)::
+
+        LID(y) = -( (1/k) sum_{i=1..k} log(r_i / r_k) )^-1
+
+    in ``[0, inf)``; a duplicate of a reference point (``r_1 = 0``) gets 0, and ``k``
+    neighbours all at the same distance get ``+inf``.  Computed in float64 on the features'
+    device: ``torch.cdist`` and ``topk`` on blocks of rows.
+
+    Parameters
+    ----------
+    features: (N, d).  reference: (M, d) clean features (Ma et al.: the clean images of the
+        same minibatch).  k: number of neighbours, ``1 <= k <= M`` (``M - 1`` with exclude_self).
+    exclude_self: ``features`` *is* ``reference`` (same rows, same order) and a point is
+        not its own neighbour.  (Ma et al.'s code drops the nearest neighbour of *every*
+        point, also of adversarial ones; here only the point itself is excluded.)
+
+    Returns (N,) float64.
+    """
+    x = _f64(features)
+    ref = _on(_f64(reference), x.device)
+    m = ref.shape[0]
+    kmax = m - 1 if exclude_self else m
+    if not (isinstance(k, int) and 1 <= k <= kmax):
+        raise ValueError(f"k must be an int in [1, {kmax}] for a reference of {m} rows"
+                         f"{' (one excluded: the point itself)' if exclude_self else ''}, got {k!r}")
+    if exclude_self and x.shape != ref.shape:
+        raise ValueError("exclude_self=True needs features to be the reference set itself")
+    rows = max(1, _CHUNK_ELEMENTS // m)
+    out = []
+    for i in range(0, x.shape[0], rows):
+        dist = torch.cdist(x[i : i + rows], ref)
+        if exclude_self:
+            b = dist.shape[0]
+            mask = torch.zeros_like(dist, dtype=torch.bool)
+            mask[torch.arange(b, device=dist.device), torch.arange(i, i + b, device=dist.device)] = True
+            dist = dist.masked_fill(mask, float("inf"))
+        r = torch.topk(dist, k, dim=1, largest=False, sorted=True).values  # (b, k) ascending
+        rk = r[:, -1:]
+        ratio = r / rk.clamp_min(torch.finfo(torch.float64).tiny)
+        out.append(1.0 / (-torch.log(ratio)).mean(1).abs())
+    return torch.cat(out)
+
+
+class LID(Detector):
+    """Local intrinsic dimensionality of one layer (Ma et al., ICLR 2018), unsupervised.
+
+    Fit stores a *reference batch* of clean features; ``score(y) = lid_mle(y, reference, k)``
+    (see :func:`lid_mle`): adversarial features lie off the clean manifold, where the
+    k nearest clean neighbours are at similar distances and the estimate is large.
+    Training scores (threshold) are leave-one-out LIDs of the reference points.
+
+    The estimate depends on the size of the reference batch: compare scores computed
+    against the same reference.  ``labels`` are ignored.
+
+    Parameters
+    ----------
+    k: neighbours (Ma et al.: 20 for CIFAR-10 with minibatches of 100); the reference
+        batch needs at least ``k + 1`` rows.
+    """
+
+    name = "LID"
+
+    def __init__(self, k: int = 20):
+        if not (isinstance(k, int) and k >= 1):
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        self.k = k
+        self.reference_scores_ = None
+
+    def _params(self):
+        return {"k": self.k}
+
+    def _fit(self, x, labels):
+        if x.shape[0] < self.k + 1:
+            raise ValueError(f"LID with k={self.k} needs at least k+1={self.k + 1} clean reference "
+                             f"features, got {x.shape[0]}")
+        self.reference_ = _f64(x.detach())
+
+    def _score(self, x, labels):
+        return lid_mle(x, _on(self.reference_, _compute_device(x.device)), self.k)
+
+    def _training_scores(self, x, labels):
+        return lid_mle(self.reference_, self.reference_, self.k, exclude_self=True)
+
+
+# ---------------------------------------------------------------------------------------
+# supervised layer ensembles: per-layer scores -> logistic regression
+# ---------------------------------------------------------------------------------------
+
+
+class _LayerLR(Detector):
+    """Per-layer unsupervised scores combined by a logistic regression (scikit-learn).
+
+    Fit: one base detector per layer on ``clean_features`` (with ``labels``); then a
+    ``StandardScaler + LogisticRegression`` on the per-layer scores of clean features
+    (label 0) against ``adv_features`` (label 1).  Score: the regression's log-odds.
+    """
+
+    supervised = True
+    input_kind = "layers"
+
+    def __init__(self, C: float = 1.0, seed: int = 0):
+        self.C = float(C)
+        self.seed = int(seed)
+        self.reference_scores_ = None
+
+    def _validate(self, x, name, fitting):
+        return _check_layers(x, name, None if fitting else self.n_features_in_)
+
+    def _make_base(self) -> Detector:
+        raise NotImplementedError
+
+    def _layer_scores(self, x: dict, labels, training: bool) -> np.ndarray:
+        cols = []
+        for k, det in self.layer_detectors_.items():
+            s = det._training_scores(x[k], labels) if training else det._score(x[k], labels)
+            cols.append(s.detach().cpu().numpy())
+        return np.stack(cols, axis=1)
+
+    def fit(self, clean_features, labels=None, *, adv_features, clean_val_features=None):
+        """Fit the per-layer detectors and the logistic regression. Returns self.
+
+        Parameters
+        ----------
+        clean_features: {layer: (N, d_l)} clean *training* features (fit the per-layer
+            detectors; label 0 of the regression unless ``clean_val_features`` is given).
+        labels: (N,) int true classes of ``clean_features`` (MAHA class means); optional.
+        adv_features: {layer: (N_adv, d_l)} label-1 features: adversarial images of a
+            *training* attack, or noisy images (Lee et al.'s attack-free variant).  Never
+            the images the detector is evaluated on.
+        clean_val_features: {layer: (N_val, d_l)} held-out clean features (optionally
+            with noisy ones, as Ma et al. do) for label 0 of the regression; default: the
+            training features' own scores (leave-one-out for LID, in-sample for MAHA).
+
+        The threshold's reference scores are those of ``clean_features``.
+        """
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x = self._validate(clean_features, "clean_features", fitting=True)
+        dims = self._dim(x)
+        y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
+        adv = _check_layers(adv_features, "adv_features", dims)
+        self.reference_scores_ = None
+        self.layer_detectors_ = {}
+        for k, v in x.items():
+            det = self._make_base()
+            det._fit(v, y)
+            det.n_features_in_ = v.shape[1]
+            det.reference_scores_ = torch.ones(1)  # fitted; its own threshold is not used
+            self.layer_detectors_[k] = det
+        with torch.no_grad():
+            s_clean = self._layer_scores(x, y, training=True)
+            if clean_val_features is not None:
+                s_neg = self._layer_scores(_check_layers(clean_val_features, "clean_val_features", dims), None, False)
+            else:
+                s_neg = s_clean
+            s_adv = self._layer_scores(adv, None, training=False)
+        self.regression_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=1000,
+                                                                               random_state=self.seed))
+        target = np.r_[np.zeros(len(s_neg)), np.ones(len(s_adv))]
+        self.regression_.fit(np.concatenate([s_neg, s_adv]), target)
+        self.n_features_in_ = dims
+        self.reference_scores_ = torch.as_tensor(self.regression_.decision_function(s_clean), dtype=torch.float64)
+        return self
+
+    def _score(self, x, labels):
+        with torch.no_grad():
+            s = self._layer_scores(x, None, training=False)
+        return torch.as_tensor(self.regression_.decision_function(s), dtype=torch.float64)
+
+    def layer_scores(self, features) -> dict[str, torch.Tensor]:
+        """The unsupervised per-layer scores {layer: (N,) float64} that the regression combines."""
+        self._check_fitted("layer_scores")
+        x = self._validate(features, "features", fitting=False)
+        return {k: _out(det._score(x[k], None), x[k].device) for k, det in self.layer_detectors_.items()}
+
+
+class MahaEnsemble(_LayerLR):
+    """Layer ensemble of Mahalanobis scores (Lee et al., NeurIPS 2018), supervised.
+
+    Per layer, a :class:`Mahalanobis` detector (class means, tied covariance) on clean
+    training features; a logistic regression on the per-layer scores separates clean
+    features from ``adv_features`` (see :meth:`fit`).  The regression must be trained on
+    features of a *training* attack (or of noisy images), never on the images it is
+    evaluated on.  Score: the regression's log-odds (real, higher = more adversarial).
+
+    Parameters
+    ----------
+    reg, relative_reg: covariance regularisation of every layer (default: relative,
+        ``1e-3 x`` the layer's mean feature variance, since layers differ in scale).
+    C: inverse L2 strength of the logistic regression.  seed: its random_state.
+    """
+
+    name = "MAHA-LR"
+    uses_labels = True
+
+    def __init__(self, reg: float = 1e-3, relative_reg: bool = True, C: float = 1.0, seed: int = 0):
+        super().__init__(C=C, seed=seed)
+        Mahalanobis(reg, relative_reg)  # validate now
+        self.reg, self.relative_reg = float(reg), bool(relative_reg)
+
+    def _params(self):
+        return {"reg": self.reg, "relative_reg": self.relative_reg, "C": self.C, "seed": self.seed}
+
+    def _make_base(self):
+        return Mahalanobis(self.reg, self.relative_reg)
+
+
+class LIDDetector(_LayerLR):
+    """Layer ensemble of LID estimates (Ma et al., ICLR 2018), supervised.
+
+    Per layer, :class:`LID` with the clean training features as reference batch; a
+    logistic regression on the per-layer LIDs separates clean features from
+    ``adv_features`` (see :meth:`fit`; Ma et al. train it on clean + noisy images against
+    adversarial ones of the same attack on *training* images).  ``labels`` are not used.
+    Score: the regression's log-odds.
+
+    Parameters
+    ----------
+    k: neighbours of the LID estimate.  C, seed: logistic regression.
+    """
+
+    name = "LID-LR"
+
+    def __init__(self, k: int = 20, C: float = 1.0, seed: int = 0):
+        super().__init__(C=C, seed=seed)
+        LID(k)  # validate now
+        self.k = k
+
+    def _params(self):
+        return {"k": self.k, "C": self.C, "seed": self.seed}
+
+    def _make_base(self):
+        return LID(self.k)
+
+    def fit(self, clean_features, labels=None, *, adv_features, clean_val_features=None):
+        x = _check_layers(clean_features, "clean_features")
+        n = self._n_rows(x)
+        if n < self.k + 1:
+            raise ValueError(f"LIDDetector with k={self.k} needs at least k+1={self.k + 1} clean reference "
+                             f"features, got {n}")
+        return super().fit(x, labels, adv_features=adv_features, clean_val_features=clean_val_features)
+
+    fit.__doc__ = _LayerLR.fit.__doc__
+
+
+# ---------------------------------------------------------------------------------------
+# scikit-learn one-class models
+# ---------------------------------------------------------------------------------------
+
+
+class _SklearnOneClass(Detector):
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self.reference_scores_ = None
+
+    def _estimator(self):
+        raise NotImplementedError
+
+    def _fit(self, x, labels):
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.model_ = make_pipeline(StandardScaler(), self._estimator())
+        self.model_.fit(x.detach().to("cpu", torch.float64).numpy())
+
+    def _score(self, x, labels):
+        s = -self.model_.decision_function(x.detach().to("cpu", torch.float64).numpy())
+        return torch.as_tensor(s, dtype=torch.float64)
+
+
+class OCSVM(_SklearnOneClass):
+    """One-class SVM on standardised clean features (scikit-learn ``OneClassSVM``).
+
+    Score = ``-decision_function`` (positive outside the learned support, higher = more
+    adversarial).  Fit on clean features only; ``labels`` are ignored.  A competitor of
+    MGM in Li & Zhu (2020).  Its training scores are in-sample and optimistic: calibrate
+    the threshold on held-out clean features (:meth:`calibrate`).
+    Parameters: ``nu`` (fraction of training outliers allowed),
+    ``kernel``, ``gamma`` as in scikit-learn; ``seed`` is kept for a uniform API (the SVM
+    is deterministic).
+    """
+
+    name = "OCSVM"
+
+    def __init__(self, nu: float = 0.1, kernel: str = "rbf", gamma="scale", seed: int = 0):
+        super().__init__(seed)
+        self.nu, self.kernel, self.gamma = nu, kernel, gamma
+
+    def _params(self):
+        return {"nu": self.nu, "kernel": self.kernel, "gamma": self.gamma}
+
+    def _estimator(self):
+        from sklearn.svm import OneClassSVM
+
+        return OneClassSVM(nu=self.nu, kernel=self.kernel, gamma=self.gamma)
+
+
+class ISO(_SklearnOneClass):
+    """Isolation Forest on standardised clean features (scikit-learn ``IsolationForest``).
+
+    Score = ``-decision_function`` (higher = isolated faster = more anomalous).  Fit on
+    clean features only; ``labels`` are ignored.  ``seed`` is the forest's random_state.
+    A competitor of MGM in Li & Zhu (2020).
+    """
+
+    name = "ISO"
+
+    def __init__(self, n_estimators: int = 100, seed: int = 0):
+        super().__init__(seed)
+        self.n_estimators = int(n_estimators)
+
+    def _params(self):
+        return {"n_estimators": self.n_estimators, "seed": self.seed}
+
+    def _estimator(self):
+        from sklearn.ensemble import IsolationForest
+
+        return IsolationForest(n_estimators=self.n_estimators, random_state=self.seed)
+
+
+# ---------------------------------------------------------------------------------------
+# DNN detector
+# ---------------------------------------------------------------------------------------
+
+
+class DNNDetector(Detector):
+    """A small MLP that classifies features as clean (0) or adversarial (1), supervised.
+
+    ``d -> hidden -> hidden -> 1`` with ReLU, on features standardised with the mean and
+    standard deviation of the training set, trained with class-balanced binary
+    cross-entropy and Adam for a few epochs on clean features against ``adv_features`` of
+    a *training* attack (never the evaluation images).  Features may be one tensor (N, d)
+    or a dict of layers, which is concatenated in its key order (for example pooled
+    features of several blocks, the deep-feature detector of Ma et al. 2021).
+    Score: the logit (real, higher = more adversarial).  Seeded: the same seed and data
+    give the same network on the same device.  ``labels`` are ignored.
+    """
+
+    name = "DNN"
+    supervised = True
+
+    def __init__(self, hidden: int = 128, epochs: int = 20, lr: float = 1e-3, batch_size: int = 128,
+                 weight_decay: float = 1e-4, seed: int = 0):
+        self.hidden, self.epochs, self.lr = int(hidden), int(epochs), float(lr)
+        self.batch_size, self.weight_decay, self.seed = int(batch_size), float(weight_decay), int(seed)
+        self.reference_scores_ = None
+
+    def _params(self):
+        return {"hidden": self.hidden, "epochs": self.epochs, "lr": self.lr, "seed": self.seed}
+
+    def _validate(self, x, name, fitting):
+        if isinstance(x, torch.Tensor):
+            return _check_features(x, name, None if fitting else self.n_features_in_)
+        if not fitting and self._layer_dims is None:
+            raise TypeError(f"{name}: the detector was fitted on one tensor (N, {self.n_features_in_}); "
+                            "pass a tensor of that shape, not a dict of layers")
+        layers = _check_layers(x, name, None if fitting else self._layer_dims)
+        if fitting:
+            self._layer_dims = {k: v.shape[1] for k, v in layers.items()}
+        return torch.cat(list(layers.values()), dim=1)
+
+    def fit(self, clean_features, labels=None, *, adv_features):
+        """Train on clean (label 0) vs ``adv_features`` (label 1), same layout (N, d) or {layer: ...}."""
+        self._layer_dims = None
+        x = self._validate(clean_features, "clean_features", fitting=True)
+        if isinstance(adv_features, torch.Tensor):
+            a = _check_features(adv_features, "adv_features", x.shape[1])
+        else:
+            a = torch.cat(list(_check_layers(adv_features, "adv_features", self._layer_dims).values()), dim=1)
+        dev = x.device
+        x, a = x.detach().float(), a.detach().to(dev).float()
+        data = torch.cat([x, a])
+        target = torch.cat([torch.zeros(len(x), device=dev), torch.ones(len(a), device=dev)])
+        self.mean_ = data.mean(0)
+        self.std_ = data.std(0).clamp_min(1e-6)
+        data = (data - self.mean_) / self.std_
+        devices = [dev] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            net = nn.Sequential(nn.Linear(data.shape[1], self.hidden), nn.ReLU(),
+                                nn.Linear(self.hidden, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)).to(dev)
+        gen = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(len(x) / len(a), device=dev))
+        net.train()
+        with torch.enable_grad():
+            for _ in range(self.epochs):
+                perm = torch.randperm(len(data), generator=gen).to(dev)
+                for i in range(0, len(data), self.batch_size):
+                    idx = perm[i : i + self.batch_size]
+                    opt.zero_grad(set_to_none=True)
+                    loss_fn(net(data[idx]).squeeze(1), target[idx]).backward()
+                    opt.step()
+        net.eval().requires_grad_(False)
+        self.net_ = net
+        return self._finish_fit(x, None)
+
+    def _score(self, x, labels):
+        dev = self.mean_.device
+        z = (x.to(dev, torch.float32) - self.mean_) / self.std_
+        return self.net_(z).squeeze(1).to(torch.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# Bayesian uncertainty (MC dropout)
+# ---------------------------------------------------------------------------------------
+
+
+def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, *, batch_size: int = 256,
+                        seed: int | None = 0) -> torch.Tensor:
+    """Bayesian-uncertainty score of Feinman et al. (2017) by Monte-Carlo dropout.
+
+    Runs the model ``T = n_samples`` times with only its dropout layers active (every
+    other module, BatchNorm included, in eval mode) and returns, per input, the summed
+    variance of the softmax outputs::
+
+        U(x) = sum_c ( 1/T sum_t p_tc(x)^2 - (1/T sum_t p_tc(x))^2 )   in [0, 1)
+
+    Parameters
+    ----------
+    model: maps ``x`` to logits (N, C); must contain ``nn.Dropout``-type layers with p > 0.
+    x: (N, ...) model inputs (images in [0, 1] for the book's classifiers).
+    n_samples: T >= 2.  batch_size: inputs per forward pass.
+    seed: seeds the dropout masks (the global RNG is left untouched); None = global RNG.
+
+    Returns (N,) float64 on ``x``'s device.  The model's train/eval flags are restored.
+    """
+    from torch.nn.modules.dropout import _DropoutNd
+
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty floating tensor (N, ...), got "
+                         f"{type(x).__name__ if not isinstance(x, torch.Tensor) else (x.dtype, tuple(x.shape))}")
+    if not (isinstance(n_samples, int) and n_samples >= 2):
+        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    drops = [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
+    if not drops:
+        raise ValueError("model has no dropout layer with p > 0: the MC-dropout variance would be 0 for "
+                         "every input (BU needs a model with dropout)")
+    modes = {m: m.training for m in model.modules()}
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        model.eval()
+        for m in drops:
+            m.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = []
+            for i in range(0, len(x), batch_size):
+                xb = x[i : i + batch_size]
+                s1 = s2 = 0.0
+                for _ in range(n_samples):
+                    p = torch.softmax(model(xb).double(), dim=1)
+                    s1, s2 = s1 + p, s2 + p * p
+                mean = s1 / n_samples
+                out.append((s2 / n_samples - mean * mean).sum(1).clamp_min(0.0))
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+    return torch.cat(out)
+
+
+class BU(Detector):
+    """Bayesian-uncertainty detector (Feinman et al., 2017): MC-dropout variance of a model.
+
+    Unlike the feature detectors, BU scores *model inputs* (images), through ``model``:
+    ``score(x) = mc_dropout_variance(model, x, n_samples)`` (see there), higher = more
+    uncertain = more adversarial.  ``fit(clean_images)`` only records the clean scores
+    for the threshold.  Needs a model with dropout (the book's EfficientNet-Lite0 has
+    dropout before its linear head; ResNet-50 has none).
+    """
+
+    name = "BU"
+    input_kind = "images"
+
+    def __init__(self, model: nn.Module, n_samples: int = 20, batch_size: int = 256, seed: int = 0):
+        self.model, self.n_samples, self.batch_size, self.seed = model, int(n_samples), int(batch_size), seed
+        self.reference_scores_ = None
+
+    def _params(self):
+        return {"n_samples": self.n_samples, "seed": self.seed}
+
+    def _validate(self, x, name, fitting):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+            raise ValueError(f"{name} must be a non-empty floating tensor of model inputs (N, C, H, W)")
+        if not fitting and tuple(x.shape[1:]) != self.n_features_in_:
+            raise ValueError(f"{name} must have shape (N, {', '.join(map(str, self.n_features_in_))}) as at fit, "
+                             f"got {tuple(x.shape)}")
+        return x
+
+    def _dim(self, x):
+        return tuple(x.shape[1:])
+
+    def _fit(self, x, labels):
+        pass
+
+    def _score(self, x, labels):
+        return mc_dropout_variance(self.model, x, self.n_samples, batch_size=self.batch_size, seed=self.seed)
+
+
+# ---------------------------------------------------------------------------------------
+
+DETECTORS: dict[str, type[Detector]] = {
+    "MGM": MGM,
+    "MAHA": Mahalanobis,
+    "MAHA-LR": MahaEnsemble,
+    "KD": KD,
+    "LID": LID,
+    "LID-LR": LIDDetector,
+    "BU": BU,
+    "OCSVM": OCSVM,
+    "ISO": ISO,
+    "DNN": DNNDetector,
+}
+"""Detector name (as in the chapters' tables) -> class."""
