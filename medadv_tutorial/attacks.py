@@ -716,7 +716,7 @@ def _batches(data, batch_size: int) -> tuple[Iterator[tuple[torch.Tensor, torch.
 def _progress(iterable, total, enabled: bool, desc: str):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     return tqdm(iterable, total=total, desc=desc)
 

@@ -702,7 +702,8 @@ def lid_mle(features: torch.Tensor, reference: torch.Tensor, k: int = 20, *, exc
 
     in ``[0, inf)``; a duplicate of a reference point (``r_1 = 0``) gets 0, and ``k``
     neighbours all at the same distance get ``+inf``.  Computed in float64 on the features'
-    device: ``torch.cdist`` and ``topk`` on blocks of rows.
+    device, on blocks of rows: squared distances by one matrix product (as ``torch.cdist``
+    does for large inputs), ``topk``, then the square root of the k kept.
 
     Parameters
     ----------
@@ -724,15 +725,18 @@ def lid_mle(features: torch.Tensor, reference: torch.Tensor, k: int = 20, *, exc
     if exclude_self and x.shape != ref.shape:
         raise ValueError("exclude_self=True needs features to be the reference set itself")
     rows = max(1, _CHUNK_ELEMENTS // m)
+    ref_sq = (ref * ref).sum(1)
     out = []
     for i in range(0, x.shape[0], rows):
-        dist = torch.cdist(x[i : i + rows], ref)
+        # squared distances by one matrix product (what torch.cdist does for large inputs);
+        # k smallest of them, square root of those k only
+        d2 = _pairwise_sq_dist(x[i : i + rows], ref, ref_sq)
         if exclude_self:
-            b = dist.shape[0]
-            mask = torch.zeros_like(dist, dtype=torch.bool)
-            mask[torch.arange(b, device=dist.device), torch.arange(i, i + b, device=dist.device)] = True
-            dist = dist.masked_fill(mask, float("inf"))
-        r = torch.topk(dist, k, dim=1, largest=False, sorted=True).values  # (b, k) ascending
+            b = d2.shape[0]
+            mask = torch.zeros_like(d2, dtype=torch.bool)
+            mask[torch.arange(b, device=d2.device), torch.arange(i, i + b, device=d2.device)] = True
+            d2 = d2.masked_fill(mask, float("inf"))
+        r = torch.topk(d2, k, dim=1, largest=False, sorted=True).values.sqrt()  # (b, k) ascending
         rk = r[:, -1:]
         ratio = r / rk.clamp_min(torch.finfo(torch.float64).tiny)
         out.append(1.0 / (-torch.log(ratio)).mean(1).abs())

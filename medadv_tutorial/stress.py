@@ -121,7 +121,7 @@ def stress_test(
     Returns ``{layer: {"max": D_max, "min": D_min, "mean": (D_max + D_min) / 2}}`` with the
     mean deviations :math:`D` defined in the module docstring.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     check_images(x, "x", ndim=(4,))
     ref = x if reference is None else check_images(reference, "reference", ndim=(4,))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .models import Classifier, build_model
 from .profiles import Profile, get_profile
