@@ -557,7 +557,9 @@ MAHA = Mahalanobis
 def _pairwise_sq_dist(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None) -> torch.Tensor:
     """||a_i - b_j||^2 for a (m, d), b (n, d) -> (m, n), via one matrix product, clamped at 0."""
     b_sq = (b * b).sum(1) if b_sq is None else b_sq
-    return ((a * a).sum(1)[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min(0.0)
+    d2 = torch.addmm(b_sq[None, :], a, b.T, beta=1.0, alpha=-2.0)  # ||b||^2 - 2 a.b in one BLAS call
+    d2 = d2.add_((a * a).sum(1)[:, None])  # in place: addmm's backward does not need its output
+    return d2.clamp_min(0.0)
 
 
 def gaussian_kde_log_density(features: torch.Tensor, train: torch.Tensor, bandwidth: float,
@@ -1066,11 +1068,10 @@ class DNNDetector(Detector):
     def fit(self, clean_features, labels=None, *, adv_features):
         """Train on clean (label 0) vs ``adv_features`` (label 1), same layout (N, d) or {layer: ...}."""
         self._layer_dims = None
+        self.reference_scores_ = None
         x = self._validate(clean_features, "clean_features", fitting=True)
-        if isinstance(adv_features, torch.Tensor):
-            a = _check_features(adv_features, "adv_features", x.shape[1])
-        else:
-            a = torch.cat(list(_check_layers(adv_features, "adv_features", self._layer_dims).values()), dim=1)
+        self.n_features_in_ = x.shape[1]
+        a = self._validate(adv_features, "adv_features", fitting=False)
         dev = x.device
         x, a = x.detach().float(), a.detach().to(dev).float()
         data = torch.cat([x, a])

@@ -150,8 +150,8 @@ def f1_at_threshold(scores_clean, scores_adv, threshold: float) -> float:
 
     ``F1 = 2 TP / (2 TP + FP + FN)`` with TP = adversarial flagged, FP = clean flagged,
     FN = adversarial missed (``scores_adv`` is non-empty, so the ratio is always defined;
-    F1 = 0.0 exactly when no adversarial image is flagged).  Li & Zhu report it at the threshold that keeps 95% of clean training data
-    (``detector.threshold(0.95)``).
+    F1 = 0.0 exactly when no adversarial image is flagged).  Li & Zhu report it at the
+    threshold that keeps 95% of clean training data (``detector.threshold(0.95)``).
 
     Returns a float in [0, 1].
     """

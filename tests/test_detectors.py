@@ -8,8 +8,6 @@ distribution (AUROC 0.5 +- 0.07).  (LID with k = 20 is the weakest on a pure mea
 AUROC 0.95 at length 8, 0.99 at length 10.)
 """
 
-import math
-
 import numpy as np
 import pytest
 import scipy.stats
