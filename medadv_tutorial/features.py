@@ -817,6 +817,7 @@ def direction_stats(traj: torch.Tensor, direction: torch.Tensor, n_random: int =
     * ``"projection"``: ``(T + 1,)`` mean over images of :math:`(h_t - h_0)\cdot u`
       (``u`` the unit direction);
     * ``"frac_increasing"``: fraction of (image, step) pairs whose projection grows;
+    * ``"frac_increasing_per_step"``: ``(T,)`` the same fraction for each step ``t -> t+1``;
     * ``"cos_total_per_image"``: ``(N,)`` cosine between :math:`h_T - h_0` and ``u``;
     * ``"cos_total"``: its mean;
     * ``"cos_random"``: mean :math:`|\cos|` between :math:`h_T - h_0` and ``n_random``
@@ -850,6 +851,7 @@ def direction_stats(traj: torch.Tensor, direction: torch.Tensor, n_random: int =
     return {
         "projection": proj.mean(dim=1),
         "frac_increasing": float(((proj[1:] - proj[:-1]) > 0).to(torch.float64).mean()),
+        "frac_increasing_per_step": ((proj[1:] - proj[:-1]) > 0).to(torch.float64).mean(dim=1).cpu(),
         "cos_total_per_image": cos_total,
         "cos_total": float(cos_total.mean()),
         "cos_random": float(cos_random),

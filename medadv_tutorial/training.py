@@ -314,17 +314,22 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
 
 
 @torch.no_grad()
-def correctly_classified(model: nn.Module, data, n: int | None = None, batch_size: int = 100):
-    """The first ``n`` images of ``data`` (in data-set order) that ``model`` classifies correctly.
+def correctly_classified(model: nn.Module, data, n: int | None = None, batch_size: int = 100, seed: int = 0):
+    """A seeded random sample of ``n`` images of ``data`` that ``model`` classifies correctly.
 
     Attacks are evaluated on these: an image the model already gets wrong is no success of
-    an attack.  Returns ``(x (n, C, H, W) in [0, 1], y (n,) int64)`` on the CPU (fewer than
-    ``n`` if the data set has fewer correctly classified images; ``None`` = all of them).
+    an attack.  The sample is drawn uniformly (seeded) from the correctly classified images,
+    so it is representative of them (taking the *first* ``n`` would, in a data set stored
+    class by class, pick one class only); the chosen images are returned in data-set order.
+
+    Returns ``(x (n, C, H, W) in [0, 1], y (n,) int64)`` on the CPU (fewer than ``n`` if the
+    data set has fewer correctly classified images; ``n=None`` = all of them).
     """
     probs, labels = predict_proba(model, data, batch_size)
-    keep = torch.nonzero(probs.argmax(1) == labels).flatten()
-    if n is not None:
-        keep = keep[:n]
+    correct = torch.nonzero(probs.argmax(1) == labels).flatten()
+    if n is not None and n < len(correct):
+        pick = torch.randperm(len(correct), generator=torch.Generator().manual_seed(seed))[:n]
+        correct = correct[pick.sort().values]
     ds = _as_dataset(data)
-    x = torch.stack([ds[int(i)][0] for i in keep])
-    return x, labels[keep]
+    x = torch.stack([ds[int(i)][0] for i in correct])
+    return x, labels[correct]

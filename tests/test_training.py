@@ -123,6 +123,15 @@ def test_correctly_classified_known_answer():
     y = torch.tensor([0, 0, 0, 1, 1, 1])
     p1 = torch.tensor([0.1, 0.4, 0.7, 0.8, 0.2, 0.9])  # wrong: index 2 and 4
     logits = torch.stack([torch.log(1 - p1), torch.log(p1)], 1)
-    xs, ys = training.correctly_classified(_Fixed(logits), (x, y), n=3)
-    assert ys.tolist() == [0, 0, 1]
-    torch.testing.assert_close(xs[:, 0, 0, 0] * 1000, torch.tensor([0.0, 1.0, 3.0]))
+    xs, ys = training.correctly_classified(_Fixed(logits), (x, y))
+    assert ys.tolist() == [0, 0, 1, 1]
+    torch.testing.assert_close(xs[:, 0, 0, 0] * 1000, torch.tensor([0.0, 1.0, 3.0, 5.0]))
+    # a sample of 2: only correct images, in data-set order, the same for the same seed
+    a = training.correctly_classified(_Fixed(logits), (x, y), n=2, seed=3)
+    b = training.correctly_classified(_Fixed(logits), (x, y), n=2, seed=3)
+    idx = (a[0][:, 0, 0, 0] * 1000).round().long().tolist()
+    assert len(idx) == 2 and set(idx) <= {0, 1, 3, 5} and idx == sorted(idx)
+    assert torch.equal(a[0], b[0])
+    seen = {tuple((training.correctly_classified(_Fixed(logits), (x, y), n=2, seed=s)[0][:, 0, 0, 0] * 1000)
+                  .round().long().tolist()) for s in range(20)}
+    assert len(seen) > 2  # the sample varies with the seed (not always the first two)
