@@ -287,8 +287,10 @@ print(
 #
 # **The representation view agrees with the HFC paper.** Within ε = 1/255 the features of both
 # medical models move further, in units of their clean spread, than those of the CIFAR-10 model,
-# averaged over the four layers; in the penultimate layer the chest X-ray features move the
-# furthest. Deep features of medical images are easy to push far from where clean images lie,
+# averaged over the four layers: by a wide margin for the fundus model, narrowly for the chest
+# X-ray model, whose difference lies in the deepest layer, where its features move the furthest
+# of the three. (Note the contrast with the decision view: the chest X-ray *decision* is the
+# hardest to flip, but its *penultimate features* are the easiest to move.) Deep features of medical images are easy to push far from where clean images lie,
 # which is exactly the room an attacker needs to hide an attack (Chapter 5), and which ordinary
 # attacks use in a way that makes their features outliers (Chapter 3).
 #
