@@ -286,11 +286,13 @@ fig.tight_layout()
 # **Three detectors fall short, each for a reason worth knowing.**
 #
 # - **LID** (unsupervised, against a clean reference batch) ranks the PGD images as *less*
-#   adversarial than clean ones (AUROC well below 0.5). Its estimate depends only on the *ratios*
-#   of the distances to the k nearest clean neighbours: a point pushed far along one direction has
-#   neighbour distances that grow with its distance, and their spread relative to each other is what
-#   LID measures, not how far away they are. Ma et al. use LID inside a supervised detector with
-#   mini-batches mixing clean and adversarial samples {cite:p}`ma2021understanding`; our LID-LR
+#   adversarial than clean ones (AUROC well below 0.5). The estimate depends only on the *ratios*
+#   of the distances to the k nearest clean neighbours, not on their size: a point far from all
+#   clean data in a uniform way would get a *high* LID, but a point pushed along Δw towards the
+#   tail of the target class lands near the few clean images that already sit in that tail and far
+#   from the rest, so its neighbour distances spread out and its LID is low. That is our reading of
+#   the number, not something this chapter verifies. Ma et al. use LID inside a supervised detector
+#   with mini-batches mixing clean and adversarial samples {cite:p}`ma2021understanding`; our LID-LR
 #   ensemble, trained on FGSM only, gets part of the way.
 # - **BU** also comes out far below 0.5: PGD drives the prediction to near-certainty, so the
 #   MC-dropout variance of adversarial images is *smaller* than that of clean ones. The signal is
