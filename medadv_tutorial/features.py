@@ -52,9 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -64,6 +62,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .io import atomic_torch_save
 from .attacks import PGD, Attack, _batches, _progress, _resolve_forward, attack_mode
 from .checks import check_images
 
@@ -176,18 +175,10 @@ class FeatureSet:
     def save(self, path) -> None:
         """Write the set to ``path`` atomically (temporary file in the same folder + rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = {"format": FEATURES_FORMAT, "layers": list(self.layers),
                 "feats": {k: v.detach().cpu().contiguous() for k, v in self.feats.items()},
                 "labels": self.labels.cpu(), "logits": self.logits.detach().cpu()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_torch_save(blob, path)
 
     @classmethod
     def load(cls, path) -> "FeatureSet":

@@ -74,14 +74,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from .io import atomic_torch_save
 from .attacks import BIM, MIM, PGD
 from .detectors import Detector, NotFittedError
 from .gmm import GaussianMixture, mahalanobis_sq
@@ -257,20 +256,12 @@ class HFCModel:
     def save(self, path) -> None:
         """Write the model to ``path`` atomically (``torch.save`` of plain tensors and numbers)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = {"format": HFC_FORMAT, "layers": self.layers, "classes": self.classes,
                 "mixtures": {f"{l}|{c}": {"means": m.means.cpu(), "precisions_cholesky": m.precisions_cholesky.cpu(),
                                           "log_weights": m.log_weights.cpu()}
                              for l, per in self.mixtures.items() for c, m in per.items()},
                 "info": {f"{l}|{c}": dict(v) for (l, c), v in self.info.items()}}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_torch_save(blob, path)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "HFCModel":

@@ -11,15 +11,14 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from .io import atomic_torch_save
 from .progress import tqdm
 
 from .models import Classifier, build_model
@@ -197,16 +196,7 @@ def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int) -> 
 
 def save_checkpoint(path: Path, model: Classifier, meta: dict) -> None:
     """Write ``{"state_dict", "meta"}`` atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
 
 
 def load_checkpoint(path: Path, model: Classifier) -> dict:
