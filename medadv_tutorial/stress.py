@@ -1,4 +1,4 @@
-"""The stress test: how far can a tiny perturbation move a model's internal features?
+r"""The stress test: how far can a tiny perturbation move a model's internal features?
 
 Two views of vulnerability, compared across data sets on the same backbone:
 
@@ -9,8 +9,8 @@ Two views of vulnerability, compared across data sets on the same backbone:
   one direction -- maximise, then minimise, their mean activation -- and measure the
   displacement in units of the spread of that data set's clean features.
 
-For a layer with clean features :math:`h_c(x) \\in \\mathbb{R}^{C}` (spatially averaged), the
-"max" attack solves :math:`\\max_{\\|\\delta\\|_\\infty \\le \\epsilon} \\tfrac1C \\sum_c h_c(x+\\delta)`
+For a layer with clean features :math:`h_c(x) \in \mathbb{R}^{C}` (spatially averaged), the
+"max" attack solves :math:`\max_{\|\delta\|_\infty \le \epsilon} \tfrac1C \sum_c h_c(x+\delta)`
 (the "min" attack the opposite) with the package's PGD loop, and the reported deviation is
 the displacement in units of the clean cloud's root-mean-square radius,
 
