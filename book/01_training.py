@@ -161,7 +161,10 @@ del probe
 #   model's training accuracy is still rising, and a longer schedule might help it, but we kept
 #   its budget equal to the chest X-ray model's.
 #
-# Nothing else is tuned, and nothing is tuned on the test split.
+# In the interest of full disclosure: both were added after a first run of this chapter fell
+# short of the accuracy the book aims for (0.85 on chest X-ray, 0.75 on CIFAR-10). The changes
+# follow from the training data, as described, but the decision to look was prompted by the test
+# result. Nothing else is tuned, and no setting was searched on the test split.
 
 # %% tags=["nbval-ignore-output"]
 trained = {}
