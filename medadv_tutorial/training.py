@@ -304,7 +304,8 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
 
 
 @torch.no_grad()
-def correctly_classified(model: nn.Module, data, n: int | None = None, batch_size: int = 100, seed: int = 0):
+def correctly_classified(model: nn.Module, data, n: int | None = None, batch_size: int = 100, seed: int = 0,
+                         *, exclude=None, return_indices: bool = False):
     """A seeded random sample of ``n`` images of ``data`` that ``model`` classifies correctly.
 
     Attacks are evaluated on these: an image the model already gets wrong is no success of
@@ -312,14 +313,24 @@ def correctly_classified(model: nn.Module, data, n: int | None = None, batch_siz
     so it is representative of them (taking the *first* ``n`` would, in a data set stored
     class by class, pick one class only); the chosen images are returned in data-set order.
 
+    ``exclude``: data-set indices that must not be drawn (e.g. the attack set, when a
+    disjoint *selection* set is wanted for choosing an attack's settings).
+    ``return_indices``: also return the chosen data-set indices ``(n,)`` int64.
+
     Returns ``(x (n, C, H, W) in [0, 1], y (n,) int64)`` on the CPU (fewer than ``n`` if the
-    data set has fewer correctly classified images; ``n=None`` = all of them).
+    data set has fewer correctly classified images; ``n=None`` = all of them), plus the
+    indices when asked.
     """
     probs, labels = predict_proba(model, data, batch_size)
     correct = torch.nonzero(probs.argmax(1) == labels).flatten()
+    if exclude is not None:
+        drop = torch.as_tensor(exclude, dtype=torch.long).flatten()
+        correct = correct[~torch.isin(correct, drop)]
     if n is not None and n < len(correct):
         pick = torch.randperm(len(correct), generator=torch.Generator().manual_seed(seed))[:n]
         correct = correct[pick.sort().values]
     ds = _as_dataset(data)
     x = torch.stack([ds[int(i)][0] for i in correct])
+    if return_indices:
+        return x, labels[correct], correct
     return x, labels[correct]

@@ -135,3 +135,17 @@ def test_correctly_classified_known_answer():
     seen = {tuple((training.correctly_classified(_Fixed(logits), (x, y), n=2, seed=s)[0][:, 0, 0, 0] * 1000)
                   .round().long().tolist()) for s in range(20)}
     assert len(seen) > 2  # the sample varies with the seed (not always the first two)
+
+
+def test_correctly_classified_exclude_gives_a_disjoint_set():
+    x = (torch.arange(6).float() / 1000).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    p1 = torch.tensor([0.1, 0.4, 0.7, 0.8, 0.2, 0.9])  # correct: 0, 1, 3, 5
+    logits = torch.stack([torch.log(1 - p1), torch.log(p1)], 1)
+    xa, ya, ia = training.correctly_classified(_Fixed(logits), (x, y), n=2, seed=0, return_indices=True)
+    assert torch.equal((xa[:, 0, 0, 0] * 1000).round().long(), ia)
+    xb, yb, ib = training.correctly_classified(_Fixed(logits), (x, y), n=2, seed=1, exclude=ia, return_indices=True)
+    assert set(ia.tolist()).isdisjoint(ib.tolist()) and set(ia.tolist()) | set(ib.tolist()) == {0, 1, 3, 5}
+    assert torch.equal(yb, y[ib])
+    # the default call is unchanged by the new arguments
+    assert torch.equal(training.correctly_classified(_Fixed(logits), (x, y), n=2)[0], xa)

@@ -1,0 +1,149 @@
+"""medadv_tutorial.suite: the book's detector line-up, fitted and scored in one call.
+
+A toy classifier with the four taps the ensembles read (block3, block8, block13,
+penultimate), dropout before its head (for BU) and an LDA head on 8x8 images whose class
+is their brightness.  Images with strong added noise are far outside the clean feature
+distribution: the density detectors must rank them above clean test images.
+"""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medadv_tutorial import metrics
+from medadv_tutorial.features import extract_features
+from medadv_tutorial.suite import DETECTOR_NAMES, ENSEMBLE_LAYERS, DetectorSuite, kd_bandwidth
+
+torch.set_num_threads(1)
+
+
+class Toy(nn.Module):
+    feature_names = list(ENSEMBLE_LAYERS)
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.convs = nn.ModuleList([nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1),
+                                    nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)])
+        with torch.no_grad():
+            for c in self.convs:
+                c.weight.copy_(torch.randn(c.weight.shape, generator=g) / 3)
+                c.bias.copy_(torch.randn(c.bias.shape, generator=g) * 0.1)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(8, 2)
+
+    def forward_features(self, x, layers=None, logits=True):
+        feats, h = OrderedDict(), x
+        for name, conv in zip(self.feature_names, self.convs):
+            h = F.softplus(conv(h))
+            feats[name] = h.mean((2, 3))
+        out = self.fc(self.dropout(feats["penultimate"]))
+        if layers is not None:
+            feats = OrderedDict((k, feats[k]) for k in layers)
+        return out, feats
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+    @torch.no_grad()
+    def fit_head(self, x, y):
+        h = self.forward_features(x)[1]["penultimate"].double()
+        mu = torch.stack([h[y == c].mean(0) for c in (0, 1)])
+        cov = sum((h[y == c] - mu[c]).T @ (h[y == c] - mu[c]) for c in (0, 1)) / len(y)
+        w = torch.linalg.solve(cov + 1e-6 * torch.eye(8, dtype=h.dtype), mu[1] - mu[0])
+        w = w / (w @ (mu[1] - mu[0])) * 8  # logit margin ~ +-4 at the class means: no saturated softmax
+        self.fc.weight.copy_(torch.stack([-w / 2, w / 2]).float())
+        self.fc.bias.copy_(torch.stack([w @ (mu[0] + mu[1]) / 4, -w @ (mu[0] + mu[1]) / 4]).float())
+
+
+def make_data(n, g):
+    y = torch.arange(n) % 2
+    x = 0.4 + 0.2 * y[:, None, None, None] + 0.05 * torch.randn(n, 1, 8, 8, generator=g)
+    return x.clamp(0, 1), y
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    g = torch.Generator().manual_seed(0)
+    x_train, y_train = make_data(600, g)
+    x_test, y_test = make_data(60, g)
+    model = Toy()
+    model.fit_head(x_train, y_train)
+    model.eval()
+    train = Pairs(x_train, y_train)
+    fs_train = extract_features(model, train, progress=False)
+    suite = DetectorSuite.fit(model, train, fs_train, eps=8 / 255, n_fgsm=200)
+    return dict(model=model, suite=suite, x=x_test, y=y_test, g=g)
+
+
+def test_kd_bandwidth_known_answer():
+    pts = torch.tensor([[0.0], [1.0], [3.0], [6.0]])  # nearest-neighbour distances 1, 1, 2, 3
+    assert kd_bandwidth(pts) == 1.0
+    with pytest.raises(ValueError):
+        kd_bandwidth(torch.zeros(1, 3))
+
+
+def test_suite_scores_every_detector_and_flags_far_features(fitted):
+    suite, model, x, y = fitted["suite"], fitted["model"], fitted["x"], fitted["y"]
+    assert list(suite.detectors) == list(DETECTOR_NAMES)
+    x_far = (x + 0.3 * torch.randn(x.shape, generator=fitted["g"])).clamp(0, 1)
+    fs_clean = extract_features(model, (x, y), progress=False)
+    fs_far = extract_features(model, (x_far, y), progress=False)
+    s_clean, s_far = suite.score(fs_clean, x), suite.score(fs_far, x_far)
+    for name in DETECTOR_NAMES:
+        assert s_clean[name].shape == (len(y),) and s_clean[name].dtype == torch.float64
+        assert torch.isfinite(s_clean[name]).all() and torch.isfinite(s_far[name]).all()
+    for name in ("MGM", "MAHA", "KD", "ISO", "OCSVM"):
+        assert metrics.auroc(s_clean[name], s_far[name]) > 0.9, name
+    # a subset of names, and the same numbers as the full call
+    part = suite.score(fs_far, x_far, names=["MGM", "KD"])
+    assert list(part) == ["MGM", "KD"] and torch.equal(part["KD"], s_far["KD"])
+
+
+def test_suite_errors_name_what_is_missing(fitted):
+    suite, model, x, y = fitted["suite"], fitted["model"], fitted["x"], fitted["y"]
+    fs = extract_features(model, (x, y), progress=False)
+    with pytest.raises(ValueError, match="BU scores images"):
+        suite.score_one("BU", fs)
+    with pytest.raises(KeyError, match="unknown detector"):
+        suite.score_one("XYZ", fs)
+    with pytest.raises(KeyError, match="ensemble layers"):
+        DetectorSuite.fit(model, Pairs(x, y), fs.select(["penultimate"]))
+    with pytest.raises(ValueError, match="rows"):
+        DetectorSuite.fit(model, Pairs(x[:10], y[:10]), fs)
+
+
+def test_two_sided_entries_and_evaluate_attack(fitted):
+    from medadv_tutorial.attacks import PGD
+    from medadv_tutorial.suite import evaluate_attack
+
+    base, model, x, y = fitted["suite"], fitted["model"], fitted["x"], fitted["y"]
+    suite = base.with_two_sided(("MGM", "KD"))
+    assert list(suite.detectors)[-2:] == ["MGM two-sided", "KD two-sided"]
+    assert list(base.detectors) == list(DETECTOR_NAMES)  # the original suite is unchanged
+    fs_clean = extract_features(model, (x, y), progress=False)
+    clean = suite.score(fs_clean, x)
+    # two-sided = distance of the one-sided score from the clean training median
+    med = torch.quantile(base.detectors["MGM"].reference_scores_.double().cpu(), 0.5)
+    torch.testing.assert_close(clean["MGM two-sided"], (clean["MGM"] - med).abs())
+    with pytest.raises(KeyError, match="clean_scores lacks"):
+        evaluate_attack("PGD", PGD(8 / 255, steps=5), model, x, y, suite, {"MGM": clean["MGM"]})
+    ev = evaluate_attack("PGD", PGD(0.15, steps=10, seed=0), model, x, y, suite, clean)
+    assert ev.x_adv.shape == x.shape and (ev.x_adv - x).abs().max() <= 0.15 + 1e-6
+    assert ev.success == float((ev.fs.predictions != y).float().mean()) and ev.success > 0.5
+    assert set(ev.auroc) == set(suite.detectors) and all(0.0 <= v <= 1.0 for v in ev.auroc.values())
+    assert ev.auroc["MGM"] == metrics.auroc(clean["MGM"], ev.scores["MGM"]) and ev.seconds > 0
