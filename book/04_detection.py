@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from medadv_tutorial import attacks, data, detectors, features, metrics, training
+from medadv_tutorial import attacks, data, features, metrics, suite, training
 from medadv_tutorial.profiles import get_profile
 from medadv_tutorial.report import show_table
 
@@ -108,13 +108,13 @@ show_table([[n, r.success_rate] for n, r in adv.items()], ["attack (ε = 1/255, 
 # classifier's AUROC on the images the detector lets through (clean and adversarial together):
 # a perfect detector restores the clean AUROC, no defence leaves the attacked one.
 
+#
+# All ten detectors of this chapter are fitted once, here, by `suite.DetectorSuite.fit` (the
+# line-up and its settings are listed in the next section; Chapter 5 reuses it unchanged).
+
 # %% tags=["nbval-ignore-output"]
-pen_train = fs_train.penultimate
-unsup = {
-    "MGM": detectors.MGM(reg=1e-3).fit(pen_train),
-    "ISO": detectors.ISO(seed=0).fit(pen_train),
-    "OCSVM": detectors.OCSVM().fit(pen_train),
-}
+dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=2 * profile.n_attack)
+unsup = {name: dets.detectors[name] for name in ("MGM", "ISO", "OCSVM")}
 
 # %%
 def probs_of(fs):
@@ -188,52 +188,11 @@ show_table(rows, ["attack (black-box)", "success on deployed model"]
 #   adversarial training set is FGSM at ε = 1/255 on correctly classified *training* images, so
 #   they never see the test images, and BIM/PGD/MIM are attacks they were not trained on.
 
-# %% tags=["nbval-ignore-output"]
-ens_layers = ["block3", "block8", "block13", "penultimate"]
-g = torch.Generator().manual_seed(0)
-tr_idx = torch.randperm(len(train), generator=g)[: 2 * profile.n_attack]
-x_tr, y_tr = training.correctly_classified(m, torch.utils.data.Subset(train, tr_idx.tolist()))
-x_tr_adv = attacks.run_attack(attacks.FGSM(eps), m, (x_tr, y_tr), batch_size=50, progress=False).x_adv
-fs_tr_clean = features.extract_features(m, (x_tr, y_tr), progress=False)
-fs_tr_adv = features.extract_features(m, (x_tr_adv, y_tr), progress=False)
-
-nn_dist = torch.cdist(pen_train[:500].double(), pen_train[:500].double())
-nn_dist.fill_diagonal_(float("inf"))
-bandwidth = float(nn_dist.min(1).values.median())
-
-dets = {
-    "MGM": unsup["MGM"],
-    "MAHA": detectors.Mahalanobis(reg=1e-3).fit(pen_train, fs_train.labels),
-    "KD": detectors.KD(bandwidth=bandwidth).fit(pen_train, fs_train.labels),
-    "LID": detectors.LID(k=20).fit(pen_train[torch.randperm(len(pen_train), generator=g)[:500]]),
-    "ISO": unsup["ISO"],
-    "OCSVM": unsup["OCSVM"],
-    "MAHA-LR": detectors.MahaEnsemble().fit(
-        {l: fs_train[l] for l in ens_layers}, fs_train.labels,
-        adv_features={l: fs_tr_adv[l] for l in ens_layers}, clean_val_features={l: fs_tr_clean[l] for l in ens_layers}),
-    "LID-LR": detectors.LIDDetector(k=20).fit(
-        {l: fs_train[l][:500] for l in ens_layers},
-        adv_features={l: fs_tr_adv[l] for l in ens_layers}, clean_val_features={l: fs_tr_clean[l] for l in ens_layers}),
-    "DNN": detectors.DNNDetector(seed=0).fit(fs_tr_clean.penultimate, adv_features=fs_tr_adv.penultimate),
-}
-bu = detectors.BU(m, n_samples=10, seed=0).fit(x_tr)
-
-
-def det_score(name, det, fs, images):
-    if name == "BU":
-        return det.score(images)
-    if det.input_kind == "layers":
-        return det.score({l: fs[l] for l in ens_layers})
-    if name == "KD":
-        return det.score(fs.penultimate, fs.predictions)
-    return det.score(fs.penultimate)
-
-
-scores = {}
-for name, det in list(dets.items()) + [("BU", bu)]:
-    scores[name] = {"clean": det_score(name, det, fs_clean, x)}
-    for atk, fsa in fs_adv.items():
-        scores[name][atk] = det_score(name, det, fsa, adv[atk].x_adv)
+# %%
+scores = {name: {"clean": dets.score_one(name, fs_clean, x)} for name in dets.detectors}
+for atk, fsa in fs_adv.items():
+    for name in dets.detectors:
+        scores[name][atk] = dets.score_one(name, fsa, adv[atk].x_adv)
 
 # %%
 rows = []
@@ -261,11 +220,11 @@ for name, sc in scores.items():
 axes[0].plot([0, 1], [0, 1], "k:", lw=0.8)
 axes[0].set(xlabel="false-positive rate (clean flagged)", ylabel="true-positive rate", title="ROC, PGD ε = 1/255")
 axes[0].legend(fontsize=7)
-s_train = dets["MGM"].reference_scores_.cpu().numpy()
+s_train = dets.detectors["MGM"].reference_scores_.cpu().numpy()
 for label, s in [("clean training (leave-one-out)", s_train), ("clean test", scores["MGM"]["clean"].numpy()),
                  ("PGD", scores["MGM"]["PGD"].numpy())]:
     axes[1].hist(s, bins=40, alpha=0.5, density=True, label=label)
-axes[1].axvline(dets["MGM"].threshold(0.95), color="k", ls="--", lw=0.8, label="95% threshold")
+axes[1].axvline(dets.detectors["MGM"].threshold(0.95), color="k", ls="--", lw=0.8, label="95% threshold")
 axes[1].set(xlabel="MGM score = −log p(y)", ylabel="density", title="MGM scores")
 axes[1].legend(fontsize=7)
 fig.tight_layout()
