@@ -771,9 +771,13 @@ def PGD_DetectorAware(detector, eps: float, *, layer: str = "penultimate", lam: 
 
 
 def PGD_FeatureMatch(clean_train, eps: float, *, layers: Sequence[str] = ("penultimate",), lam: float = 1.0,
-                     guide: str = "random", seed: int = 0, **kwargs) -> PGD:
-    """Targeted PGD that also pulls ``layers`` toward a guide of the target class (see :class:`FeatureMatchLoss`)."""
-    loss = FeatureMatchLoss(clean_train, layers, lam, guide, seed)
+                     guide: str = "random", guide_seed: int = 0, **kwargs) -> PGD:
+    """Targeted PGD that also pulls ``layers`` toward a guide of the target class (see :class:`FeatureMatchLoss`).
+
+    ``guide_seed`` seeds the choice of guide images; ``kwargs`` go to
+    :class:`~medadv_tutorial.attacks.PGD` (``seed`` there seeds the random start).
+    """
+    loss = FeatureMatchLoss(clean_train, layers, lam, guide, guide_seed)
     return PGD(eps, targeted=True, extra_loss=loss, forward=LayerForward(loss.layers), **kwargs)
 
 

@@ -329,6 +329,21 @@ def test_feature_matching_pulls_towards_the_guides(setup):
     assert d_fm.mean() < d_pgd.mean()
 
 
+@pytest.mark.parametrize("make", [
+    lambda s, eps: PGD_FeatureMatch(s["clean"], eps, lam=10.0, steps=5, seed=0, guide_seed=1),
+    lambda s, eps: PGD_HFC(s["hfc"], eps, lam=1.0, steps=5, seed=0),
+    lambda s, eps: PGD_DetectorAware(MGM(reg=1e-6).fit(s["clean"].penultimate), eps, lam=1.0, steps=5, seed=0),
+])
+def test_adaptive_attacks_are_reproducible_with_a_seed(setup, make):
+    """``seed`` reaches PGD's random start: two fresh attacks give the same images."""
+    model, x, y = setup["model"], setup["x"], setup["y"]
+    t = other_class(y)
+    a = make(setup, EPS)(model, x, t)
+    b = make(setup, EPS)(model, x, t)
+    assert torch.equal(a, b)
+    assert make(setup, EPS).seed == 0
+
+
 def test_two_sided_detector(setup):
     clean = setup["clean"]
     base = MGM(reg=1e-6).fit(clean.penultimate)
