@@ -524,7 +524,7 @@ assert ok2[best_inside] > 0.6  # no setting of the grid hid from all detectors o
 # penultimate layer, hides from the penultimate-layer detectors as well as HFC does, but the
 # MAHA-LR ensemble, which also reads blocks 3, 8 and 13, still ranks its images at 0.61 (HFC:
 # 0.19), and LID-LR at 0.80. Feature matching to one guide image hides worse from every detector
-# that caught PGD (0.52–0.63, and MAHA-LR 0.80): one guide's feature is a single clean point, not a
+# that caught PGD (0.54–0.64, and MAHA-LR 0.82): one guide's feature is a single clean point, not a
 # dense region, and the earlier layers are not constrained at all. All three adaptive
 # attacks cost about one forward and backward pass per step: the HFC term adds a few matrix
 # products to a network's pass (the benchmark `benchmarks/bench_hfc.py` times one step of each).
