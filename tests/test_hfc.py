@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import multivariate_normal
 from torch import nn
+from toys import lda_head
 
 from medadv_tutorial.attacks import BIM, MIM, PGD, run_attack
 from medadv_tutorial.detectors import MGM
@@ -72,13 +73,9 @@ class Toy(nn.Module):
     @torch.no_grad()
     def fit_head(self, x, y):
         """Linear discriminant analysis on the penultimate features (two logits)."""
-        h = self.forward_features(x)[1]["penultimate"].double()
-        mu = torch.stack([h[y == c].mean(0) for c in (0, 1)])
-        cov = sum((h[y == c] - mu[c]).T @ (h[y == c] - mu[c]) for c in (0, 1)) / len(y)
-        w = torch.linalg.solve(cov + 1e-6 * torch.eye(8, dtype=h.dtype), mu[1] - mu[0])
-        b = -w @ (mu[0] + mu[1]) / 2
-        self.fc.weight.copy_(torch.stack([-w / 2, w / 2]).float())
-        self.fc.bias.copy_(torch.stack([-b / 2, b / 2]).float())
+        weight, bias = lda_head(self.forward_features(x)[1]["penultimate"], y)
+        self.fc.weight.copy_(weight)
+        self.fc.bias.copy_(bias)
 
 
 def make_data(n, g):

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toys import lda_head
 
 from medadv_tutorial import metrics
 from medadv_tutorial.features import extract_features
@@ -50,13 +51,10 @@ class Toy(nn.Module):
 
     @torch.no_grad()
     def fit_head(self, x, y):
-        h = self.forward_features(x)[1]["penultimate"].double()
-        mu = torch.stack([h[y == c].mean(0) for c in (0, 1)])
-        cov = sum((h[y == c] - mu[c]).T @ (h[y == c] - mu[c]) for c in (0, 1)) / len(y)
-        w = torch.linalg.solve(cov + 1e-6 * torch.eye(8, dtype=h.dtype), mu[1] - mu[0])
-        w = w / (w @ (mu[1] - mu[0])) * 8  # logit margin ~ +-4 at the class means: no saturated softmax
-        self.fc.weight.copy_(torch.stack([-w / 2, w / 2]).float())
-        self.fc.bias.copy_(torch.stack([w @ (mu[0] + mu[1]) / 4, -w @ (mu[0] + mu[1]) / 4]).float())
+        """Linear discriminant analysis on the penultimate features (two logits)."""
+        weight, bias = lda_head(self.forward_features(x)[1]["penultimate"], y, margin=8)
+        self.fc.weight.copy_(weight)
+        self.fc.bias.copy_(bias)
 
 
 def make_data(n, g):
