@@ -10,7 +10,14 @@ Conventions (see each module's docstrings):
   lives inside the models, so attack budgets are in pixel space (``k/255``);
 * every kernel takes its device from its inputs (CUDA, CPU, MPS);
 * settings that change between a quick CPU run and a paper-scale GPU run live in
-  :mod:`medadv_tutorial.profiles`.
+  :mod:`medadv_tutorial.profiles`;
+* importing the package pins the CPU math libraries to their AVX2 kernels
+  (:mod:`medadv_tutorial.numerics`), so stored outputs reproduce on any x86-64 CPU.
 """
 
-__version__ = "0.1.0"
+from . import numerics as _numerics
+
+# Before anything imports numpy or runs a kernel: the CPU pin that makes outputs portable.
+_numerics.pin()
+
+__version__ = "0.2.0"

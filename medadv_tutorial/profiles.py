@@ -1,10 +1,18 @@
-"""Run settings in one place: the ``ci`` (CPU, minutes) and ``full`` (GPU, paper-scale) profiles.
+"""Run settings in one place: the ``ci``, ``full`` and ``smoke`` profiles.
+
+* ``ci`` (the default everywhere, CPU or GPU): what the book's stored outputs show; minutes
+  on a 2-core CPU, less on a GPU.
+* ``full`` (opt-in): paper-scale settings for a GPU: 224 px, every image, ten epochs.
+* ``smoke``: the ``full`` code path (224 px, whole-split sampling rules, batch logic) on a
+  few dozen images and one epoch; CI executes every chapter under it to keep ``full``
+  runnable.  Its numbers mean nothing, so chapters skip their claims under it
+  (:attr:`Profile.check_claims`).
 
 Every chapter calls :func:`get_profile` once; the profile is chosen by, in order,
 
 1. the ``name`` argument,
-2. the environment variable ``MEDADV_PROFILE`` (``ci`` or ``full``),
-3. the hardware: ``full`` when CUDA is available, ``ci`` otherwise.
+2. the environment variable ``MEDADV_PROFILE`` (``ci``, ``full`` or ``smoke``),
+3. ``ci``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ class Profile:
 
     Attributes
     ----------
-    name: ``"ci"`` or ``"full"``.
+    name: ``"ci"``, ``"full"`` or ``"smoke"``.
     image_size: side length (pixels) every dataset is resized to.
     n_train: training images per dataset (a seeded, class-stratified subset;
         ``None`` = all).
@@ -32,13 +40,18 @@ class Profile:
     dataset_epochs: per-data-set exceptions to ``epochs`` (see :meth:`epochs_for`).
     batch_size: training batch size.
     eval_batch_size: batch size for evaluation and feature extraction.
-    n_attack: correctly classified test images attacked per data set in the experiments.
+    n_attack: correctly classified test images attacked per data set in the experiments
+        (fewer when a test set has fewer; see :func:`medadv_tutorial.training.attack_and_selection_sets`).
+    n_select: images of the *selection* set on which an attack's weight is chosen, disjoint
+        from the attacked ones (Chapter 5).
     attack_steps: iterations of the iterative attacks (BIM, PGD, MIM, CW).
     lr: AdamW learning rate for fine-tuning.
     class_weighted: weight the cross-entropy by inverse class frequency of the training
         subset (medical training sets are imbalanced: Kermany's is 74% pneumonia).
     backbone: default backbone name (see :mod:`medadv_tutorial.models`).
     num_threads: CPU threads for torch (fixed so results repeat; ``None`` = torch default).
+    check_claims: whether the chapters assert their scientific claims under this profile
+        (``False`` for ``smoke``, whose few dozen images support no claim).
     """
 
     name: str
@@ -50,11 +63,13 @@ class Profile:
     batch_size: int
     eval_batch_size: int
     n_attack: int
+    n_select: int
     attack_steps: int
     lr: float
     class_weighted: bool
     backbone: str
     num_threads: int | None
+    check_claims: bool = True
 
     def epochs_for(self, dataset: str) -> int:
         """Fine-tuning epochs for ``dataset`` (``dataset_epochs`` entry or ``epochs``)."""
@@ -88,6 +103,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=32,
         eval_batch_size=100,
         n_attack=50,
+        n_select=30,
         attack_steps=10,
         lr=1e-3,
         class_weighted=True,
@@ -106,11 +122,31 @@ PROFILES: dict[str, Profile] = {
         batch_size=64,
         eval_batch_size=256,
         n_attack=1000,
+        n_select=300,
         attack_steps=20,
         lr=3e-4,
         class_weighted=True,
         backbone="efficientnet_lite0",
         num_threads=None,
+    ),
+    "smoke": Profile(
+        name="smoke",
+        image_size=224,
+        n_train=48,
+        n_test=40,
+        epochs=1,
+        dataset_epochs=(),
+        batch_size=16,
+        eval_batch_size=32,
+        # More than a small test set can give: exercises the split that caps the attack set.
+        n_attack=1000,
+        n_select=300,
+        attack_steps=3,
+        lr=3e-4,
+        class_weighted=True,
+        backbone="efficientnet_lite0",
+        num_threads=1,
+        check_claims=False,
     ),
 }
 
@@ -120,11 +156,14 @@ def get_profile(name: str | None = None) -> Profile:
 
     Parameters
     ----------
-    name: ``"ci"`` or ``"full"``; if ``None``, read ``$MEDADV_PROFILE``, and if that
-        is unset, pick ``"full"`` on a CUDA machine and ``"ci"`` otherwise.
+    name: ``"ci"``, ``"full"`` or ``"smoke"``; if ``None``, read ``$MEDADV_PROFILE``, and
+        if that is unset, ``"ci"`` on every device (readers see what the book shows; a GPU
+        runs it in minutes).  ``full`` is opt-in: ``MEDADV_PROFILE=full``.
     """
     if name is None:
-        name = os.environ.get(PROFILE_ENV) or ("full" if torch.cuda.is_available() else "ci")
+        name = os.environ.get(PROFILE_ENV) or "ci"
+    if not isinstance(name, str):
+        raise TypeError(f"profile name must be a string such as 'ci', got {type(name).__name__}")
     name = name.strip().lower()
     if name not in PROFILES:
         raise ValueError(

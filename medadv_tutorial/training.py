@@ -242,7 +242,7 @@ def get_model(
     profile: settings (image size, subset sizes, epochs, ...); default :func:`get_profile`.
     seed: seeds the data subset, the head initialisation, shuffling and augmentation.
     backbone: default ``profile.backbone``.
-    device: where the model lives (default: CPU for ``ci``, else CUDA if available).
+    device: where the model lives (default: CUDA if available, else CPU).
     retrain: ignore an existing checkpoint.
 
     Returns
@@ -257,7 +257,7 @@ def get_model(
     profile = profile or get_profile()
     backbone = backbone or profile.backbone
     if device is None:
-        device = "cuda" if (profile.name != "ci" and torch.cuda.is_available()) else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     seed_everything(seed, profile.num_threads)
     path = _cache_root() / f"{checkpoint_key(dataset, backbone, profile, seed)}.pt"
 

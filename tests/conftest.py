@@ -1,4 +1,4 @@
-"""Test-session defaults: offline data from ../shared/data, the ci profile, a local model cache.
+"""Test-session defaults: the CPU pin, offline data from ../shared/data, the ci profile, a local cache.
 
 Values already in the environment win (``.ci/run`` sets them explicitly); the notebooks
 run by nbval inherit these variables from the pytest process.
@@ -7,6 +7,7 @@ run by nbval inherit these variables from the pytest process.
 import os
 from pathlib import Path
 
+import medadv_tutorial  # noqa: F401  first: pins the CPU math libraries (numerics) before numpy loads
 import torch
 
 REPO = Path(__file__).resolve().parents[1]

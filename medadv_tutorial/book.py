@@ -1,0 +1,130 @@
+"""The chapters' common set-up: one call that fixes the settings and says what is in effect.
+
+Every chapter starts with::
+
+    from medadv_tutorial import book
+    profile = book.start()
+
+which
+
+* applies the CPU numerics pin (:mod:`medadv_tutorial.numerics`; importing the package did),
+* reads the profile (``$MEDADV_PROFILE``, default ``ci``) and seeds Python, NumPy and torch,
+* on Colab, mounts Google Drive when ``$MEDADV_CACHE`` points into it, so that trained models
+  are found again by later chapters (each Colab notebook runs in its own runtime),
+* prints the versions, the pin, the profile, how to change it, and where data and models live,
+* glues the profile's settings (``profile_image_size``, ``profile_n_attack``, ...) so that the
+  chapters' prose quotes them with ``{glue:}`` instead of typing them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import textwrap
+
+from . import numerics
+from .profiles import PROFILE_ENV, Profile, get_profile
+
+WIDTH = 100  # stored text lines longer than this are cut off in the built book
+
+COLAB_DRIVE = "/content/drive"
+COLAB_CACHE_HINT = "/content/drive/MyDrive/medadv_cache"
+
+
+def in_colab() -> bool:
+    """Whether this kernel runs in Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def _mount_drive_if_asked() -> str | None:
+    """Mount Google Drive when ``$MEDADV_CACHE`` lies inside it (Colab only); returns a note."""
+    cache = os.environ.get("MEDADV_CACHE", "")
+    if not in_colab():
+        return None
+    if not cache.startswith(COLAB_DRIVE):
+        return (f"models are cached in this runtime only; to keep them for the next chapters run "
+                f"%env MEDADV_CACHE={COLAB_CACHE_HINT} before this cell (Drive is mounted for you)")
+    if not os.path.isdir(os.path.join(COLAB_DRIVE, "MyDrive")):
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        drive.mount(COLAB_DRIVE)
+    return f"models are cached on Google Drive: {cache}"
+
+
+def settings(profile: Profile) -> dict[str, object]:
+    """The profile's settings as ``{"profile_<field>": value}`` (what :func:`start` glues)."""
+    out = {f"profile_{k}": v for k, v in dataclasses.asdict(profile).items()
+           if isinstance(v, (int, float, str, bool)) or v is None}
+    for ds in ("chest_xray", "retinamnist", "cifar10"):
+        out[f"profile_epochs_{ds}"] = profile.epochs_for(ds)
+    out["profile_n_train_text"] = "all" if profile.n_train is None else f"{profile.n_train:,}"
+    out["profile_n_test_text"] = "all" if profile.n_test is None else f"{profile.n_test:,}"
+    return out
+
+
+def glue_settings(profile: Profile) -> None:
+    """Glue :func:`settings` for the prose (no-op where ``myst_nb`` is absent, e.g. Colab)."""
+    try:
+        from myst_nb import glue
+    except ImportError:
+        return
+    for name, value in settings(profile).items():
+        glue(name, value, display=False)
+
+
+def _say(text: str) -> None:
+    print(textwrap.fill(text, WIDTH, subsequent_indent="    ", break_on_hyphens=False))
+
+
+def start(*, seed: int = 0, dpi: int = 72, glue: bool = True) -> Profile:
+    """Set up a chapter and return its :class:`~medadv_tutorial.profiles.Profile`.
+
+    Parameters
+    ----------
+    seed: seed for Python, NumPy and torch (the chapters use 0).
+    dpi: matplotlib figure resolution in the notebook.
+    glue: glue the profile's settings for the prose (see :func:`settings`).
+    """
+    import torch
+
+    from . import __version__
+    from .data import cache_dir, data_dir
+    from .training import seed_everything
+
+    numerics.pin()
+    drive_note = _mount_drive_if_asked()
+    profile = get_profile()
+    seed_everything(seed, profile.num_threads)
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.rcParams["figure.dpi"] = dpi
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        pass
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _say(f"medadv_tutorial {__version__}, torch {torch.__version__}, device {device}")
+    _say(numerics.report())
+    others = ", ".join(sorted(set(("ci", "full", "smoke")) - {profile.name}))
+    _say(f"profile {profile.name!r}" + (" (the book's stored outputs)" if profile.name == "ci" else "")
+         + f"; to change it, run %env {PROFILE_ENV}=<name> ({others}) and restart the kernel")
+    _say("settings: " + profile.describe())
+    where = data_dir()
+    _say(f"data: {where if where else 'downloaded on first use'}; models and caches: {cache_dir()}")
+    if drive_note:
+        _say(drive_note)
+    if not profile.check_claims:
+        _say(f"the {profile.name!r} profile checks no claim: its numbers are not the book's")
+    if glue:
+        glue_settings(profile)
+    return profile
+
+
+def check_claims(profile: Profile) -> bool:
+    """Whether a chapter should assert its claims under ``profile``; prints why when it does not.
+
+    Use as ``if book.check_claims(profile): assert ...``.
+    """
+    if not profile.check_claims:
+        print(f"claims not checked under the {profile.name!r} profile")
+    return profile.check_claims
