@@ -53,19 +53,64 @@ if installed != VERSION:
 
 # %%
 from medadv_tutorial import book  # first: pins the CPU math libraries before numpy loads
-import matplotlib.pyplot as plt
-import torch
+import textwrap
 
-from medadv_tutorial import data, models, plots, training
+from IPython.display import Markdown, display
+
+from medadv_tutorial import data, models, plots, profiles, training
 from medadv_tutorial.report import show_table
+
+try:  # the prose quotes this run's numbers through myst-nb's glue (the built book needs it)
+    from myst_nb import glue
+except ImportError:  # e.g. Colab: without myst-nb there is nothing to glue into
+    def glue(name, value, display=True):
+        pass
 
 profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
+
+def r2(v):
+    """A number as the tables show it (two decimals), for glue: stored digits stay portable."""
+    return float(f"{v:.2f}")
+
+
 # %% [markdown]
-# The **profile** fixes every setting that trades time for fidelity. The stored outputs of
-# this book come from the `ci` profile printed above: 128 × 128 px inputs, at most 2,000
-# training images per data set, two epochs, on a 2-core CPU. On a GPU the package picks the
-# `full` profile (224 px, all images, ten epochs) unless `MEDADV_PROFILE=ci` is set.
+# The **profile** fixes every setting that trades time for fidelity. This page ran under the
+# {glue:md}`profile_name` profile printed above: {glue:}`profile_image_size` px inputs,
+# {glue:md}`profile_n_train_text` training images per data set at most, and
+# {glue:}`profile_epochs_chest_xray` epochs of fine-tuning for the medical tasks. The table
+# lists the three profiles the package knows, read from its settings:
+
+# %%
+names = {"chest_xray": "chest X-ray", "retinamnist": "fundus", "cifar10": "CIFAR-10"}
+rows = []
+for p in profiles.PROFILES.values():
+    exceptions = ", ".join(f"{names.get(d, d)}: {e}" for d, e in p.dataset_epochs)
+    rows.append([
+        p.name + (" (this page)" if p.name == profile.name else ""),
+        p.image_size,
+        "all" if p.n_train is None else p.n_train,
+        "all" if p.n_test is None else p.n_test,
+        f"{p.epochs}" + (f" ({exceptions})" if exceptions else ""),
+        p.n_attack,
+        p.attack_steps,
+        "yes" if p.check_claims else "no",
+    ])
+show_table(rows, ["profile", "input (px)", "train images", "test images", "epochs",
+                  "images attacked", "attack steps", "claims checked"])
+
+# %% [markdown]
+# - **`ci`** is the default on every device, CPU or GPU: it is what the book's stored outputs
+#   show, so a reader sees the numbers printed here. It runs in minutes per chapter on a GPU,
+#   and the stored outputs were made with it on a 2-core CPU.
+# - **`full`** is opt-in, for readers with a GPU: paper-scale input size, every image, more
+#   epochs, more attacked images and attack steps. To use it, restart the kernel, run
+#   `%env MEDADV_PROFILE=full` in a new cell before the set-up cell above (or set the
+#   environment variable before starting Jupyter), and run the chapter again. Models are cached
+#   per profile, so later chapters reuse what this one trains.
+# - **`smoke`** exists for the book's continuous integration only: the `full` code path on a
+#   few dozen images and one epoch, to show that `full` still runs. Its numbers mean nothing, and
+#   the chapters skip their claims under it.
 #
 # ## The data sets
 #
@@ -81,36 +126,56 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # here into the binary "no retinopathy vs. some" task. The offline CIFAR-10 copy is lossy JPEG
 # (quality 75, about 6/255 mean absolute error per pixel); readers who download CIFAR-10 through
 # torchvision get the original pixels and slightly different numbers. Every image is brought to
-# the same side length (bilinear, antialiased), so all three models see inputs of the same size.
+# the same side length (bilinear, antialiased) when it is read, so all three models see inputs of
+# the same size while the data sets stay in memory at their stored resolution.
 #
 # PneumoniaMNIST is the same Kermany data at 28 × 28 px; the package loads it too
 # (`data.load_dataset("pneumoniamnist")`), and its row in the grids below shows how much
 # detail the 28 px version loses.
 
 # %%
-names = {"chest_xray": "chest X-ray", "retinamnist": "fundus", "cifar10": "CIFAR-10"}
 train_sets = {k: data.load_dataset(k, "train", profile=profile) for k in names}
 test_sets = {k: data.load_dataset(k, "test", profile=profile) for k in names}
 pmnist = data.load_dataset("pneumoniamnist", "train", profile=profile)
+
+
+def per_class(ds):
+    """Images per class, as text: one number when the classes are balanced, else the range."""
+    lo, hi = min(ds.class_counts().values()), max(ds.class_counts().values())
+    return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+
+
+def share(ds, cls):
+    """Fraction of ``ds`` in class ``cls``."""
+    return float((ds.labels == ds.classes.index(cls)).float().mean())
+
 
 rows = []
 for k, label in names.items():
     tr, te = train_sets[k], test_sets[k]
     counts = ", ".join(f"{c}: {n}" for c, n in tr.class_counts().items())
-    rows.append([label, tuple(tr.images.shape[1:]), len(tr), len(te), counts if len(tr.classes) <= 2 else "500 per class"])
-show_table(rows, ["task", "image (C, H, W)", "train", "test", "train classes"])
+    rows.append([label, tuple(tr.native.shape[2:]), tr.image_shape, len(tr), len(te),
+                 counts if len(tr.classes) <= 2 else f"{per_class(tr)} per class"])
+show_table(rows, ["task", "stored (H, W)", "model input (C, H, W)", "train", "test", "train classes"])
+
+majority = {k: max(te.class_counts().values()) / len(te) for k, te in test_sets.items()}
+glue("cifar10_per_class", Markdown(per_class(train_sets["cifar10"])), display=False)
+glue("chest_train_pneumonia", r2(share(train_sets["chest_xray"], "PNEUMONIA")), display=False)
+glue("chest_test_pneumonia", r2(share(test_sets["chest_xray"], "PNEUMONIA")), display=False)
+glue("fundus_majority", r2(majority["retinamnist"]), display=False)
 
 # %%
-fig = plots.sample_grid(train_sets["chest_xray"], n_per_class=5, title="Kermany chest X-rays (128 px)")
+size = profile.image_size
+fig = plots.sample_grid(train_sets["chest_xray"], n_per_class=5, title=f"Kermany chest X-rays ({size} px)")
 
 # %%
-fig = plots.sample_grid(pmnist, n_per_class=5, title="PneumoniaMNIST: the same task at 28 px, upsampled to 128 px")
+fig = plots.sample_grid(pmnist, n_per_class=5, title=f"PneumoniaMNIST: the same task at 28 px, upsampled to {size} px")
 
 # %%
-fig = plots.sample_grid(train_sets["retinamnist"], n_per_class=5, title="RetinaMNIST fundus photographs (28 px, upsampled)")
+fig = plots.sample_grid(train_sets["retinamnist"], n_per_class=5, title=f"RetinaMNIST fundus photographs (28 px, upsampled to {size} px)")
 
 # %%
-fig = plots.sample_grid(train_sets["cifar10"], n_per_class=3, size=1.1, title="CIFAR-10 (32 px, upsampled)")
+fig = plots.sample_grid(train_sets["cifar10"], n_per_class=3, size=1.1, title=f"CIFAR-10 (32 px, upsampled to {size} px)")
 
 # %% [markdown]
 # ## The backbone, and why it is pretrained
@@ -122,7 +187,7 @@ fig = plots.sample_grid(train_sets["cifar10"], n_per_class=3, size=1.1, title="C
 # {cite:p}`he2016deep`; the package offers it as well (`models.build_model("resnet50", ...)`,
 # weights downloaded by torchvision) for GPU readers.
 #
-# Pretraining matters for this book twice over. A network trained from scratch on two
+# Pretraining matters for this book twice over. A network trained from scratch on a few
 # thousand images learns little, and small from-scratch CNNs at 28 px do not show the
 # phenomena the later chapters study: the over-parameterised, ImageNet-initialised feature
 # extractor *is* the setting in which medical models were found fragile
@@ -134,7 +199,7 @@ fig = plots.sample_grid(train_sets["cifar10"], n_per_class=3, size=1.1, title="C
 # %%
 probe = models.build_model("efficientnet_lite0", num_classes=2, in_channels=1, image_size=profile.image_size)
 widths = models.layer_widths(probe, profile.image_size)
-print(f"{len(widths)} taps:", ", ".join(f"{k} ({c})" for k, c in widths.items()))
+print(textwrap.fill(f"{len(widths)} taps: " + ", ".join(f"{k} ({c})" for k, c in widths.items()), width=100))
 print(f"parameters: {sum(p.numel() for p in probe.parameters()) / 1e6:.2f} M")
 del probe
 
@@ -150,19 +215,21 @@ del probe
 #
 # Two settings deserve a sentence each, because they were chosen from the *training* data:
 #
-# - **Class weights.** Kermany's training set is 74% pneumonia; the cross-entropy weights each
-#   class by its inverse frequency in the training subset, so the model is not rewarded for
-#   calling everything pneumonia.
-# - **Epochs.** Two epochs for the binary medical tasks and four for CIFAR-10, whose ten classes
-#   of 200 images each are far from fitting the training data after two (the per-epoch table
-#   below shows it). The chest X-ray model fits its training data within two epochs; the fundus
-#   model's training accuracy is still rising, and a longer schedule might help it, but we kept
-#   its budget equal to the chest X-ray model's.
+# - **Class weights.** Kermany's training set is {glue:text}`chest_train_pneumonia:.0%`
+#   pneumonia; the cross-entropy weights each class by its inverse frequency in the training
+#   subset, so the model is not rewarded for calling everything pneumonia.
+# - **Epochs.** This page trains the medical models for {glue:}`profile_epochs_chest_xray`
+#   epochs and the CIFAR-10 model for {glue:}`profile_epochs_cifar10`. The `ci` profile makes
+#   CIFAR-10 its one exception (see the table of profiles): with ten classes and a tenth of its
+#   small training subset in each, CIFAR-10 is far from fitting its training data after as many
+#   epochs as the binary tasks need, while the medical models keep equal budgets. The per-epoch
+#   table below shows how far each model got.
 #
-# In the interest of full disclosure: both were added after a first run of this chapter fell
-# short of the accuracy the book aims for (0.85 on chest X-ray, 0.75 on CIFAR-10). The changes
-# follow from the training data, as described, but the decision to look was prompted by the test
-# result. Nothing else is tuned, and no setting was searched on the test split.
+# In the interest of full disclosure: both were added after a first run of this chapter in the
+# `ci` profile fell short of the accuracy the book aims for (0.85 on chest X-ray, 0.75 on
+# CIFAR-10). The changes follow from the training data, as described, but the decision to look
+# was prompted by the test result. Nothing else is tuned, and no setting was searched on the test
+# split.
 
 # %% tags=["nbval-ignore-output"]
 trained = {}
@@ -177,6 +244,23 @@ fig = plots.training_curves({names[k]: r for k, r in trained.items()})
 rows = [[names[k], e["epoch"], e["loss"], e["accuracy"]] for k, r in trained.items() for e in r["history"]["epochs"]]
 show_table(rows, ["task", "epoch", "training loss", "training accuracy"])
 
+# %% tags=["remove-input"]
+# What the per-epoch table says, written from this run's numbers.
+parts, rising = [], []
+for k, r in trained.items():
+    epochs = r["history"]["epochs"]
+    parts.append(f"{names[k]} {epochs[-1]['accuracy']:.2f} after {len(epochs)} "
+                 f"epoch{'s' if len(epochs) > 1 else ''}")
+    if len(epochs) > 1 and epochs[-1]["accuracy"] > epochs[-2]["accuracy"] + 0.01:
+        rising.append(names[k])
+text = "Final training accuracy: " + ", ".join(parts) + ". "
+if rising:
+    text += ("Still rising by more than 0.01 in the last epoch: " + ", ".join(rising) + "; a longer "
+             "schedule might help, but the medical models keep equal budgets.")
+elif any(len(r["history"]["epochs"]) > 1 for r in trained.values()):
+    text += "No model's training accuracy rose by more than 0.01 in its last epoch."
+display(Markdown(textwrap.fill(text, width=100)))
+
 # %% [markdown]
 # ## Results
 
@@ -187,28 +271,54 @@ for k, r in trained.items():
     rows.append([names[k], r["n_train"], t["n"], t["accuracy"], t["auroc"]])
 show_table(rows, ["task", "train images", "test images", "test accuracy", "test AUROC"])
 
+acc = {k: r["test"]["accuracy"] for k, r in trained.items()}
+auroc = {k: r["test"]["auroc"] for k, r in trained.items()}
+for k in names:
+    glue(f"acc_{k}", r2(acc[k]), display=False)
+    glue(f"auroc_{k}", r2(auroc[k]), display=False)
+    glue(f"n_train_{k}", trained[k]["n_train"], display=False)
+lowest_auroc = min(names, key=lambda k: auroc[k])
+glue("fundus_auroc_rank", Markdown("the lowest of the three" if lowest_auroc == "retinamnist"
+                                   else f"above the {names[lowest_auroc]} model's"), display=False)
+
 # %%
 fig = plots.confusion_matrices({names[k]: r for k, r in trained.items()})
 
 # %%
-# The claims this chapter makes, checked on the unrounded numbers (nbval fails if they break).
-acc = {k: r["test"]["accuracy"] for k, r in trained.items()}
-if profile.name == "ci":
-    assert acc["chest_xray"] >= 0.85, acc
-    assert acc["cifar10"] >= 0.75, acc
-    assert acc["retinamnist"] > 0.6, acc  # above the 0.57 majority-class rate of its test split
+# The claims this chapter makes, checked on the unrounded numbers; each band is meant to hold
+# for `ci` and `full` alike (the stored text above is the record, these asserts the contract).
+if book.check_claims(profile):
+    # chest X-ray, "well above chance": accuracy >= 0.80, AUROC >= 0.90
+    assert acc["chest_xray"] >= 0.80, f"chest X-ray accuracy {acc['chest_xray']:.3f}, claim >= 0.80"
+    assert auroc["chest_xray"] >= 0.90, f"chest X-ray AUROC {auroc['chest_xray']:.3f}, claim >= 0.90"
+    # CIFAR-10, "a usable ten-class classifier": accuracy >= 0.70 (chance 0.10)
+    assert acc["cifar10"] >= 0.70, f"CIFAR-10 accuracy {acc['cifar10']:.3f}, claim >= 0.70"
+    # fundus, "above chance": accuracy >= majority-class rate + 0.10, AUROC >= 0.70
+    band = majority["retinamnist"] + 0.10
+    assert acc["retinamnist"] >= band, f"fundus accuracy {acc['retinamnist']:.3f}, claim >= {band:.3f}"
+    assert auroc["retinamnist"] >= 0.70, f"fundus AUROC {auroc['retinamnist']:.3f}, claim >= 0.70"
 
 # %% [markdown]
-# With two epochs on 2,000 images, the chest X-ray model is well above chance and in the range
-# reported for this data set (its test split comes from a different set of patients and is
-# known to be harder than a held-out part of the training split), and the CIFAR-10 model,
-# fine-tuned on just 200 images per class, is a usable ten-class classifier. The fundus model is the weakest of the three: RetinaMNIST's
-# 28 px images lose most of the lesions that define diabetic retinopathy, and telling grade 0
-# from grade 1 is hard even for graders at full resolution; its accuracy above is what it is, and
-# later chapters report fundus results with that in mind.
+# With {glue:}`profile_epochs_chest_xray` epochs on {glue:text}`n_train_chest_xray:,d` images,
+# the chest X-ray model reaches a test accuracy of {glue:text}`acc_chest_xray:.2f` (AUROC
+# {glue:text}`auroc_chest_xray:.2f`): well above chance, and in the range reported for this data
+# set (its test split comes from a different set of patients and is known to be harder than a
+# held-out part of the training split). The CIFAR-10 model, fine-tuned on
+# {glue:md}`cifar10_per_class` images per class for {glue:}`profile_epochs_cifar10` epochs,
+# reaches {glue:text}`acc_cifar10:.2f`, a usable ten-class classifier.
+#
+# The fundus model reaches {glue:text}`acc_retinamnist:.2f`, against a majority-class rate of
+# {glue:text}`fundus_majority:.2f` on its test split. Accuracies do not rank the three tasks,
+# because chance differs between them: 0.10 for CIFAR-10's ten classes, the majority rate for the
+# binary tasks. The AUROC does not depend on class balance, and the fundus model's,
+# {glue:text}`auroc_retinamnist:.2f`, is {glue:md}`fundus_auroc_rank`. RetinaMNIST's 28 px images
+# lose most of the lesions that define diabetic retinopathy, and telling grade 0 from grade 1 is
+# hard even for graders at full resolution; later chapters report fundus results with that in
+# mind.
 #
 # Look at the confusion matrices before trusting an accuracy: the chest X-ray test split is
-# 62% pneumonia, so a model that errs on normal images can still score well.
+# {glue:text}`chest_test_pneumonia:.0%` pneumonia, so a model that errs on normal images can
+# still score well.
 #
 # ## What comes next
 #

@@ -42,33 +42,47 @@ if installed != VERSION:
 
 # %%
 from medadv_tutorial import book  # first: pins the CPU math libraries before numpy loads
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy.stats import binomtest, spearmanr
 
 from medadv_tutorial import attacks, data, features, metrics, suite, training
 from medadv_tutorial.report import show_table
+
+
+def glue_numbers(digits=2, **values):
+    """Glue this run's numbers for the prose (book.glue), floats rounded as the tables show
+    them so that the stored digits stay portable (digits=0: an int)."""
+    for name, v in values.items():
+        if isinstance(v, float):
+            v = round(v, digits) if digits > 0 else int(round(v))
+        book.glue(name, v)
+
 
 profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
 # %% [markdown]
 # ## MGM: one Gaussian, computed through its Cholesky factor
 #
-# Fit a Gaussian $\mathcal N(\mu, \Sigma)$ to the clean penultimate features $y \in \mathbb R^d$
-# ($d = 1280$ here), with $\Sigma = \mathrm{cov} + \lambda I$: the ridge makes $\Sigma$ invertible
-# when $d$ is close to the number of training images. Its log-density is
+# Fit a Gaussian $\mathcal N(\mu, \Sigma)$ to the clean penultimate features $h \in \mathbb R^d$
+# (as in Chapter 3, $h$ is the features and $y$ the label; $d$ = {glue:}`feature_dim` here), with
+# $\Sigma = \mathrm{cov} + \lambda I$: the ridge makes $\Sigma$ invertible when $d$ is close to the
+# number of training images. Its log-density is
 #
-# $$\log p(y) = -\tfrac12\Big[\log\det\Sigma + (y-\mu)^\top\Sigma^{-1}(y-\mu) + d\log 2\pi\Big].$$
+# $$\log p(h) = -\tfrac12\Big[\log\det\Sigma + (h-\mu)^\top\Sigma^{-1}(h-\mu) + d\log 2\pi\Big].$$
 #
 # Computed naively this fails twice at $d \approx 1000$: $\det\Sigma$ of a 1280-dimensional
 # covariance under- or overflows in floating point, and inverting $\Sigma$ is slow and
 # inaccurate. With the Cholesky factor $\Sigma = RR^\top$ ($R$ lower triangular, computed once),
 # $\log\det\Sigma = 2\sum_i \log R_{ii}$ is a sum of logs, and
-# $(y-\mu)^\top\Sigma^{-1}(y-\mu) = \|R^{-1}(y-\mu)\|^2$ is one triangular solve per batch:
+# $(h-\mu)^\top\Sigma^{-1}(h-\mu) = \|R^{-1}(h-\mu)\|^2$ is one triangular solve per batch:
 #
-# $$\log p(y) = -\tfrac12\Big[2\textstyle\sum_i \log R_{ii} + \|R^{-1}(y - \mu)\|^2 + d\log 2\pi\Big].$$
+# $$\log p(h) = -\tfrac12\Big[2\textstyle\sum_i \log R_{ii} + \|R^{-1}(h - \mu)\|^2 + d\log 2\pi\Big].$$
 #
-# The detector flags an image when $-\log p(y)$ exceeds the threshold that keeps 95% of the clean
+# The detector flags an image when $-\log p(h)$ exceeds the threshold that keeps 95% of the clean
 # training features. The package computes the training scores leave-one-out (each training
 # image scored by the Gaussian fitted without it): in-sample scores are optimistic when $d$ is
 # close to $N$, and a threshold taken from them would flag most new clean images.
@@ -76,8 +90,9 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # ## Features and attacks
 #
 # Clean features come from the cache Chapter 3 filled (computed here if absent). The evaluation
-# set is balanced, as in Li & Zhu: the `n_attack` correctly classified test images, clean, and
-# their adversarial versions under FGSM, BIM, PGD and MIM at ε = 1/255 (white-box).
+# set is balanced, as in Li & Zhu: {glue:md}`eval_set`, clean, and their adversarial versions
+# under FGSM, BIM, PGD and MIM at ε = 1/255 with {glue:}`profile_attack_steps` steps for the
+# iterative ones (white-box).
 
 # %% tags=["nbval-ignore-output"]
 m, rec = training.get_model("chest_xray", profile=profile, seed=0)
@@ -96,9 +111,19 @@ attack_zoo = {
 adv = {name: attacks.run_attack(a, m, (x, y), batch_size=50) for name, a in attack_zoo.items()}
 fs_clean = features.extract_features(m, (x, y), progress=False)
 fs_adv = {name: features.extract_features(m, (r.x_adv, y), progress=False) for name, r in adv.items()}
+n_eval = len(y)
+glue_numbers(feature_dim=int(fs_train.penultimate.shape[1]), n_eval=n_eval)
+if n_eval == profile.n_attack:
+    eval_set = f"the {n_eval} correctly classified test images drawn for the attacks (`n_attack`)"
+else:  # n_attack asks for more than the test set has: all of them
+    eval_set = (f"all {n_eval} correctly classified test images (the profile's `n_attack` = "
+                f"{profile.n_attack} is more than the test set has)")
+book.glue("eval_set", eval_set)
 
 # %%
-show_table([[n, r.success_rate] for n, r in adv.items()], ["attack (ε = 1/255, white-box)", "success rate"])
+success = {n: r.success_rate for n, r in adv.items()}
+show_table([[n, s] for n, s in success.items()], ["attack (ε = 1/255, white-box)", "success rate"])
+glue_numbers(success_fgsm=success["FGSM"], success_pgd=success["PGD"])
 
 # %% [markdown]
 # ## Li & Zhu's table: MGM, Isolation Forest, one-class SVM
@@ -107,13 +132,15 @@ show_table([[n, r.success_rate] for n, r in adv.items()], ["attack (ε = 1/255, 
 # counts adversarial images as positives on the balanced set; the **follow-up AUROC** is the
 # classifier's AUROC on the images the detector lets through (clean and adversarial together):
 # a perfect detector restores the clean AUROC, no defence leaves the attacked one.
-
+#
 #
 # All ten detectors of this chapter are fitted once, here, by `suite.DetectorSuite.fit` (the
 # line-up and its settings are listed in the next section; Chapter 5 reuses it unchanged).
 
 # %% tags=["nbval-ignore-output"]
-dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=2 * profile.n_attack)
+n_fgsm = 2 * profile.n_attack  # training images drawn for the supervised detectors (as Chapter 5)
+dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=n_fgsm)
+glue_numbers(n_fgsm=min(n_fgsm, len(train)))
 unsup = {name: dets.detectors[name] for name in ("MGM", "ISO", "OCSVM")}
 
 # %%
@@ -141,12 +168,42 @@ for atk, fsa in fs_adv.items():
     nodef += ["–", metrics.followup_auroc(probs, torch.cat([y, y]), torch.ones(2 * len(y), dtype=torch.bool))]
 rows.append(nodef)
 show_table(rows, ["detector"] + [f"{a} {k}" for a in fs_adv for k in ("F1", "follow-up AUROC")])
+f1_mgm_pgd = li_zhu[("MGM", "PGD")][0]
+glue_numbers(f1_mgm_pgd=f1_mgm_pgd, f1_mgm_fgsm=li_zhu[("MGM", "FGSM")][0])
 
 # %%
-kept = float((unsup["MGM"].score(fs_clean.penultimate) <= unsup["MGM"].threshold(0.95)).float().mean())
-print(f"MGM keeps {kept:.0%} of the clean attacked images at its 95%-of-training threshold")
-f1_mgm_pgd = li_zhu[("MGM", "PGD")][0]
-assert f1_mgm_pgd >= 0.90, f1_mgm_pgd
+accepted_clean = unsup["MGM"].score(fs_clean.penultimate) <= unsup["MGM"].threshold(0.95)
+n_kept = int(accepted_clean.sum())
+kept = n_kept / n_eval
+kept_ci = binomtest(n_kept, n_eval).proportion_ci(0.95, method="wilson")
+print(textwrap.fill(f"MGM keeps {kept:.0%} of the {n_eval} clean attacked images at its 95%-of-training "
+                    f"threshold (95% Wilson interval {kept_ci.low:.0%} to {kept_ci.high:.0%})", book.WIDTH))
+glue_numbers(kept=kept, kept_low=kept_ci.low, kept_high=kept_ci.high)
+if kept_ci.low > 0.95:
+    kept_note = "The interval lies above 95%: these test images are more typical than the training images."
+elif kept_ci.high >= 0.95:
+    kept_note = f"The interval includes 95%: the difference is within the sampling error of {n_eval} images."
+else:
+    kept_note = ("The interval lies below 95%, so sampling alone does not explain the shortfall: the test "
+                 "images have more members in the tail of the Gaussian than the training images the "
+                 "threshold was taken on. The 95% is a target on the training data, not a guarantee "
+                 "on new images.")
+book.glue("kept_note", kept_note)
+if book.check_claims(profile):
+    # Band: MGM's F1 on PGD at its pre-set threshold is at least 0.90 (Li & Zhu report 0.975).
+    assert f1_mgm_pgd >= 0.90, f1_mgm_pgd
+
+# %% [markdown]
+# **Against Li & Zhu's numbers.** At its pre-set threshold MGM reaches F1 =
+# {glue:text}`f1_mgm_pgd:.2f` on PGD and {glue:text}`f1_mgm_fgsm:.2f` on FGSM; Li & Zhu report
+# 0.975 and 0.936 {cite:p}`li2020robust`. Their setting differs: their ε was 0.02 (white-box) and
+# 0.05 (black-box), against 1/255 ≈ 0.004 here, a white-box budget about five times larger, under
+# which one FGSM step moves the features much further; and they used a DenseNet-121 on the
+# 14-label NIH ChestX-ray14, not an EfficientNet-Lite0 on Kermany's two classes.
+#
+# MGM keeps {glue:text}`kept:.0%` of the clean images (95% interval {glue:text}`kept_low:.0%` to
+# {glue:text}`kept_high:.0%` for {glue:}`n_eval` images), not the nominal 95%.
+# {glue:md}`kept_note`
 
 # %% [markdown]
 # ### Black-box: attacks crafted on a substitute model
@@ -162,16 +219,48 @@ adv_bb = {name: attacks.run_attack(a, sub, (x, y), batch_size=50) for name, a in
 fs_bb = {name: features.extract_features(m, (r.x_adv, y), progress=False) for name, r in adv_bb.items()}
 
 # %%
-rows = []
+rows, transfer, bb = [], {}, {}
 for atk, fsa in fs_bb.items():
-    transfer = float((fsa.predictions != y).float().mean())
-    row = [atk, transfer]
+    transfer[atk] = float((fsa.predictions != y).float().mean())
+    row = [atk, transfer[atk]]
     for det_name, det in unsup.items():
         s_clean, s_adv = det.score(fs_clean.penultimate), det.score(fsa.penultimate)
-        row += [metrics.f1_at_threshold(s_clean, s_adv, det.threshold(0.95)), metrics.auroc(s_clean, s_adv)]
+        bb[(det_name, atk)] = (metrics.f1_at_threshold(s_clean, s_adv, det.threshold(0.95)),
+                               metrics.auroc(s_clean, s_adv))
+        row += list(bb[(det_name, atk)])
     rows.append(row)
 show_table(rows, ["attack (black-box)", "success on deployed model"]
            + [f"{d} {k}" for d in unsup for k in ("F1", "AUROC")])
+glue_numbers(transfer_min=min(transfer.values()), transfer_max=max(transfer.values()),
+             bb_f1_mgm_min=min(bb[("MGM", a)][0] for a in fs_bb), bb_f1_mgm_max=max(bb[("MGM", a)][0] for a in fs_bb),
+             bb_auroc_iso_min=min(bb[("ISO", a)][1] for a in fs_bb),
+             bb_auroc_iso_max=max(bb[("ISO", a)][1] for a in fs_bb),
+             bb_auroc_mgm_min=min(bb[("MGM", a)][1] for a in fs_bb),
+             bb_auroc_mgm_max=max(bb[("MGM", a)][1] for a in fs_bb))
+if max(bb[("ISO", a)][1] for a in fs_bb) < 0.5:
+    iso_note = (
+        "Isolation Forest scores the transferred images *below* chance: it finds them more typical "
+        "than the clean ones, while MGM, on the same features, stays above it. Our reading, not "
+        "verified here: a perturbation aimed at the substitute's decision boundary mostly lowers the "
+        "deployed model's confidence, which moves the features from the confident ends of the two "
+        "class clusters towards the boundary between them, the middle of the clean cloud. Isolation "
+        "Forest cuts one coordinate at a time, and points in the middle of every coordinate's range "
+        "take the most cuts to isolate; MGM's full covariance also sees the small moves into "
+        "directions in which clean features hardly vary.")
+else:
+    iso_note = "Isolation Forest does not separate the transferred images better than MGM does."
+book.glue("iso_note", iso_note)
+
+# %% [markdown]
+# At this budget {glue:text}`transfer_min:.0%` to {glue:text}`transfer_max:.0%` of the images
+# transfer, and MGM's black-box F1 is {glue:text}`bb_f1_mgm_min:.2f` to
+# {glue:text}`bb_f1_mgm_max:.2f`, against Li & Zhu's 0.90 to 0.96. Besides the budget (0.05 there,
+# 1/255 here), their substitute was a ResNet-50, a different architecture from the deployed model,
+# where ours is a second copy of the same recipe.
+#
+# Black-box AUROC: Isolation Forest {glue:text}`bb_auroc_iso_min:.2f` to
+# {glue:text}`bb_auroc_iso_max:.2f`, MGM {glue:text}`bb_auroc_mgm_min:.2f` to
+# {glue:text}`bb_auroc_mgm_max:.2f`. {glue:md}`iso_note`
 
 # %% [markdown]
 # ## The wider comparison: AUROC and TPR at 90% TNR
@@ -180,13 +269,15 @@ show_table(rows, ["attack (black-box)", "success on deployed model"]
 # attacks. Which data each detector was trained on:
 #
 # - **unsupervised**, fitted on clean training features only: MGM, ISO, OCSVM (penultimate layer),
-#   MAHA (per layer; penultimate shown), KD (penultimate, per predicted class; bandwidth set to
+#   MAHA (penultimate layer: class means with a shared covariance; its per-layer version is the
+#   MAHA-LR ensemble below), KD (penultimate, per predicted class; bandwidth set to
 #   the median nearest-neighbour distance of clean training features, no attack involved), LID
 #   (penultimate, k = 20 neighbours in a clean reference batch), BU (MC-dropout variance, 10 samples);
 # - **supervised**, trained on clean vs adversarial features of *other* images: the MAHA and LID
 #   layer ensembles with logistic regression (Lee et al., Ma et al.) and the DNN detector. Their
-#   adversarial training set is FGSM at ε = 1/255 on correctly classified *training* images, so
-#   they never see the test images, and BIM/PGD/MIM are attacks they were not trained on.
+#   adversarial training set is FGSM at ε = 1/255 on the correctly classified ones among
+#   {glue:}`n_fgsm` seeded *training* images, so they never see the test images, and BIM/PGD/MIM
+#   are attacks they were not trained on.
 
 # %%
 scores = {name: {"clean": dets.score_one(name, fs_clean, x)} for name in dets.detectors}
@@ -195,19 +286,51 @@ for atk, fsa in fs_adv.items():
         scores[name][atk] = dets.score_one(name, fsa, adv[atk].x_adv)
 
 # %%
+auc = {name: {atk: metrics.auroc(sc["clean"], sc[atk]) for atk in fs_adv} for name, sc in scores.items()}
 rows = []
 for name, sc in scores.items():
     row = [name]
     for atk in fs_adv:
-        row += [metrics.auroc(sc["clean"], sc[atk]), metrics.tpr_at_tnr(sc["clean"], sc[atk], 0.90)]
+        row += [auc[name][atk], metrics.tpr_at_tnr(sc["clean"], sc[atk], 0.90)]
     rows.append(row)
 show_table(rows, ["detector"] + [f"{a} {k}" for a in fs_adv for k in ("AUROC", "TPR@90")])
-auroc_pgd = {name: metrics.auroc(sc["clean"], sc["PGD"]) for name, sc in scores.items()}
+auroc_pgd = {name: a["PGD"] for name, a in auc.items()}
 
 # %%
-mgm_auroc = auroc_pgd["MGM"]
-print("AUROC against PGD:", ", ".join(f"{k} {v:.3f}" for k, v in auroc_pgd.items()))
-assert mgm_auroc >= 0.95, mgm_auroc
+print(textwrap.fill("AUROC against PGD: " + ", ".join(f"{k} {v:.3f}" for k, v in auroc_pgd.items()), book.WIDTH))
+iterative = ("BIM", "PGD", "MIM")
+gaussian, density = ("MGM", "MAHA", "KD"), ("MGM", "MAHA", "KD", "ISO", "OCSVM")
+# MGM and MAHA: rank agreement of their scores over the clean and white-box adversarial images
+rho_mgm_maha = float(spearmanr(torch.cat([scores["MGM"][k] for k in scores["MGM"]]).numpy(),
+                               torch.cat([scores["MAHA"][k] for k in scores["MAHA"]]).numpy()).statistic)
+glue_numbers(gauss_iter_min=min(auc[d][a] for d in gaussian for a in iterative),
+             isoocsvm_iter_min=min(auc[d][a] for d in ("ISO", "OCSVM") for a in iterative),
+             density_fgsm_min=min(auc[d]["FGSM"] for d in density),
+             density_fgsm_max=max(auc[d]["FGSM"] for d in density),
+             bu_fgsm=auc["BU"]["FGSM"], bu_pgd=auc["BU"]["PGD"], lid_pgd=auc["LID"]["PGD"],
+             dnn_fgsm=auc["DNN"]["FGSM"], dnn_pgd=auc["DNN"]["PGD"],
+             lidlr_fgsm=auc["LID-LR"]["FGSM"], lidlr_pgd=auc["LID-LR"]["PGD"], mahalr_pgd=auc["MAHA-LR"]["PGD"])
+glue_numbers(3, rho_mgm_maha=rho_mgm_maha,
+             mgm_maha_max_diff=max(abs(auc["MGM"][a] - auc["MAHA"][a]) for a in fs_adv))
+glue_numbers(0, feature_dim_minus_1=int(fs_train.penultimate.shape[1]) - 1)
+if book.check_claims(profile):
+    # Bands, fixed beforehand and the same for every profile (AUROC 0.5 = chance):
+    # MGM, MAHA and KD separate the iterative attacks almost perfectly: AUROC >= 0.95
+    assert all(auc[d][a] >= 0.95 for d in gaussian for a in iterative), {d: auc[d] for d in gaussian}
+    # FGSM succeeds less often than PGD, and every density detector finds it harder than PGD
+    assert success["FGSM"] < success["PGD"], success
+    assert all(auc[d]["FGSM"] < auc[d]["PGD"] for d in density), {d: auc[d] for d in density}
+    # LID and BU rank PGD images as less adversarial than clean ones: AUROC < 0.5;
+    # BU's sign flips between FGSM and PGD
+    assert auc["LID"]["PGD"] < 0.5 and auc["BU"]["PGD"] < 0.5 < auc["BU"]["FGSM"], (auc["LID"], auc["BU"])
+    # the detectors trained on FGSM (DNN, LID-LR) do worse on PGD than on FGSM; MAHA-LR transfers:
+    # AUROC >= 0.90 on PGD
+    assert all(auc[d]["PGD"] < auc[d]["FGSM"] for d in ("DNN", "LID-LR")), (auc["DNN"], auc["LID-LR"])
+    assert auc["MAHA-LR"]["PGD"] >= 0.90, auc["MAHA-LR"]
+    # black-box images are caught less reliably than white-box ones (MGM, PGD)
+    assert bb[("MGM", "PGD")][1] < auc["MGM"]["PGD"], (bb[("MGM", "PGD")], auc["MGM"])
+    # MGM and MAHA rank the images alike: Spearman correlation >= 0.9
+    assert rho_mgm_maha >= 0.9, rho_mgm_maha
 
 # %% [markdown]
 # ## ROC curves and score histograms (PGD)
@@ -225,46 +348,67 @@ for label, s in [("clean training (leave-one-out)", s_train), ("clean test", sco
                  ("PGD", scores["MGM"]["PGD"].numpy())]:
     axes[1].hist(s, bins=40, alpha=0.5, density=True, label=label)
 axes[1].axvline(dets.detectors["MGM"].threshold(0.95), color="k", ls="--", lw=0.8, label="95% threshold")
-axes[1].set(xlabel="MGM score = −log p(y)", ylabel="density", title="MGM scores")
+axes[1].set(xlabel="MGM score = −log p(h)", ylabel="density", title="MGM scores")
 axes[1].legend(fontsize=7)
 fig.tight_layout()
 
 # %% [markdown]
 # ## Reading the tables
 #
-# The sentences below describe the run stored with this page (`ci` profile, 50 images per set).
+# The numbers below are those of this page's run ({glue:md}`profile_name` profile,
+# {glue:}`n_eval` images per set); the cell above asserts each qualitative statement with the band
+# stated beside it.
 #
 # **The Gaussian family catches the iterative attacks.** MGM, MAHA and KD (a sum of Gaussians)
-# separate BIM, PGD and MIM from clean features almost perfectly, as the outlier analysis of
-# Chapter 3 predicted, and MGM reaches Li & Zhu's F1 at its pre-set 95% threshold. Isolation
-# Forest and the one-class SVM do as well here: the iterative attacks push the features so far out
-# that any density model notices. FGSM is different: with one step it succeeds on fewer images
-# and moves their features much less, and every unsupervised detector does poorly on it — the
-# failed FGSM images are, in feature space, simply clean images.
+# separate BIM, PGD and MIM from clean features almost perfectly (AUROC at least
+# {glue:text}`gauss_iter_min:.2f`), as the outlier analysis of Chapter 3 predicted; at its
+# pre-set 95% threshold MGM's F1 on PGD is {glue:text}`f1_mgm_pgd:.2f` (Li & Zhu: 0.975).
+# Isolation Forest and the one-class SVM reach AUROC {glue:text}`isoocsvm_iter_min:.2f` or more
+# on them: the iterative attacks push the features so far out that any density model notices.
+# FGSM is different: with one step it succeeds on fewer images ({glue:text}`success_fgsm:.0%`
+# against {glue:text}`success_pgd:.0%` for PGD) and moves their features much less, and the
+# density detectors (MGM, MAHA, KD, ISO, OCSVM) reach only {glue:text}`density_fgsm_min:.2f` to
+# {glue:text}`density_fgsm_max:.2f` on it — the failed FGSM images are, in feature space, simply
+# clean images. Not every unsupervised detector fails on it: BU, which reads the model's
+# uncertainty rather than the features' density, reaches {glue:text}`bu_fgsm:.2f`. A single step
+# leaves the image near the decision boundary, whether it crossed it or not, where the MC-dropout
+# predictions disagree.
+#
+# **MGM and MAHA agree.** Their AUROCs differ by at most {glue:text}`mgm_maha_max_diff:.3f` over
+# the four attacks, and this is no coincidence. Both are Mahalanobis distances of the
+# penultimate features with the same ridge: MGM to the overall mean under the total covariance,
+# MAHA to the nearest class mean under the pooled within-class covariance. With two classes, the total covariance is the within-class one
+# plus a single between-class direction, so after whitening the two squared distances share the
+# part in the {glue:text}`feature_dim_minus_1:,d` dimensions orthogonal to that direction and
+# differ only along it (MGM's log-determinant is the same for every image and does not change
+# the ranking). The Spearman rank correlation of the two scores over the clean and white-box
+# adversarial images of this page is {glue:text}`rho_mgm_maha:.3f`.
 #
 # **Three detectors fall short, each for a reason worth knowing.**
 #
 # - **LID** (unsupervised, against a clean reference batch) ranks the PGD images as *less*
-#   adversarial than clean ones (AUROC well below 0.5). The estimate depends only on the *ratios*
-#   of the distances to the k nearest clean neighbours, not on their size: a point far from all
+#   adversarial than clean ones (AUROC {glue:text}`lid_pgd:.2f`). The estimate depends only on
+#   the *ratios* of the distances to the k nearest clean neighbours, not on their size: a point far from all
 #   clean data in a uniform way would get a *high* LID, but a point pushed along Δw towards the
 #   tail of the target class lands near the few clean images that already sit in that tail and far
 #   from the rest, so its neighbour distances spread out and its LID is low. That is our reading of
 #   the number, not something this chapter verifies. Ma et al. use LID inside a supervised detector
 #   with mini-batches mixing clean and adversarial samples {cite:p}`ma2021understanding`; our LID-LR
 #   ensemble, trained on FGSM only, gets part of the way.
-# - **BU** also comes out far below 0.5: PGD drives the prediction to near-certainty, so the
-#   MC-dropout variance of adversarial images is *smaller* than that of clean ones. The signal is
-#   there, with the opposite sign to the one the detector assumes; a detector fixed in advance
-#   cannot flip its sign after seeing the attack, so the number stands.
-# - **The DNN detector** and, to a lesser extent, **LID-LR** were trained on FGSM, whose
-#   adversarial features barely leave the clean distribution; they learn FGSM's signature and do
-#   not transfer to the iterative attacks. MAHA-LR, built on distances rather than a learned
-#   boundary, transfers.
+# - **BU** also comes out below 0.5 ({glue:text}`bu_pgd:.2f`): PGD drives the prediction to
+#   near-certainty, so the MC-dropout variance of adversarial images is *smaller* than that of
+#   clean ones. The signal is there, with the opposite sign to the one the detector assumes; a
+#   detector fixed in advance cannot flip its sign after seeing the attack, so the number stands.
+# - **The DNN detector** and **LID-LR** were trained on FGSM, whose adversarial features barely
+#   leave the clean distribution; they learn FGSM's signature and do not transfer to the iterative
+#   attacks (DNN: {glue:text}`dnn_fgsm:.2f` on FGSM, {glue:text}`dnn_pgd:.2f` on PGD; LID-LR:
+#   {glue:text}`lidlr_fgsm:.2f` and {glue:text}`lidlr_pgd:.2f`). MAHA-LR, built on distances
+#   rather than a learned boundary, transfers ({glue:text}`mahalr_pgd:.2f` on PGD).
 #
-# **Black-box attacks** crafted on the seed-1 substitute transfer to about half of the images at
-# this budget, and move the deployed model's features less: the detectors catch them less
-# reliably than the white-box ones.
+# **Black-box attacks** crafted on the seed-1 substitute transfer to {glue:text}`transfer_min:.0%`
+# to {glue:text}`transfer_max:.0%` of the images at this budget, and move the deployed model's
+# features less: the detectors catch them less reliably than the white-box ones (MGM's AUROC
+# {glue:text}`bb_auroc_mgm_min:.2f` to {glue:text}`bb_auroc_mgm_max:.2f`).
 #
 # Every detector was fitted before any attack it is evaluated on was run, with settings fixed in
 # advance (ridge λ = 10⁻³, k = 20, KD bandwidth from clean features, 10 MC-dropout samples), and

@@ -64,13 +64,30 @@ def settings(profile: Profile) -> dict[str, object]:
 
 
 def glue_settings(profile: Profile) -> None:
-    """Glue :func:`settings` for the prose (no-op where ``myst_nb`` is absent, e.g. Colab)."""
+    """Glue :func:`settings` for the prose (no-op where ``myst_nb`` is absent, e.g. Colab).
+
+    Numbers are glued as values (prose: ``{glue:}`profile_image_size```, or with a format,
+    ``{glue:text}`profile_lr:.0e```); strings as Markdown (prose: ``{glue:md}`profile_name```),
+    so that they render without quotes.
+    """
     try:
+        from IPython.display import Markdown
         from myst_nb import glue
     except ImportError:
         return
     for name, value in settings(profile).items():
-        glue(name, value, display=False)
+        glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
+
+
+def glue(name: str, value) -> None:
+    """Glue one run result for the prose like :func:`glue_settings` (no-op without ``myst_nb``)."""
+    try:
+        from IPython.display import Markdown
+        from myst_nb import glue as _glue
+    except ImportError:
+        return
+    value = value.item() if hasattr(value, "item") else value  # numpy/torch scalars: plain numbers
+    _glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
 
 
 def _say(text: str) -> None:
@@ -107,7 +124,8 @@ def start(*, seed: int = 0, dpi: int = 72, glue: bool = True) -> Profile:
     _say(numerics.report())
     others = ", ".join(sorted(set(("ci", "full", "smoke")) - {profile.name}))
     _say(f"profile {profile.name!r}" + (" (the book's stored outputs)" if profile.name == "ci" else "")
-         + f"; to change it, run %env {PROFILE_ENV}=<name> ({others}) and restart the kernel")
+         + f"; to change it, restart the kernel and run %env {PROFILE_ENV}=<name> ({others}) "
+         "before this cell")
     _say("settings: " + profile.describe())
     where = data_dir()
     _say(f"data: {where if where else 'downloaded on first use'}; models and caches: {cache_dir()}")
@@ -118,6 +136,21 @@ def start(*, seed: int = 0, dpi: int = 72, glue: bool = True) -> Profile:
     if glue:
         glue_settings(profile)
     return profile
+
+
+def glue(name: str, value, digits: int | None = None, display: bool = False):
+    """Glue ``value`` under ``name`` for the prose (``{glue:}`name```); returns the value.
+
+    ``digits`` rounds a float first, so the stored record (compared by nbval) shows what the
+    prose shows.  A no-op where ``myst_nb`` is absent (e.g. Colab).
+    """
+    shown = round(float(value), digits) if digits is not None else value
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return value
+    _glue(name, shown, display=display)
+    return value
 
 
 def check_claims(profile: Profile) -> bool:

@@ -1,9 +1,13 @@
 """Datasets for the book: offline copies checked against known hashes, or a download.
 
-Every loader returns an :class:`ImageDataset` whose images are ``uint8`` tensors of
-shape ``(N, C, H, W)``, already resized to the requested side length; ask it for
-``float32`` images in ``[0, 1]`` with :meth:`ImageDataset.tensors` (the pixel-space
-convention of the whole package: normalisation lives inside the models).
+Every loader returns an :class:`ImageDataset` that holds the images at their **native**
+resolution (``uint8`` ``(N, C, H0, W0)``: 28 px for MedMNIST, 32 px for CIFAR-10, 224 px
+for the chest X-rays) and resizes them to the requested side length ``S`` only when they
+are read: one image (``ds[i]``), one batch (a ``DataLoader``), or all of them in chunks
+(:meth:`ImageDataset.tensors`).  What comes out is always ``float32`` ``(C, S, S)`` in
+``[0, 1]`` (the pixel-space convention of the whole package: normalisation lives inside
+the models).  So no data set is held in memory at 224 px: CIFAR-10's 60,000 images take
+184 MB, where at 224 px they took 9 GB.
 
 =================  ==========================  =====  ==================  ================
 ``name``           classes (label 0, 1, ...)   C      splits              source size
@@ -181,39 +185,88 @@ def offline_file(relpath: str) -> Path:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images and labels held in memory.
+    """Images held at native resolution and labels; images are resized when read.
+
+    Reading image ``i`` (``ds[i]``), a batch (a ``DataLoader`` calls :meth:`__getitems__`)
+    or everything (:meth:`tensors`) gives ``float32`` images ``(C, S, S)`` in ``[0, 1]``:
+    antialiased bilinear resizing of the native pixels to ``S = image_size``, rounded to
+    whole grey levels (``k / 255``).  Each image's pixels do not depend on which images it
+    is read with, and equal those of resizing the whole split at once.
 
     Attributes
     ----------
-    images: ``uint8`` tensor ``(N, C, H, W)``, values 0..255, on the CPU.
+    native: ``uint8`` tensor ``(N, C, H0, W0)``, values 0..255, on the CPU (as stored).
+    image_size: output side length ``S``, or ``None`` to read the images at native size.
+    image_shape: ``(C, S, S)`` (or ``(C, H0, W0)``), the shape of one image as read.
+    channels: ``C`` (1 grey-level, 3 RGB).
     labels: ``int64`` tensor ``(N,)``, values in ``0 .. len(classes) - 1``.
     classes: human-readable class names, indexed by label.
     name, split: which dataset and split (see :data:`DATASETS`, :data:`SPLITS`).
     source: where the pixels came from (a file or a download), for printouts.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
-                 name: str, split: str, source: str = "") -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be int64 ({images.shape[0]},), "
+    def __init__(self, native: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                 name: str, split: str, source: str = "", image_size: int | None = None) -> None:
+        if not isinstance(native, torch.Tensor) or native.dtype != torch.uint8 or native.ndim != 4:
+            got = f"{native.dtype} {tuple(native.shape)}" if isinstance(native, torch.Tensor) else type(native).__name__
+            raise ValueError(f"native images must be a uint8 tensor (N, C, H, W), got {got}")
+        if labels.dtype != torch.int64 or labels.shape != (native.shape[0],):
+            raise ValueError(f"labels must be int64 ({native.shape[0]},), "
                              f"got {labels.dtype} {tuple(labels.shape)}")
         if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
             raise ValueError(f"labels must lie in 0..{len(classes) - 1}")
-        self.images, self.labels, self.classes = images, labels, list(classes)
+        if image_size is not None and (not isinstance(image_size, numbers.Integral)
+                                       or isinstance(image_size, bool) or image_size < 1):
+            raise ValueError(f"image_size must be a positive int or None (native size), got {image_size!r}")
+        self.native, self.labels, self.classes = native, labels, list(classes)
+        self.image_size = None if image_size is None else int(image_size)
         self.name, self.split, self.source = name, split, source
 
+    @property
+    def channels(self) -> int:
+        return self.native.shape[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        if self.image_size is None:
+            return tuple(self.native.shape[1:])
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def images(self):
+        raise AttributeError(
+            "ImageDataset.images is gone: images are held at native resolution (ds.native, uint8) and "
+            "resized when read; use ds.image_shape for (C, S, S), ds[i] or ds.tensors() for pixels")
+
+    def _read(self, index) -> torch.Tensor:
+        """Native images ``native[index]`` (int, slice or index tensor) -> float ``(n, C, S, S)`` in [0, 1]."""
+        x = self.native[index]
+        return _resize01(x.unsqueeze(0) if x.ndim == 3 else x, self.image_size)
+
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.native.shape[0]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """Image ``i`` as ``float32`` ``(C, H, W)`` in ``[0, 1]``, and its label."""
-        return self.images[i].float().div_(255), int(self.labels[i])
+        """Image ``i`` as ``float32`` ``(C, S, S)`` in ``[0, 1]``, and its label."""
+        return self._read(int(i))[0], int(self.labels[i])
 
-    def tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images as ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` and labels ``int64`` ``(N,)``."""
-        x = self.images.to(device).float().div_(255)
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """A batch for ``DataLoader``: the images are resized together (one call, not one per image)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self._read(idx), self.labels[idx].tolist()))
+
+    def tensors(self, device: torch.device | str | None = None,
+                chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as ``float32`` ``(N, C, S, S)`` in ``[0, 1]`` and labels ``int64`` ``(N,)``.
+
+        Resized ``chunk`` images at a time on the CPU, so only the output is held in float
+        (at 224 px that is 0.6 MB per RGB image: prefer a ``DataLoader`` for large sets).
+        """
+        if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+        x = torch.empty((len(self), *self.image_shape), dtype=torch.float32, device=device)
+        for start in range(0, len(self), chunk):
+            x[start:start + chunk] = self._read(slice(start, start + chunk))
         return x, self.labels.to(device)
 
     def class_counts(self) -> dict[str, int]:
@@ -223,15 +276,15 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts().items())
-        return (f"ImageDataset({self.name!r}, split={self.split!r}, "
-                f"images={tuple(self.images.shape)} uint8, {{{counts}}})")
+        return (f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"image_shape={self.image_shape}, native={tuple(self.native.shape[1:])} uint8, {{{counts}}})")
 
 
 def describe(ds: ImageDataset) -> dict:
-    """A short summary for the book's printouts."""
-    n, c, h, w = ds.images.shape
-    return {"name": ds.name, "split": ds.split, "n": n, "channels": c, "size": (h, w),
-            "counts": ds.class_counts(), "source": ds.source}
+    """A short summary for the book's printouts (``size`` is the side length as read)."""
+    c, h, w = ds.image_shape
+    return {"name": ds.name, "split": ds.split, "n": len(ds), "channels": c, "size": (h, w),
+            "native_size": tuple(ds.native.shape[2:]), "counts": ds.class_counts(), "source": ds.source}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -262,16 +315,20 @@ def stratified_indices(labels: np.ndarray, n: int | None, seed: int = 0) -> np.n
     return np.sort(np.concatenate(chosen))
 
 
-def _resize(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
-    """Resize ``uint8`` ``(N, C, H, W)`` to ``(N, C, size, size)`` (bilinear, antialiased)."""
-    if images.shape[-2:] == (size, size):
-        return images
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
-    for start in range(0, images.shape[0], chunk):  # chunks keep the float copy small
-        x = images[start:start + chunk].float()
+def _resize01(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """``uint8`` ``(n, C, H, W)`` -> ``float32`` ``(n, C, size, size)`` in ``[0, 1]``.
+
+    Antialiased bilinear interpolation (``align_corners=False``) of the 0..255 values,
+    rounded to whole levels and divided by 255.  ``size=None`` or ``size == H == W`` keeps
+    the pixels.  The kernel computes each image on its own, so an image's result does not
+    depend on the batch it is in (``tests/test_data.py`` checks this against resizing
+    whole splits).
+    """
+    x = images.float()
+    if size is not None and x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[start:start + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+        x = x.round_().clamp_(0, 255)
+    return x.div_(255)
 
 
 def _to_nchw(array: np.ndarray) -> torch.Tensor:
@@ -372,14 +429,15 @@ def _load_cifar10(split, n, seed):
 def load_dataset(name: str, split: str = "train", *, image_size: int | None = None,
                  n: int | None | str = "profile", seed: int = 0,
                  profile: Profile | str | None = None) -> ImageDataset:
-    """Load a seeded, class-stratified subset of a dataset, resized to ``image_size``.
+    """Load a seeded, class-stratified subset of a dataset, read at ``image_size`` px.
 
     Parameters
     ----------
     name: one of :data:`DATASETS`.
     split: one of ``SPLITS[name]`` (``"train"``, ``"test"``, and ``"val"`` for MedMNIST).
-    image_size: output side length in pixels (default: ``profile.image_size``).  Images are
-        resized with antialiased bilinear interpolation and rounded back to ``uint8``.
+    image_size: side length in pixels of the images as read (default: ``profile.image_size``).
+        Images are kept at native resolution and resized when read (antialiased bilinear,
+        rounded to whole grey levels): see :class:`ImageDataset`.
     n: number of images; ``"profile"`` (the default) takes ``profile.n_train`` for
         ``"train"`` and ``profile.n_test`` otherwise; ``None`` or ``n >= available`` takes
         the whole split.  The subset keeps the class proportions (each class within one
@@ -388,7 +446,8 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
     seed: seed of the subset choice.
     profile: a :class:`~medadv_tutorial.profiles.Profile` or its name (default: :func:`get_profile`).
 
-    Returns an :class:`ImageDataset` with ``images`` ``uint8`` ``(n, C, image_size, image_size)``.
+    Returns an :class:`ImageDataset` of ``n`` images holding ``native`` ``uint8`` ``(n, C, H0, W0)``
+    and reading them as ``float32`` ``(C, image_size, image_size)`` in ``[0, 1]``.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
@@ -411,4 +470,4 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
         x, y, source = _load_cifar10(split, n, seed)
     else:
         x, y, source = _load_medmnist(name, split, n, seed)
-    return ImageDataset(_resize(x, int(image_size)), y, CLASSES[name], name, split, source)
+    return ImageDataset(x, y, CLASSES[name], name, split, source, image_size=int(image_size))

@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="*", help="data sets (default: every model the book uses)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--profile", default=None, help="ci or full (default: $MEDADV_PROFILE or by hardware)")
+    parser.add_argument("--profile", default=None, help="ci, full or smoke (default: $MEDADV_PROFILE, else ci)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the data sets named on the command line")
     args = parser.parse_args(argv)
     models = [(d, args.seed) for d in args.datasets] if args.datasets else list(BOOK_MODELS)

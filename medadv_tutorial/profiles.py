@@ -96,7 +96,7 @@ PROFILES: dict[str, Profile] = {
         n_train=2000,
         n_test=1000,
         epochs=2,
-        # Ten classes with 200 images each still underfit after two epochs (training
+        # Ten classes with 200 images each still underfit after two epochs (a two-epoch run: training
         # accuracy 0.77 in epoch 2, loss still halving); the binary medical sets reach
         # 0.97 training accuracy in two.
         dataset_epochs=(("cifar10", 4),),

@@ -6,9 +6,9 @@ from typing import Sequence
 
 
 def _fmt(v, digits: int) -> str:
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+    """A cell's text: floats rounded; a ``|`` inside a cell escaped, so it does not end the cell."""
+    text = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return text.replace("|", "\\|")
 
 
 def markdown_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2) -> str:
@@ -19,7 +19,8 @@ def markdown_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int
     """
     if any(len(r) != len(headers) for r in rows):
         raise ValueError("every row must have one value per header")
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines = ["| " + " | ".join(_fmt(h, digits) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(_fmt(v, digits) for v in r) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -262,7 +262,7 @@ def get_model(
     path = _cache_root() / f"{checkpoint_key(dataset, backbone, profile, seed)}.pt"
 
     test = load_dataset(dataset, "test", profile=profile, seed=seed)
-    in_channels, num_classes = test.images.shape[1], len(test.classes)
+    in_channels, num_classes = test.channels, len(test.classes)
     # One process trains a given checkpoint; others (e.g. a second chapter run in parallel) wait.
     with _file_lock(path.with_suffix(".lock")):
         model = build_model(backbone, num_classes, in_channels, profile.image_size, pretrained=not path.exists() or retrain)
@@ -334,3 +334,81 @@ def correctly_classified(model: nn.Module, data, n: int | None = None, batch_siz
     if return_indices:
         return x, labels[correct], correct
     return x, labels[correct]
+
+
+def _describe_data(data) -> str:
+    name, split = getattr(data, "name", None), getattr(data, "split", None)
+    if name is not None:
+        return f"{name!r}" + (f" ({split} split)" if split else "")
+    return f"the {type(data).__name__} of {len(_as_dataset(data))} images"
+
+
+def _draw(candidates: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` of ``candidates`` (sorted data-set indices) drawn as :func:`correctly_classified` draws."""
+    if n < len(candidates):
+        pick = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:n]
+        candidates = candidates[pick.sort().values]
+    return candidates
+
+
+@torch.no_grad()
+def attack_and_selection_sets(model: nn.Module, data, n_attack: int, n_select: int, seed: int = 0, *,
+                              select_seed: int | None = None, min_each: int = 10, batch_size: int = 100):
+    """Two disjoint, seeded samples of the images of ``data`` that ``model`` classifies correctly.
+
+    The *attack* set is what an experiment evaluates on; the *selection* set, disjoint from it,
+    is where an attack's settings (e.g. HFC's weight λ) are chosen, so that the evaluation never
+    sees the images the choice was made on.  Neither set is ever empty:
+
+    * if ``data`` has at least ``n_attack + n_select`` correctly classified images, the attack
+      set is exactly ``correctly_classified(model, data, n=n_attack, seed=seed)`` (the images every
+      chapter attacks) and the selection set exactly
+      ``correctly_classified(model, data, n=n_select, seed=select_seed, exclude=<attack set>)``;
+    * otherwise all ``N`` correctly classified images are split between the two in proportion
+      ``n_attack : n_select``, each set getting at least ``min(min_each, N // 2)`` images; the
+      attack set is a seeded draw (as above) of its share and the selection set is the rest.
+
+    Parameters
+    ----------
+    model: classifier mapping (B, C, H, W) images in [0, 1] to logits (B, K).
+    data: Dataset yielding (image (C, H, W) in [0, 1], label), or an (x, y) tensor pair.
+    n_attack, n_select: wanted sizes (>= 1) of the attack and selection sets.
+    seed: seed of the attack-set draw; ``select_seed`` (default ``seed + 1``) that of the
+        selection-set draw.
+    min_each: smallest size of either set when the images are split in proportion.
+
+    Returns
+    -------
+    ``((x_att, y_att, idx_att), (x_sel, y_sel, idx_sel))``: images (n, C, H, W) float in [0, 1],
+    labels (n,) int64 and data-set indices (n,) int64 (ascending), on the CPU, with
+    ``n_att + n_sel <= N`` and no index in both.
+
+    Raises
+    ------
+    ValueError: if ``n_attack`` or ``n_select`` is below 1, or ``data`` has fewer than two
+        correctly classified images (the message names the data set).
+    """
+    if n_attack < 1 or n_select < 1:
+        raise ValueError(f"n_attack and n_select must be at least 1, got {n_attack} and {n_select}")
+    select_seed = seed + 1 if select_seed is None else select_seed
+    probs, labels = predict_proba(model, data, batch_size)
+    correct = torch.nonzero(probs.argmax(1) == labels).flatten()
+    n_correct = len(correct)
+    if n_correct < 2:
+        raise ValueError(
+            f"{_describe_data(data)} has {n_correct} correctly classified image(s) of {len(labels)}; "
+            f"disjoint attack and selection sets need at least 2")
+    if n_correct >= n_attack + n_select:
+        n_att, n_sel = n_attack, n_select
+    else:
+        floor = min(min_each, n_correct // 2)
+        n_sel = round(n_correct * n_select / (n_attack + n_select))
+        n_sel = min(max(n_sel, floor), n_correct - floor)
+        n_att = n_correct - n_sel
+    idx_att = _draw(correct, n_att, seed)
+    idx_sel = _draw(correct[~torch.isin(correct, idx_att)], n_sel, select_seed)
+    ds = _as_dataset(data)
+    sets = []
+    for idx in (idx_att, idx_sel):
+        sets.append((torch.stack([ds[int(i)][0] for i in idx]), labels[idx], idx))
+    return tuple(sets)

@@ -6,6 +6,7 @@ the repository when the variable is unset.  If neither exists they fail (never s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -61,7 +62,8 @@ def make_layout(root: Path, replace: dict[str, bytes | None] | None = None) -> P
 def test_shapes_dtypes_ranges(name, channels, n_classes):
     ds = load_dataset(name, "train", image_size=64, n=60, seed=0)
     assert isinstance(ds, ImageDataset) and len(ds) == 60
-    assert ds.images.dtype == torch.uint8 and ds.images.shape == (60, channels, 64, 64)
+    assert ds.native.dtype == torch.uint8 and ds.native.shape[:2] == (60, channels)
+    assert ds.image_shape == (channels, 64, 64) and ds.channels == channels and ds.image_size == 64
     assert ds.labels.dtype == torch.int64 and ds.labels.shape == (60,)
     assert len(ds.classes) == n_classes
     assert set(ds.labels.tolist()) == set(range(n_classes))  # every class is present
@@ -80,7 +82,7 @@ def test_chest_xray_test_split_full_counts():
     ds = load_dataset("chest_xray", "test", image_size=32, n=None)
     assert ds.classes == ["NORMAL", "PNEUMONIA"]
     assert ds.class_counts() == {"NORMAL": 234, "PNEUMONIA": 390}
-    assert ds.images.shape == (624, 1, 32, 32)
+    assert len(ds) == 624 and ds.image_shape == (1, 32, 32)
 
 
 def test_retinamnist_is_binary_grade0_vs_rest():
@@ -93,7 +95,9 @@ def test_retinamnist_is_binary_grade0_vs_rest():
 def test_medmnist_pixels_match_the_npz_file():
     ds = load_dataset("pneumoniamnist", "test", image_size=28, n=None)
     raw = np.load(SHARED / "medmnist" / "pneumoniamnist.npz")
-    assert torch.equal(ds.images[:, 0], torch.from_numpy(raw["test_images"]))
+    assert torch.equal(ds.native[:, 0], torch.from_numpy(raw["test_images"]))
+    # read at the native size: the stored pixels, / 255
+    assert torch.equal(ds.tensors()[0][:, 0], torch.from_numpy(raw["test_images"]).float() / 255)
     assert torch.equal(ds.labels, torch.from_numpy(raw["test_labels"][:, 0].astype(np.int64)))
 
 
@@ -106,7 +110,7 @@ def test_cifar10_jpeg_matches_lossless_reference():
     png = SHARED / "cifar10" / "foolbox_cifar10_samples" / "cifar10_00_3.png"
     ref = torch.from_numpy(np.array(Image.open(png).convert("RGB"))).permute(2, 0, 1)
     assert int(ds.labels[3000]) == 3
-    err = (ds.images[3000].float() - ref.float()).abs().mean()
+    err = (ds.native[3000].float() - ref.float()).abs().mean()
     assert 1 < err < 12, f"JPEG copy differs from the lossless image by {err:.1f}/255 on average"
 
 
@@ -114,18 +118,104 @@ def test_resize_is_antialiased_bilinear_of_the_same_subset():
     small = load_dataset("pneumoniamnist", "val", image_size=28, n=50, seed=3)
     big = load_dataset("pneumoniamnist", "val", image_size=64, n=50, seed=3)
     assert torch.equal(small.labels, big.labels)
-    expect = F.interpolate(small.images.float(), size=(64, 64), mode="bilinear",
-                           antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    assert torch.equal(big.images, expect)
+    assert torch.equal(small.native, big.native)  # the same stored pixels, read at two sizes
+    expect = F.interpolate(small.native.float(), size=(64, 64), mode="bilinear",
+                           antialias=True, align_corners=False).round().clamp(0, 255) / 255
+    assert torch.equal(big.tensors()[0], expect)
 
 
 def test_profile_defaults():
     ds = load_dataset("pneumoniamnist", "test", profile="ci")
     ci = get_profile("ci")
     # PneumoniaMNIST's test split has 624 images: a cap above that takes them all
-    assert ds.images.shape == (min(ci.n_test, 624), 1, ci.image_size, ci.image_size)
+    assert len(ds) == min(ci.n_test, 624) and ds.image_shape == (1, ci.image_size, ci.image_size)
     tr = load_dataset("pneumoniamnist", "train", profile="ci")
     assert len(tr) == ci.n_train
+
+
+# ----------------------------------------------------------------------------- native resolution
+
+
+def _resize_reference(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
+    """The loader's former eager resize of a whole split (verbatim): uint8 (N, C, size, size)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _sha(x: torch.Tensor) -> str:
+    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _levels(x: torch.Tensor) -> torch.Tensor:
+    """float images k/255 -> uint8 k (exact for the loader's outputs)."""
+    return (x * 255).round_().to(torch.uint8)
+
+
+@pytest.mark.parametrize("name, split, n", [("chest_xray", "test", None),    # grey, 224 -> 128 px
+                                            ("retinamnist", "train", None),  # RGB, 28 -> 128 px
+                                            ("cifar10", "test", 300)])       # RGB, 32 -> 128 px
+def test_reads_are_bit_identical_to_resizing_the_whole_split(name, split, n):
+    """The book's stored outputs were made from whole splits resized at once (chunks of 256):
+    every way of reading an image must give the same bits, whatever batch it is read in."""
+    ds = load_dataset(name, split, image_size=128, n=n)
+    ref = _resize_reference(ds.native, 128)
+    assert ref.shape == (len(ds), ds.channels, 128, 128) and len(ds) > 256  # more than one chunk
+    want = _sha(ref)
+
+    item = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert torch.equal(item, ref.float() / 255)  # the same float32 values as before, not just levels
+    assert _sha(_levels(item)) == want
+
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+    batches = torch.empty_like(ref)
+    loader = torch.utils.data.DataLoader(ds, batch_size=37, sampler=perm.tolist())
+    for j, (x, y) in enumerate(loader):
+        idx = perm[37 * j: 37 * (j + 1)]
+        batches[idx] = _levels(x)
+        assert torch.equal(y, ds.labels[idx])
+    assert _sha(batches) == want
+
+    for chunk in (256, 100):
+        x, y = ds.tensors(chunk=chunk)
+        assert _sha(_levels(x)) == want and torch.equal(y, ds.labels)
+
+
+def test_images_are_held_at_native_resolution():
+    ds = load_dataset("cifar10", "test", image_size=224, n=20)
+    assert ds.native.shape == (20, 3, 32, 32) and ds.native.dtype == torch.uint8
+    assert ds.image_shape == (3, 224, 224) and ds[0][0].shape == (3, 224, 224)
+    assert data.describe(ds)["size"] == (224, 224) and data.describe(ds)["native_size"] == (32, 32)
+    with pytest.raises(AttributeError, match="native resolution"):
+        ds.images  # the old eager attribute says where its replacements are
+    at_native = ImageDataset(ds.native, ds.labels, ds.classes, "cifar10", "test")  # image_size=None
+    assert at_native.image_shape == (3, 32, 32)
+    assert torch.equal(at_native.tensors()[0], ds.native.float() / 255)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(native=torch.zeros(2, 1, 8, 8)), "native images must be a uint8"),
+    (dict(native=torch.zeros(2, 8, 8, dtype=torch.uint8)), "native images must be a uint8"),
+    (dict(image_size=0), "image_size must be a positive int"),
+    (dict(image_size=12.0), "image_size must be a positive int"),
+    (dict(labels=torch.tensor([0, 5])), "labels must lie in"),
+])
+def test_image_dataset_rejects_bad_arguments(kwargs, match):
+    args = dict(native=torch.zeros(2, 1, 8, 8, dtype=torch.uint8), labels=torch.tensor([0, 1]),
+                classes=["a", "b"], name="toy", split="test") | kwargs
+    with pytest.raises(ValueError, match=match):
+        ImageDataset(**args)
+
+
+def test_tensors_rejects_a_bad_chunk():
+    ds = ImageDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"], "toy", "test")
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        ds.tensors(chunk=0)
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -156,8 +246,8 @@ def test_subset_is_deterministic_and_seeded():
     a = load_dataset("chest_xray", "train", image_size=32, n=40, seed=0)
     b = load_dataset("chest_xray", "train", image_size=32, n=40, seed=0)
     c = load_dataset("chest_xray", "train", image_size=32, n=40, seed=1)
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-    assert not torch.equal(a.images, c.images)
+    assert torch.equal(a.native, b.native) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.native, c.native)
 
 
 # ----------------------------------------------------------------------------- integrity
@@ -269,10 +359,11 @@ def test_online_fallback_warns_and_uses_downloads(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     with pytest.warns(UserWarning, match="MedMNIST\\+"):
         chest = load_dataset("chest_xray", "train", image_size=64, n=15)
-    assert chest.images.shape == (15, 1, 64, 64) and chest.class_counts() == {"NORMAL": 5, "PNEUMONIA": 10}
+    assert len(chest) == 15 and chest.image_shape == (1, 64, 64)
+    assert chest.class_counts() == {"NORMAL": 5, "PNEUMONIA": 10}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cifar = load_dataset("cifar10", "test", image_size=32, n=20)
     fake = FakeCIFAR10(tmp_path, False, True)
     idx = data.stratified_indices(np.array(fake.targets), 20, seed=0)
-    assert torch.equal(cifar.images, torch.from_numpy(fake.data[idx]).permute(0, 3, 1, 2))
+    assert torch.equal(cifar.native, torch.from_numpy(fake.data[idx]).permute(0, 3, 1, 2))

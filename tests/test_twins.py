@@ -33,6 +33,7 @@ def test_notebook_has_outputs_and_colab_install_cell(ipynb):
     nb = jupytext.read(ipynb)
     code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     assert any(c.get("outputs") for c in code), f"{ipynb.name} has no stored outputs"
-    assert "medadv_tutorial" in code[0].source and "pip" in code[0].source, (
+    # its exact text is checked against tests/setup_cell.py by tests/test_setup_cell.py
+    assert "medadv-tutorial" in code[0].source and "pip" in code[0].source, (
         f"the first code cell of {ipynb.name} must install the package when it is missing"
     )
