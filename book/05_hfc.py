@@ -207,7 +207,7 @@ if len(idx_att) == profile.n_attack:
 else:
     n_correct = len(idx_att) + len(idx_sel)
     sets_note = (f"the test set has {n_correct} correctly classified images, fewer than the profile's "
-                 f"n_attack + n_select = {profile.n_attack} + {profile.n_select}, so they were split in "
+                 f"`n_attack` + `n_select` = {profile.n_attack} + {profile.n_select}, so they were split in "
                  f"proportion; Chapter 4 attacks all {n_correct}")
     attack_set_text = f"{len(idx_att)} attacked images (of Chapter 4's {n_correct})"
 say(f"attack set: {len(idx_att)} images; selection set: {len(idx_sel)} images ({sets_note})")
@@ -642,8 +642,8 @@ if book.check_claims(profile):
 # {glue:md}`profile_backbone` fine-tuned on {glue:}`profile_image_size`-px chest X-rays,
 # ε = 1/255, {glue:}`hfc_steps` steps of size ε/4, mixtures with K = 2 components on all 18 taps,
 # λ = {glue:md}`lam_star` chosen on the {glue:}`n_select_used`-image selection set, evaluated on
-# {glue:md}`attack_set_text`. Every claim below is checked by an `assert` in the cell above, with
-# the tolerance band stated beside it.
+# {glue:md}`attack_set_text`. Every claim below is checked by an `assert` in the cell above (under
+# the `ci` and `full` profiles), with the tolerance band stated beside it.
 #
 # **HFC hides from every detector that caught PGD.** PGD+HFC reaches the target on
 # {glue:md}`hfc_success` of the {glue:}`n_attack_used` images, and the detectors that caught PGD

@@ -79,17 +79,6 @@ def glue_settings(profile: Profile) -> None:
         glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
 
 
-def glue(name: str, value) -> None:
-    """Glue one run result for the prose like :func:`glue_settings` (no-op without ``myst_nb``)."""
-    try:
-        from IPython.display import Markdown
-        from myst_nb import glue as _glue
-    except ImportError:
-        return
-    value = value.item() if hasattr(value, "item") else value  # numpy/torch scalars: plain numbers
-    _glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
-
-
 def _say(text: str) -> None:
     print(textwrap.fill(text, WIDTH, subsequent_indent="    ", break_on_hyphens=False))
 
@@ -142,14 +131,18 @@ def glue(name: str, value, digits: int | None = None, display: bool = False):
     """Glue ``value`` under ``name`` for the prose (``{glue:}`name```); returns the value.
 
     ``digits`` rounds a float first, so the stored record (compared by nbval) shows what the
-    prose shows.  A no-op where ``myst_nb`` is absent (e.g. Colab).
+    prose shows.  Strings are glued as Markdown, like :func:`glue_settings` (prose:
+    ``{glue:md}`name```, no quotes); numpy/torch scalars as plain numbers.  A no-op where
+    ``myst_nb`` is absent (e.g. Colab).
     """
-    shown = round(float(value), digits) if digits is not None else value
+    shown = value.item() if hasattr(value, "item") else value
+    shown = round(float(shown), digits) if digits is not None else shown
     try:
+        from IPython.display import Markdown
         from myst_nb import glue as _glue
     except ImportError:
         return value
-    _glue(name, shown, display=display)
+    _glue(name, Markdown(shown) if isinstance(shown, str) else shown, display=display)
     return value
 
 
