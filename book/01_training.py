@@ -60,18 +60,8 @@ from IPython.display import Markdown, display
 from medadv_tutorial import data, models, plots, profiles, training
 from medadv_tutorial.report import show_table
 
-try:  # the prose quotes this run's numbers through myst-nb's glue (the built book needs it)
-    from myst_nb import glue
-except ImportError:  # e.g. Colab: without myst-nb there is nothing to glue into
-    def glue(name, value, display=True):
-        pass
-
 profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
-
-def r2(v):
-    """A number as the tables show it (two decimals), for glue: stored digits stay portable."""
-    return float(f"{v:.2f}")
 
 
 # %% [markdown]
@@ -159,10 +149,10 @@ for k, label in names.items():
 show_table(rows, ["task", "stored (H, W)", "model input (C, H, W)", "train", "test", "train classes"])
 
 majority = {k: max(te.class_counts().values()) / len(te) for k, te in test_sets.items()}
-glue("cifar10_per_class", Markdown(per_class(train_sets["cifar10"])), display=False)
-glue("chest_train_pneumonia", r2(share(train_sets["chest_xray"], "PNEUMONIA")), display=False)
-glue("chest_test_pneumonia", r2(share(test_sets["chest_xray"], "PNEUMONIA")), display=False)
-glue("fundus_majority", r2(majority["retinamnist"]), display=False)
+book.glue("cifar10_per_class", per_class(train_sets["cifar10"]))
+book.glue("chest_train_pneumonia", share(train_sets["chest_xray"], "PNEUMONIA"), digits=2)
+book.glue("chest_test_pneumonia", share(test_sets["chest_xray"], "PNEUMONIA"), digits=2)
+book.glue("fundus_majority", majority["retinamnist"], digits=2)
 
 # %%
 size = profile.image_size
@@ -274,12 +264,12 @@ show_table(rows, ["task", "train images", "test images", "test accuracy", "test 
 acc = {k: r["test"]["accuracy"] for k, r in trained.items()}
 auroc = {k: r["test"]["auroc"] for k, r in trained.items()}
 for k in names:
-    glue(f"acc_{k}", r2(acc[k]), display=False)
-    glue(f"auroc_{k}", r2(auroc[k]), display=False)
-    glue(f"n_train_{k}", trained[k]["n_train"], display=False)
+    book.glue(f"acc_{k}", acc[k], digits=2)
+    book.glue(f"auroc_{k}", auroc[k], digits=2)
+    book.glue(f"n_train_{k}", trained[k]["n_train"])
 lowest_auroc = min(names, key=lambda k: auroc[k])
-glue("fundus_auroc_rank", Markdown("the lowest of the three" if lowest_auroc == "retinamnist"
-                                   else f"above the {names[lowest_auroc]} model's"), display=False)
+book.glue("fundus_auroc_rank", "the lowest of the three" if lowest_auroc == "retinamnist"
+          else f"above the {names[lowest_auroc]} model's")
 
 # %%
 fig = plots.confusion_matrices({names[k]: r for k, r in trained.items()})

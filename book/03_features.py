@@ -53,16 +53,6 @@ from sklearn.manifold import TSNE
 from medadv_tutorial import data, features, training
 from medadv_tutorial.report import show_table
 
-
-def glue_run(digits=2, **results):
-    """Glue this run's results for the prose (book.glue): floats rounded as the tables show
-    them, so that the stored record stays portable (digits=0: an int); strings as Markdown."""
-    for name, v in results.items():
-        if isinstance(v, float):  # numpy floats too
-            v = int(round(float(v))) if digits == 0 else round(float(v), digits)
-        book.glue(name, v)
-
-
 profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
 # %% [markdown]
@@ -120,7 +110,7 @@ W = m.fc.weight.detach()
 
 # %%
 feature_dim = int(fs_train.penultimate.shape[1])
-glue_run(feature_dim=feature_dim, n_attacked=len(y))
+book.glue_results(feature_dim=feature_dim, n_attacked=len(y))
 print(textwrap.fill(f"{len(fs_train)} training and {len(fs_test)} test images, {len(fs_train.layers)} "
                     f"layers; penultimate features: ({feature_dim},); attacked: {len(y)} images", book.WIDTH))
 
@@ -161,7 +151,7 @@ assert torch.allclose(g_auto, g_formula, atol=1e-5) and float(cos.min()) > 0.999
 # the profile's standard number of steps, and twice as many
 eps, std_steps = 1 / 255, profile.attack_steps
 steps = 2 * std_steps
-glue_run(pgd_long_steps=steps)
+book.glue_results(pgd_long_steps=steps)
 traj, x_adv20 = features.pgd_feature_trajectory(
     m, x, y, {"eps": eps, "steps": steps, "random_start": True, "seed": 0}, return_adv=True
 )
@@ -192,10 +182,10 @@ names_ = ["PGD success rate", "cos(total displacement, Δw), mean over images",
           "|displacement| / mean distance of clean features to their mean"]
 cols = zip(names_, summary(stats, traj[: std_steps + 1], success), summary(stats20, traj, success20))
 show_table([list(c) for c in cols], ["chest X-ray, PGD ε = 1/255", f"{std_steps} steps (standard)", f"{steps} steps"])
-glue_run(cos_std=stats["cos_total"], cos_random=stats["cos_random"], cos_long=stats20["cos_total"],
+book.glue_results(cos_std=stats["cos_total"], cos_random=stats["cos_random"], cos_long=stats20["cos_total"],
              cos_sq=stats["cos_total"] ** 2, frac_std=stats["frac_increasing"], frac_long=stats20["frac_increasing"],
              cos_succ_std=float(stats["cos_successive"].mean()))
-glue_run(0, cos_ratio=stats["cos_total"] / stats["cos_random"])
+book.glue_results(0, cos_ratio=stats["cos_total"] / stats["cos_random"])
 
 # %%
 # The chapter's claims, on the unrounded numbers; the same bands under every profile.
@@ -276,8 +266,8 @@ show_table(
      ["CIFAR-10", stats_c["cos_total"], stats_c["cos_random"], stats_c["frac_increasing"]]],
     [f"model ({steps} steps)", "cos(total, Δw)", "random |cos|", "projection grows"],
 )
-glue_run(cos_cifar=stats_c["cos_total"])
-glue_run(0, cos_ratio_cifar=stats_c["cos_total"] / stats_c["cos_random"])
+book.glue_results(cos_cifar=stats_c["cos_total"])
+book.glue_results(0, cos_ratio_cifar=stats_c["cos_total"] / stats_c["cos_random"])
 diff = stats_c["cos_total"] - stats20["cos_total"]  # CIFAR-10 minus chest X-ray, same number of steps
 if abs(diff) < 0.02:
     comparison = "about as well as"
@@ -285,7 +275,7 @@ elif diff > 0:
     comparison = "slightly better than" if diff < 0.1 else "better than"
 else:
     comparison = "slightly less well than" if diff > -0.1 else "less well than"
-glue_run(cifar_vs_chest=comparison)
+book.glue_results(cifar_vs_chest=comparison)
 if book.check_claims(profile):
     # the ten-class model's drift along its per-image Δw is also at least 10 times chance
     assert stats_c["cos_total"] >= 10 * stats_c["cos_random"], stats_c["cos_total"] / stats_c["cos_random"]
@@ -362,7 +352,7 @@ med_clean_pen = float(pct["clean test"]["penultimate"].median())
 med_clean_stem = float(pct["clean test"]["stem"].median())
 print(textwrap.fill(f"penultimate layer: median percentile of PGD features {med_adv_pen:.1f}, "
                     f"of clean test features {med_clean_pen:.1f}", book.WIDTH))
-glue_run(1, pct_adv_pen=med_adv_pen, pct_adv_stem=med_adv_stem, pct_clean_pen=med_clean_pen,
+book.glue_results(1, pct_adv_pen=med_adv_pen, pct_adv_stem=med_adv_stem, pct_clean_pen=med_clean_pen,
              pct_clean_stem=med_clean_stem)
 if med_clean_pen < 45:
     calibration = (
@@ -380,7 +370,7 @@ elif med_clean_pen > 55:
         "(the reference images are training images of the classifier, held out from the Gaussian only).")
 else:
     calibration = "That is the middle of the scale, where clean images held out from the fit should sit."
-glue_run(calibration_note=calibration)
+book.glue_results(calibration_note=calibration)
 if book.check_claims(profile):
     # the median PGD image is beyond the 95th clean percentile in the penultimate layer ...
     assert med_adv_pen > 95, med_adv_pen
@@ -406,7 +396,7 @@ if book.check_claims(profile):
 
 # %% tags=["nbval-ignore-output"]
 sel = torch.randperm(len(fs_test), generator=torch.Generator().manual_seed(0))[:300]
-glue_run(n_embed_clean=len(sel))
+book.glue_results(n_embed_clean=len(sel))
 fig, axes = plt.subplots(2, 3, figsize=(11, 7))
 for j, layer in enumerate(["block3", "block8", "penultimate"]):
     clean_l, adv_l = fs_test[layer][sel], fs_adv[layer]

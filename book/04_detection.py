@@ -52,16 +52,6 @@ from scipy.stats import binomtest, spearmanr
 from medadv_tutorial import attacks, data, features, metrics, suite, training
 from medadv_tutorial.report import show_table
 
-
-def glue_run(digits=2, **results):
-    """Glue this run's results for the prose (book.glue): floats rounded as the tables show
-    them, so that the stored record stays portable (digits=0: an int); strings as Markdown."""
-    for name, v in results.items():
-        if isinstance(v, float):  # numpy floats too
-            v = int(round(float(v))) if digits == 0 else round(float(v), digits)
-        book.glue(name, v)
-
-
 profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
 # %% [markdown]
@@ -112,18 +102,18 @@ adv = {name: attacks.run_attack(a, m, (x, y), batch_size=50) for name, a in atta
 fs_clean = features.extract_features(m, (x, y), progress=False)
 fs_adv = {name: features.extract_features(m, (r.x_adv, y), progress=False) for name, r in adv.items()}
 n_eval = len(y)
-glue_run(feature_dim=int(fs_train.penultimate.shape[1]), n_eval=n_eval)
+book.glue_results(feature_dim=int(fs_train.penultimate.shape[1]), n_eval=n_eval)
 if n_eval == profile.n_attack:
     eval_set = f"the {n_eval} correctly classified test images drawn for the attacks (`n_attack`)"
 else:  # n_attack asks for more than the test set has: all of them
     eval_set = (f"all {n_eval} correctly classified test images (the profile's `n_attack` = "
                 f"{profile.n_attack} is more than the test set has)")
-glue_run(eval_set=eval_set)
+book.glue_results(eval_set=eval_set)
 
 # %%
 success = {n: r.success_rate for n, r in adv.items()}
 show_table([[n, s] for n, s in success.items()], ["attack (ε = 1/255, white-box)", "success rate"])
-glue_run(success_fgsm=success["FGSM"], success_pgd=success["PGD"])
+book.glue_results(success_fgsm=success["FGSM"], success_pgd=success["PGD"])
 
 # %% [markdown]
 # ## Li & Zhu's table: MGM, Isolation Forest, one-class SVM
@@ -140,7 +130,7 @@ glue_run(success_fgsm=success["FGSM"], success_pgd=success["PGD"])
 # %% tags=["nbval-ignore-output"]
 n_fgsm = 2 * profile.n_attack  # training images drawn for the supervised detectors (as Chapter 5)
 dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=n_fgsm)
-glue_run(n_fgsm=min(n_fgsm, len(train)))
+book.glue_results(n_fgsm=min(n_fgsm, len(train)))
 unsup = {name: dets.detectors[name] for name in ("MGM", "ISO", "OCSVM")}
 
 # %%
@@ -169,7 +159,7 @@ for atk, fsa in fs_adv.items():
 rows.append(nodef)
 show_table(rows, ["detector"] + [f"{a} {k}" for a in fs_adv for k in ("F1", "follow-up AUROC")])
 f1_mgm_pgd = li_zhu[("MGM", "PGD")][0]
-glue_run(f1_mgm_pgd=f1_mgm_pgd, f1_mgm_fgsm=li_zhu[("MGM", "FGSM")][0])
+book.glue_results(f1_mgm_pgd=f1_mgm_pgd, f1_mgm_fgsm=li_zhu[("MGM", "FGSM")][0])
 
 # %%
 accepted_clean = unsup["MGM"].score(fs_clean.penultimate) <= unsup["MGM"].threshold(0.95)
@@ -178,7 +168,7 @@ kept = n_kept / n_eval
 kept_ci = binomtest(n_kept, n_eval).proportion_ci(0.95, method="wilson")
 print(textwrap.fill(f"MGM keeps {kept:.0%} of the {n_eval} clean attacked images at its 95%-of-training "
                     f"threshold (95% Wilson interval {kept_ci.low:.0%} to {kept_ci.high:.0%})", book.WIDTH))
-glue_run(kept=kept, kept_low=kept_ci.low, kept_high=kept_ci.high)
+book.glue_results(kept=kept, kept_low=kept_ci.low, kept_high=kept_ci.high)
 if kept_ci.low > 0.95:
     kept_note = "The interval lies above 95%: these test images are more typical than the training images."
 elif kept_ci.high >= 0.95:
@@ -188,7 +178,7 @@ else:
                  "images have more members in the tail of the Gaussian than the training images the "
                  "threshold was taken on. The 95% is a target on the training data, not a guarantee "
                  "on new images.")
-glue_run(kept_note=kept_note)
+book.glue_results(kept_note=kept_note)
 if book.check_claims(profile):
     # Band: MGM's F1 on PGD at its pre-set threshold is at least 0.90 (Li & Zhu report 0.975).
     assert f1_mgm_pgd >= 0.90, f1_mgm_pgd
@@ -231,7 +221,7 @@ for atk, fsa in fs_bb.items():
     rows.append(row)
 show_table(rows, ["attack (black-box)", "success on deployed model"]
            + [f"{d} {k}" for d in unsup for k in ("F1", "AUROC")])
-glue_run(transfer_min=min(transfer.values()), transfer_max=max(transfer.values()),
+book.glue_results(transfer_min=min(transfer.values()), transfer_max=max(transfer.values()),
              bb_f1_mgm_min=min(bb[("MGM", a)][0] for a in fs_bb), bb_f1_mgm_max=max(bb[("MGM", a)][0] for a in fs_bb),
              bb_auroc_iso_min=min(bb[("ISO", a)][1] for a in fs_bb),
              bb_auroc_iso_max=max(bb[("ISO", a)][1] for a in fs_bb),
@@ -249,7 +239,7 @@ if max(bb[("ISO", a)][1] for a in fs_bb) < 0.5:
         "directions in which clean features hardly vary.")
 else:
     iso_note = "Isolation Forest does not separate the transferred images better than MGM does."
-glue_run(iso_note=iso_note)
+book.glue_results(iso_note=iso_note)
 
 # %% [markdown]
 # At this budget {glue:text}`transfer_min:.0%` to {glue:text}`transfer_max:.0%` of the images
@@ -303,16 +293,16 @@ gaussian, density = ("MGM", "MAHA", "KD"), ("MGM", "MAHA", "KD", "ISO", "OCSVM")
 # MGM and MAHA: rank agreement of their scores over the clean and white-box adversarial images
 rho_mgm_maha = float(spearmanr(torch.cat([scores["MGM"][k] for k in scores["MGM"]]).numpy(),
                                torch.cat([scores["MAHA"][k] for k in scores["MAHA"]]).numpy()).statistic)
-glue_run(gauss_iter_min=min(auc[d][a] for d in gaussian for a in iterative),
+book.glue_results(gauss_iter_min=min(auc[d][a] for d in gaussian for a in iterative),
              isoocsvm_iter_min=min(auc[d][a] for d in ("ISO", "OCSVM") for a in iterative),
              density_fgsm_min=min(auc[d]["FGSM"] for d in density),
              density_fgsm_max=max(auc[d]["FGSM"] for d in density),
              bu_fgsm=auc["BU"]["FGSM"], bu_pgd=auc["BU"]["PGD"], lid_pgd=auc["LID"]["PGD"],
              dnn_fgsm=auc["DNN"]["FGSM"], dnn_pgd=auc["DNN"]["PGD"],
              lidlr_fgsm=auc["LID-LR"]["FGSM"], lidlr_pgd=auc["LID-LR"]["PGD"], mahalr_pgd=auc["MAHA-LR"]["PGD"])
-glue_run(3, rho_mgm_maha=rho_mgm_maha,
+book.glue_results(3, rho_mgm_maha=rho_mgm_maha,
              mgm_maha_max_diff=max(abs(auc["MGM"][a] - auc["MAHA"][a]) for a in fs_adv))
-glue_run(0, feature_dim_minus_1=int(fs_train.penultimate.shape[1]) - 1)
+book.glue_results(0, feature_dim_minus_1=int(fs_train.penultimate.shape[1]) - 1)
 if book.check_claims(profile):
     # Bands, fixed beforehand and the same for every profile (AUROC 0.5 = chance):
     # MGM, MAHA and KD separate the iterative attacks almost perfectly: AUROC >= 0.95

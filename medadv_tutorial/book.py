@@ -116,8 +116,10 @@ def start(*, seed: int = 0, dpi: int = 72, glue: bool = True) -> Profile:
          + f"; to change it, restart the kernel and run %env {PROFILE_ENV}=<name> ({others}) "
          "before this cell")
     _say("settings: " + profile.describe())
-    where = data_dir()
-    _say(f"data: {where if where else 'downloaded on first use'}; models and caches: {cache_dir()}")
+    # Name the variables, not their paths: the stored outputs must not depend on the machine.
+    data_note = "offline copies in $MEDADV_DATA" if data_dir() else "downloaded on first use"
+    cache_note = "$MEDADV_CACHE" if os.environ.get("MEDADV_CACHE", "").strip() else str(cache_dir())
+    _say(f"data: {data_note}; models and caches: {cache_note}")
     if drive_note:
         _say(drive_note)
     if not profile.check_claims:
@@ -144,6 +146,17 @@ def glue(name: str, value, digits: int | None = None, display: bool = False):
         return value
     _glue(name, Markdown(shown) if isinstance(shown, str) else shown, display=display)
     return value
+
+
+def glue_results(digits: int = 2, **results) -> None:
+    """Glue several results at once (:func:`glue`): floats rounded to ``digits`` as the tables
+    show them (``digits=0``: an int), strings as Markdown, other values as they are."""
+    for name, value in results.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, float):
+            value = int(round(value)) if digits == 0 else round(value, digits)
+        glue(name, value)
 
 
 def check_claims(profile: Profile) -> bool:

@@ -42,6 +42,8 @@ class Profile:
     eval_batch_size: batch size for evaluation and feature extraction.
     n_attack: correctly classified test images attacked per data set in the experiments
         (fewer when a test set has fewer; see :func:`medadv_tutorial.training.attack_and_selection_sets`).
+    n_stress: images of each attack set the stress test runs on (a seeded subset; it runs two
+        attacks per layer, so it costs more per image than the other experiments).
     n_select: images of the *selection* set on which an attack's weight is chosen, disjoint
         from the attacked ones (Chapter 5).
     attack_steps: iterations of the iterative attacks (BIM, PGD, MIM, CW).
@@ -63,6 +65,7 @@ class Profile:
     batch_size: int
     eval_batch_size: int
     n_attack: int
+    n_stress: int
     n_select: int
     attack_steps: int
     lr: float
@@ -103,6 +106,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=32,
         eval_batch_size=100,
         n_attack=50,
+        n_stress=16,
         n_select=30,
         attack_steps=10,
         lr=1e-3,
@@ -122,6 +126,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=64,
         eval_batch_size=256,
         n_attack=1000,
+        n_stress=200,
         n_select=300,
         attack_steps=20,
         lr=3e-4,
@@ -142,6 +147,7 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=32,
         # More than a small test set can give: exercises the split that caps the attack set.
         n_attack=1000,
+        n_stress=1000,
         n_select=300,
         attack_steps=3,
         lr=3e-4,

@@ -1,8 +1,8 @@
 """The CPU numerics pin, tested by simulating other CPUs in subprocesses.
 
 Each subprocess trains an EfficientNet-Lite0 for two steps (oneDNN convolutions, MKL products,
-ATen element-wise ops) and factors a matrix with numpy (OpenBLAS), then prints hashes of the
-results.  "Another CPU" is simulated by what the libraries would pick there: an AVX2-only
+ATen element-wise ops), factors a float64 matrix with torch (MKL) and with numpy (OpenBLAS),
+then prints hashes of the results.  "Another CPU" is simulated by what the libraries would pick there: an AVX2-only
 machine runs the AVX2 kernels, which the pin selects; an AVX-512 machine without the pin runs
 AVX-512 kernels.
 """
@@ -40,6 +40,9 @@ for _ in range(2):
 h = hashlib.sha256()
 for v in m.state_dict().values():
     h.update(v.contiguous().numpy().tobytes())
+# float64 Cholesky and products (MKL), as in the Gaussian detectors, the GMM's EM and HFC
+f = torch.randn(500, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+h.update(torch.linalg.cholesky(f.T @ f / 500 + 1e-3 * torch.eye(300, dtype=torch.float64)).numpy().tobytes())
 a = np.random.default_rng(0).standard_normal((300, 257))
 c = np.linalg.cholesky(a.T @ a + 300 * np.eye(257))
 print(h.hexdigest()[:16], hashlib.sha256(c.tobytes()).hexdigest()[:16])

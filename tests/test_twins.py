@@ -1,5 +1,7 @@
 """Every chapter notebook has a jupytext twin (``.py``, percent format) with the same cells."""
 
+import json
+import re
 from pathlib import Path
 
 import jupytext
@@ -37,3 +39,22 @@ def test_notebook_has_outputs_and_colab_install_cell(ipynb):
     assert "medadv-tutorial" in code[0].source and "pip" in code[0].source, (
         f"the first code cell of {ipynb.name} must install the package when it is missing"
     )
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:home|root|work|tmp|content|Users|opt|mnt)/[\w.-]+")
+
+
+@pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_outputs_name_no_machine_path(ipynb):
+    # nbval compares the stored text on other machines: a printed folder would differ there
+    nb = json.loads(ipynb.read_text())
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []):
+            text = json.dumps(out.get("text", "")) + json.dumps(out.get("data", {}).get("text/plain", ""))
+            found = MACHINE_PATH.search(text)
+            assert not found, f"{ipynb.name}, cell {i}: stored output names a machine path {found.group(0)!r}"
+
+
+def test_machine_path_pattern():
+    assert MACHINE_PATH.search("models and caches: /work/main/.cache/medadv")
+    assert not MACHINE_PATH.search("models and caches: $MEDADV_CACHE, 1/255, ~/.cache/x")
