@@ -40,6 +40,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,7 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device) -> tuple[float, object]:
+    """``(seconds, result)`` of one call of ``fn``, with a device synchronisation before and after."""
     sync(device)
     t0 = time.perf_counter()
     out = fn()
@@ -65,7 +68,24 @@ def timed(fn, device) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def compare(name, ours, reference, device, repeats, warmup, goal):
+@dataclass
+class Measurement:
+    """Median times (seconds) of ours and of the reference, and how far their results differ."""
+
+    t_ours: float
+    t_ref: float
+    max_diff: float  # max |ours - reference| over the output
+    scale: float  # max |reference|: the size of the values compared
+
+    @property
+    def ratio(self) -> float:
+        """Reference time / our time (higher = ours faster)."""
+        return self.t_ref / self.t_ours
+
+
+def measure(ours, reference, device, repeats: int, warmup: int) -> Measurement:
+    """Time ``ours`` (on ``device``) and ``reference`` (CPU): ``warmup`` untimed calls of ours, then
+    ``repeats`` alternating timed calls of each; medians, and the difference of the last results."""
     for _ in range(warmup):
         timed(ours, device)
     t_ours, t_ref = [], []
@@ -75,14 +95,110 @@ def compare(name, ours, reference, device, repeats, warmup, goal):
         t, b = timed(reference, torch.device("cpu"))
         t_ref.append(t)
     a = a.detach().cpu().double().numpy()
-    diff = float(np.max(np.abs(a - b)))
-    scale = float(np.max(np.abs(b)))
-    mo, mr = statistics.median(t_ours), statistics.median(t_ref)
-    ratio = mr / mo
-    print(f"{name:5s} ours {mo * 1e3:9.1f} ms   reference {mr * 1e3:9.1f} ms   ratio {ratio:7.1f}x "
-          f"(goal >= {goal}x: {'met' if ratio >= goal else 'not met'})   max |diff| {diff:.2e} "
-          f"(values up to {scale:.3g})")
-    return ratio
+    return Measurement(statistics.median(t_ours), statistics.median(t_ref),
+                       float(np.max(np.abs(a - b))), float(np.max(np.abs(b))))
+
+
+def compare(name, ours, reference, device, repeats, warmup, goal):
+    m = measure(ours, reference, device, repeats, warmup)
+    print(f"{name:5s} ours {m.t_ours * 1e3:9.1f} ms   reference {m.t_ref * 1e3:9.1f} ms   ratio {m.ratio:7.1f}x "
+          f"(goal >= {goal}x: {'met' if m.ratio >= goal else 'not met'})   max |diff| {m.max_diff:.2e} "
+          f"(values up to {m.scale:.3g})")
+    return m.ratio
+
+
+def make_features(n_train: int, n_test: int, dim: int, seed: int = 0):
+    """Random features like real penultimate ones: ``(train (n_train, dim), test (n_test, dim), labels (n_train,))``.
+
+    float64 numpy arrays, correlated (a few large directions, a long tail of small ones);
+    the test rows are shifted by 0.05; ``labels`` (0/1) split the training rows at the
+    median of their first column (two classes for MAHA).
+    """
+    g = np.random.default_rng(seed)
+    scales = 1.0 / np.sqrt(1.0 + np.arange(dim) / 10.0)
+    basis, _ = np.linalg.qr(g.standard_normal((dim, dim)))
+    mix = basis * scales
+    train = g.standard_normal((n_train, dim)) @ mix.T
+    test = g.standard_normal((n_test, dim)) @ mix.T + 0.05
+    labels = (train[:, 0] > np.median(train[:, 0])).astype(np.int64)
+    return train, test, labels
+
+
+@dataclass
+class KernelPair:
+    """One detector's scoring: ours (torch, on the device) and its reference (CPU), both fitted already."""
+
+    name: str
+    ours: Callable[[], torch.Tensor]  # () -> (n_test,) scores
+    reference: Callable[[], np.ndarray]  # () -> (n_test,) the same scores
+    reference_name: str
+    flops: float  # floating-point operations of one call of ours (leading term, see detector_kernels)
+    goal: float  # GPU goal for reference time / our time
+
+
+def detector_kernels(train: np.ndarray, test: np.ndarray, labels: np.ndarray, device: torch.device,
+                     k: int = 20) -> dict[str, KernelPair]:
+    """Fit MGM, MAHA, KD, LID and their references on ``train`` (n_train, d); score ``test`` (n, d).
+
+    Features go to ``device`` as float32 (as the book's features); the references get the
+    float64 values of those same float32 numbers.  Everything is fitted here, outside any
+    timed region.  FLOPs of one scoring call of ours (n = n_test rows, d columns,
+    m = n_train reference rows; leading terms, the O(n d) and O(n m) element-wise parts
+    are left out):
+
+    * MGM: triangular solve ``R z = (x - mu)`` for n right-hand sides, d^2/2
+      multiply-adds per row: ``n d^2``.
+    * MAHA: the same solve (one tied covariance), then C class distances: ``n d^2``.
+    * KD: squared distances to the m kernel centres by one matrix product: ``2 n m d``
+      (plus the logsumexp over m, not counted).
+    * LID: squared distances to the m reference rows by one matrix product: ``2 n m d``
+      (plus a top-k selection, not counted).
+    """
+    import scipy.stats
+    from sklearn.neighbors import KernelDensity, NearestNeighbors
+
+    n, d = test.shape
+    m = train.shape[0]
+    train_t = torch.as_tensor(train, dtype=torch.float32, device=device)
+    test_t = torch.as_tensor(test, dtype=torch.float32, device=device)
+    labels_t = torch.as_tensor(labels, device=device)
+    train32, test32 = train_t.cpu().double().numpy(), test_t.cpu().double().numpy()  # the same float32 values
+
+    reg = 1e-3
+    mgm = D.MGM(reg=reg).fit(train_t)
+    mvn = scipy.stats.multivariate_normal(mgm.mean_.cpu().numpy(), mgm.covariance_.cpu().numpy())
+
+    maha = D.Mahalanobis(reg=reg).fit(train_t, labels_t)
+    sigma = maha.covariance_.cpu().numpy()
+    mvns = [scipy.stats.multivariate_normal(mu, sigma) for mu in maha.means_.cpu().numpy()]
+    const = -0.5 * (np.linalg.slogdet(sigma)[1] + d * np.log(2 * np.pi))
+
+    def maha_reference():
+        return np.min([-2.0 * (mv.logpdf(test32) - const) for mv in mvns], axis=0)
+
+    # bandwidth of the order of the typical distance, so the density is well resolved
+    half = min(200, m // 2)
+    h = float(np.sqrt(np.median(np.sum((train32[:half, None] - train32[None, half:2 * half]) ** 2, -1)) / 2.0))
+    kd = D.KD(bandwidth=h).fit(train_t)
+    kde = KernelDensity(kernel="gaussian", bandwidth=h).fit(train32)
+
+    lid = D.LID(k=k).fit(train_t)
+    nn = NearestNeighbors(n_neighbors=k).fit(train32)
+
+    def lid_reference():
+        r, _ = nn.kneighbors(test32)
+        return -k / np.sum(np.log(r / r[:, -1:]), axis=1)
+
+    return {
+        "MGM": KernelPair("MGM", lambda: mgm.score(test_t), lambda: -mvn.logpdf(test32),
+                          "scipy multivariate_normal.logpdf", n * d * d, 10),
+        "MAHA": KernelPair("MAHA", lambda: maha.score(test_t), maha_reference,
+                           "scipy multivariate_normal.logpdf x2", n * d * d, 10),
+        "KD": KernelPair("KD", lambda: kd.score(test_t), lambda: -kde.score_samples(test32),
+                         "sklearn KernelDensity.score_samples", 2 * n * m * d, 20),
+        "LID": KernelPair("LID", lambda: lid.score(test_t), lid_reference,
+                          "sklearn NearestNeighbors + numpy", 2 * n * m * d, 5),
+    }
 
 
 def main(argv=None) -> dict[str, float]:
@@ -98,27 +214,13 @@ def main(argv=None) -> dict[str, float]:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    import scipy.stats
-    from sklearn.neighbors import KernelDensity, NearestNeighbors
     from threadpoolctl import threadpool_limits
 
     if args.threads:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
     device = torch.device(args.device)
-
-    # correlated features with a spectrum like real ones: a few large directions, a long tail
-    g = np.random.default_rng(args.seed)
-    scales = 1.0 / np.sqrt(1.0 + np.arange(args.dim) / 10.0)
-    basis, _ = np.linalg.qr(g.standard_normal((args.dim, args.dim)))
-    mix = basis * scales
-    train = g.standard_normal((args.n_train, args.dim)) @ mix.T
-    test = g.standard_normal((args.n_test, args.dim)) @ mix.T + 0.05
-    labels = (train[:, 0] > np.median(train[:, 0])).astype(np.int64)
-    train_t = torch.as_tensor(train, dtype=torch.float32, device=device)
-    test_t = torch.as_tensor(test, dtype=torch.float32, device=device)
-    labels_t = torch.as_tensor(labels, device=device)
-    train32, test32 = train_t.cpu().double().numpy(), test_t.cpu().double().numpy()  # the same float32 values
+    train, test, labels = make_features(args.n_train, args.n_test, args.dim, args.seed)
 
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
           f"torch {torch.__version__}, threads torch={torch.get_num_threads()}"
@@ -126,38 +228,9 @@ def main(argv=None) -> dict[str, float]:
           f"n_test {args.n_test}, d {args.dim}")
 
     # ---- fitted objects, outside the timed region ----
-    reg = 1e-3
-    mgm = D.MGM(reg=reg).fit(train_t)
-    mvn = scipy.stats.multivariate_normal(mgm.mean_.cpu().numpy(), mgm.covariance_.cpu().numpy())
-
-    maha = D.Mahalanobis(reg=reg).fit(train_t, labels_t)
-    sigma = maha.covariance_.cpu().numpy()
-    mvns = [scipy.stats.multivariate_normal(m, sigma) for m in maha.means_.cpu().numpy()]
-    const = -0.5 * (np.linalg.slogdet(sigma)[1] + args.dim * np.log(2 * np.pi))
-
-    def maha_reference():
-        return np.min([-2.0 * (m.logpdf(test32) - const) for m in mvns], axis=0)
-
-    # bandwidth of the order of the typical distance, so the density is well resolved
-    h = float(np.sqrt(np.median(np.sum((train32[:200, None] - train32[None, 200:400]) ** 2, -1)) / 2.0))
-    kd = D.KD(bandwidth=h).fit(train_t)
-    kde = KernelDensity(kernel="gaussian", bandwidth=h).fit(train32)
-
-    lid = D.LID(k=args.k).fit(train_t)
-    nn = NearestNeighbors(n_neighbors=args.k).fit(train32)
-
-    def lid_reference():
-        r, _ = nn.kneighbors(test32)
-        return -args.k / np.sum(np.log(r / r[:, -1:]), axis=1)
-
-    ratios = {
-        "MGM": compare("MGM", lambda: mgm.score(test_t), lambda: -mvn.logpdf(test32), device,
-                       args.repeats, args.warmup, 10),
-        "MAHA": compare("MAHA", lambda: maha.score(test_t), maha_reference, device, args.repeats, args.warmup, 10),
-        "KD": compare("KD", lambda: kd.score(test_t), lambda: -kde.score_samples(test32), device,
-                      args.repeats, args.warmup, 20),
-        "LID": compare("LID", lambda: lid.score(test_t), lid_reference, device, args.repeats, args.warmup, 5),
-    }
+    kernels = detector_kernels(train, test, labels, device, args.k)
+    ratios = {name: compare(name, kp.ours, kp.reference, device, args.repeats, args.warmup, kp.goal)
+              for name, kp in kernels.items()}
     print("ratios (reference / ours): " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()))
     return ratios
 

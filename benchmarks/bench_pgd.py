@@ -11,7 +11,9 @@ theirs, ours, ...) ``--repeats`` times, with a device synchronisation before and
 each call.  The script prints the median time per step of each and the ratio
 ours / torchattacks (goal: <= 1.05).  The model is the book's EfficientNet-Lite0
 (``medadv_tutorial.models.build_model``, random weights: timing does not depend on them),
-or torchvision's MobileNetV3-Small with ``--model mobilenet_v3_small``.
+or torchvision's MobileNetV3-Small with ``--model mobilenet_v3_small``.  torchattacks is
+optional (``pip install --no-deps -r benchmarks/requirements.txt``); without it the script
+times ours only and prints ``skipped: torchattacks not installed``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device) -> float:
+    """Seconds of one call of ``fn``, with a device synchronisation before and after."""
     sync(device)
     t0 = time.perf_counter()
     fn()
@@ -62,7 +65,41 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def main(argv=None) -> float:
+def load_torchattacks():
+    """The ``torchattacks`` module, or ``None`` when it is not installed (it is optional: see requirements.txt)."""
+    try:
+        import torchattacks
+    except ImportError:
+        return None
+    return torchattacks
+
+
+def time_steps(model, x, y, *, eps: float, steps: int, repeats: int, warmup: int, device) -> dict:
+    """Seconds per PGD step of ours and of torchattacks on the same ``model``, batch ``x`` (N, C, H, W), ``y`` (N,).
+
+    Same eps, ``alpha = eps / 4``, steps and random start for both; ``warmup`` untimed calls
+    of each, then ``repeats`` alternating timed calls (ours, theirs, ours, ...).
+    Returns ``{"ours": [s, ...], "theirs": [s, ...] or None, "torchattacks": module or None,
+    "x_adv": ours' last output}``; ``"theirs"`` is ``None`` when torchattacks is not installed.
+    """
+    alpha = eps / 4
+    ta = load_torchattacks()
+    ours = PGD(eps, alpha=alpha, steps=steps, random_start=True)
+    runs = {"ours": lambda: ours(model, x, y)}
+    if ta is not None:
+        theirs = ta.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        runs["theirs"] = lambda: theirs(x, y)
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(timed(run, device) / steps)
+    return {"ours": times["ours"], "theirs": times.get("theirs"), "torchattacks": ta, "x_adv": runs["ours"]()}
+
+
+def main(argv=None) -> float | None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=32)
@@ -76,8 +113,6 @@ def main(argv=None) -> float:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
 
-    import torchattacks
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -86,32 +121,28 @@ def main(argv=None) -> float:
     model = model.to(device).eval()
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
-    alpha = args.eps / 4
 
-    ours = PGD(args.eps, alpha=alpha, steps=args.steps, random_start=True)
-    theirs = torchattacks.PGD(model, eps=args.eps, alpha=alpha, steps=args.steps, random_start=True)
-    run_ours = lambda: ours(model, x, y)  # noqa: E731
-    run_theirs = lambda: theirs(x, y)  # noqa: E731
-
-    for _ in range(args.warmup):
-        run_ours()
-        run_theirs()
-    t_ours, t_theirs = [], []
-    for _ in range(args.repeats):
-        t_ours.append(timed(run_ours, device) / args.steps)
-        t_theirs.append(timed(run_theirs, device) / args.steps)
-
-    check = run_ours()
+    r = time_steps(model, x, y, eps=args.eps, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
+                   device=device)
+    check = r["x_adv"]
     assert (check - x).abs().max().item() <= args.eps and 0 <= check.min() and check.max() <= 1
 
-    med_ours, med_theirs = statistics.median(t_ours), statistics.median(t_theirs)
-    ratio = med_ours / med_theirs
+    t_ours, t_theirs, ta = r["ours"], r["theirs"], r["torchattacks"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} ({torch.get_num_threads()} threads)"
-    print(f"model: {model_name}; device: {name}; torch {torch.__version__}, torchattacks {torchattacks.__version__}")
+    print(f"model: {model_name}; device: {name}; torch {torch.__version__}, "
+          f"torchattacks {ta.__version__ if ta is not None else 'not installed'}")
     print(f"batch {args.batch}x3x{args.size}x{args.size}, {args.steps} steps, eps={args.eps:.5f}, "
           f"{args.repeats} repeats after {args.warmup} warm-up call(s); median time per step:")
-    print(f"  medadv_tutorial PGD : {1e3 * med_ours:8.2f} ms   (all: {', '.join(f'{1e3 * t:.1f}' for t in t_ours)})")
-    print(f"  torchattacks PGD    : {1e3 * med_theirs:8.2f} ms   (all: {', '.join(f'{1e3 * t:.1f}' for t in t_theirs)})")
+    print(f"  medadv_tutorial PGD : {1e3 * statistics.median(t_ours):8.2f} ms   "
+          f"(all: {', '.join(f'{1e3 * t:.1f}' for t in t_ours)})")
+    if t_theirs is None:
+        print("  torchattacks PGD    : skipped: torchattacks not installed "
+              "(pip install --no-deps -r benchmarks/requirements.txt)")
+        return None
+    med_ours, med_theirs = statistics.median(t_ours), statistics.median(t_theirs)
+    ratio = med_ours / med_theirs
+    print(f"  torchattacks PGD    : {1e3 * med_theirs:8.2f} ms   "
+          f"(all: {', '.join(f'{1e3 * t:.1f}' for t in t_theirs)})")
     print(f"  ratio ours/torchattacks = {ratio:.3f}  ({'OK' if ratio <= 1.05 else 'ABOVE'} goal <= 1.05); "
           f"ratio of minima (robust to a busy machine) = {min(t_ours) / min(t_theirs):.3f}")
     return ratio

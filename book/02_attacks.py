@@ -128,7 +128,7 @@ zoo = {
     "MIM": attacks.MIM(eps, steps=steps),
     "CW-L∞ (κ=0)": attacks.CWLinf(eps, steps=steps, seed=0),
 }
-results = {name: attacks.run_attack(att, models["chest_xray"], (x_cxr, y_cxr), batch_size=50) for name, att in zoo.items()}
+results = {name: attacks.run_attack(att, models["chest_xray"], (x_cxr, y_cxr)) for name, att in zoo.items()}
 
 # %%
 rows = []
@@ -186,7 +186,7 @@ fig.tight_layout()
 # %% tags=["nbval-ignore-output"]
 eps_grid = [0.125 / 255, 0.25 / 255, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255]
 pgd = attacks.PGD(eps_grid[0], steps=steps, seed=0, early_stop=True)
-curves = {k: attacks.success_rate(pgd, models[k], attack_sets[k], eps_grid, batch_size=50) for k in names}
+curves = {k: attacks.success_rate(pgd, models[k], attack_sets[k], eps_grid) for k in names}
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.5))

@@ -179,7 +179,7 @@ def summary(st, tr, succ):
 names_ = ["PGD success rate", "cos(total displacement, Δw), mean over images",
           "mean |cos| with random directions (200)", "ratio", "share of steps whose projection on Δw grows",
           "mean cos between successive step displacements",
-          "|displacement| / mean distance of clean features to their mean"]
+          "mean displacement length / mean distance of clean features to their mean"]
 cols = zip(names_, summary(stats, traj[: std_steps + 1], success), summary(stats20, traj, success20))
 show_table([list(c) for c in cols], ["chest X-ray, PGD ε = 1/255", f"{std_steps} steps (standard)", f"{steps} steps"])
 book.glue_results(cos_std=stats["cos_total"], cos_random=stats["cos_random"], cos_long=stats20["cos_total"],

@@ -82,7 +82,9 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # Clean features come from the cache Chapter 3 filled (computed here if absent). The evaluation
 # set is balanced, as in Li & Zhu: {glue:md}`eval_set`, clean, and their adversarial versions
 # under FGSM, BIM, PGD and MIM at ε = 1/255 with {glue:}`profile_attack_steps` steps for the
-# iterative ones (white-box).
+# iterative ones (white-box). With `cache=True` an attack run this chapter (or Chapter 5) has
+# computed before is read back from the result cache, bit for bit, instead of being recomputed;
+# its key hashes the attack's settings, the model's weights and the images (see the README).
 
 # %% tags=["nbval-ignore-output"]
 m, rec = training.get_model("chest_xray", profile=profile, seed=0)
@@ -98,7 +100,7 @@ attack_zoo = {
     "PGD": attacks.PGD(eps, steps=steps, seed=0),
     "MIM": attacks.MIM(eps, steps=steps),
 }
-adv = {name: attacks.run_attack(a, m, (x, y), batch_size=50) for name, a in attack_zoo.items()}
+adv = {name: attacks.run_attack(a, m, (x, y), cache=True) for name, a in attack_zoo.items()}
 fs_clean = features.extract_features(m, (x, y), progress=False)
 fs_adv = {name: features.extract_features(m, (r.x_adv, y), progress=False) for name, r in adv.items()}
 n_eval = len(y)
@@ -205,7 +207,7 @@ if book.check_claims(profile):
 
 # %% tags=["nbval-ignore-output"]
 sub, sub_rec = training.get_model("chest_xray", profile=profile, seed=1)
-adv_bb = {name: attacks.run_attack(a, sub, (x, y), batch_size=50) for name, a in attack_zoo.items()}
+adv_bb = {name: attacks.run_attack(a, sub, (x, y), cache=True) for name, a in attack_zoo.items()}
 fs_bb = {name: features.extract_features(m, (r.x_adv, y), progress=False) for name, r in adv_bb.items()}
 
 # %%

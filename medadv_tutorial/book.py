@@ -19,11 +19,13 @@ which
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import sys
 import textwrap
 
 from . import numerics
+from .checks import check_int
 from .profiles import PROFILE_ENV, Profile, get_profile
 
 WIDTH = 100  # stored text lines longer than this are cut off in the built book
@@ -79,18 +81,19 @@ def glue_settings(profile: Profile) -> None:
         glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
+    """Print ``text`` wrapped to :data:`WIDTH` (longer stored lines are cut off in the book)."""
     print(textwrap.fill(text, WIDTH, subsequent_indent="    ", break_on_hyphens=False))
 
 
-def start(*, seed: int = 0, dpi: int = 72, glue: bool = True) -> Profile:
+def start(*, seed: int = 0, dpi: int = 72, glue_profile: bool = True) -> Profile:
     """Set up a chapter and return its :class:`~medadv_tutorial.profiles.Profile`.
 
     Parameters
     ----------
     seed: seed for Python, NumPy and torch (the chapters use 0).
     dpi: matplotlib figure resolution in the notebook.
-    glue: glue the profile's settings for the prose (see :func:`settings`).
+    glue_profile: glue the profile's settings for the prose (see :func:`settings`).
     """
     import torch
 
@@ -109,22 +112,22 @@ def start(*, seed: int = 0, dpi: int = 72, glue: bool = True) -> Profile:
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         pass
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _say(f"medadv_tutorial {__version__}, torch {torch.__version__}, device {device}")
-    _say(numerics.report())
+    say(f"medadv_tutorial {__version__}, torch {torch.__version__}, device {device}")
+    say(numerics.report())
     others = ", ".join(sorted(set(("ci", "full", "smoke")) - {profile.name}))
-    _say(f"profile {profile.name!r}" + (" (the book's stored outputs)" if profile.name == "ci" else "")
+    say(f"profile {profile.name!r}" + (" (the book's stored outputs)" if profile.name == "ci" else "")
          + f"; to change it, restart the kernel and run %env {PROFILE_ENV}=<name> ({others}) "
          "before this cell")
-    _say("settings: " + profile.describe())
+    say("settings: " + profile.describe())
     # Name the variables, not their paths: the stored outputs must not depend on the machine.
     data_note = "offline copies in $MEDADV_DATA" if data_dir() else "downloaded on first use"
     cache_note = "$MEDADV_CACHE" if os.environ.get("MEDADV_CACHE", "").strip() else str(cache_dir())
-    _say(f"data: {data_note}; models and caches: {cache_note}")
+    say(f"data: {data_note}; models and caches: {cache_note}")
     if drive_note:
-        _say(drive_note)
+        say(drive_note)
     if not profile.check_claims:
-        _say(f"the {profile.name!r} profile checks no claim: its numbers are not the book's")
-    if glue:
+        say(f"the {profile.name!r} profile checks no claim: its numbers are not the book's")
+    if glue_profile:
         glue_settings(profile)
     return profile
 
@@ -137,8 +140,14 @@ def glue(name: str, value, digits: int | None = None, display: bool = False):
     ``{glue:md}`name```, no quotes); numpy/torch scalars as plain numbers.  A no-op where
     ``myst_nb`` is absent (e.g. Colab).
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string (the key the prose quotes), got {name!r}")
     shown = value.item() if hasattr(value, "item") else value
-    shown = round(float(shown), digits) if digits is not None else shown
+    if digits is not None:
+        digits = check_int(digits, "digits (decimal places to round to)", 0)
+        if not isinstance(shown, numbers.Real):
+            raise TypeError(f"digits rounds numbers, but value {name!r} is {type(shown).__name__}: {shown!r}")
+        shown = round(float(shown), digits)
     try:
         from IPython.display import Markdown
         from myst_nb import glue as _glue
@@ -151,6 +160,7 @@ def glue(name: str, value, digits: int | None = None, display: bool = False):
 def glue_results(digits: int = 2, **results) -> None:
     """Glue several results at once (:func:`glue`): floats rounded to ``digits`` as the tables
     show them (``digits=0``: an int), strings as Markdown, other values as they are."""
+    digits = check_int(digits, "digits (decimal places to round to)", 0)
     for name, value in results.items():
         if hasattr(value, "item"):
             value = value.item()

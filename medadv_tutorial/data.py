@@ -50,13 +50,16 @@ import numbers
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .profiles import Profile, get_profile
+from .checks import check_int, check_seed
+from .checks import describe as _describe
+from .profiles import Profile, as_profile
 
 DATA_ENV = "MEDADV_DATA"
 CACHE_ENV = "MEDADV_CACHE"
@@ -119,8 +122,9 @@ def data_dir() -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
         raise FileNotFoundError(
-            f"${DATA_ENV} is set to {value!r}, but the folder {path} does not exist; "
+            f"${DATA_ENV} is set to {value!r}, but the folder {path} {what}; "
             f"point {DATA_ENV} at the offline data folder, or unset it to download the data"
         )
     return path
@@ -130,19 +134,29 @@ def cache_dir() -> Path:
     """Download folder: ``$MEDADV_CACHE`` or ``~/.cache/medadv_tutorial`` (created on demand)."""
     value = os.environ.get(CACHE_ENV, "").strip()
     path = Path(value).expanduser() if value else Path.home() / ".cache" / "medadv_tutorial"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        source = f"${CACHE_ENV}={value!r}" if value else "the default cache folder"
+        what = "is a file, not a folder" if path.is_file() else f"cannot be created ({err})"
+        raise NotADirectoryError(f"{source}: {path} {what}; point {CACHE_ENV} at a folder the package may "
+                                 "write to (models, features and results are cached there)") from err
     return path
 
 
 # ----------------------------------------------------------------------------- integrity
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+_HASH_MEMO: dict[tuple, str] = {}
 
 
 def _sha256(path: Path) -> str:
-    """sha256 of a file, memoised per process by (path, size, mtime)."""
+    """sha256 of a file, memoised per process by (path, inode, size, mtime, ctime).
+
+    The change time (ctime) moves on every write and every ``utime`` and cannot be set back by a
+    user, so a file rewritten in place with its size and mtime restored is hashed again.
+    """
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _HASH_MEMO:
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -171,14 +185,37 @@ def offline_file(relpath: str) -> Path:
             f"from {_ORIGIN[relpath.split('/')[0]]} and put it at {relpath} inside {root}, "
             f"or unset {DATA_ENV} to download the data instead."
         )
+    _verify(path, relpath)
+    return path
+
+
+def _verify(path: Path, relpath: str) -> None:
+    """Raise :class:`DataIntegrityError` (naming the file and where to get it) unless its sha256 is the known one."""
     actual = _sha256(path)
     if actual != SHA256[relpath]:
         raise DataIntegrityError(
             f"offline data file {path} is corrupt or incomplete: expected sha256 "
-            f"{SHA256[relpath]}, got {actual} ({path.stat().st_size:,} bytes). "
-            "Replace it with a fresh copy."
+            f"{SHA256[relpath]}, got {actual} ({path.stat().st_size:,} bytes). It was not used. "
+            f"Replace it with a fresh copy of {Path(relpath).name} from {_ORIGIN[relpath.split('/')[0]]}, "
+            f"or unset {DATA_ENV} to download the data instead."
         )
-    return path
+
+
+_DECODE_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError)
+
+
+def _decoded(path: Path, relpath: str, read):
+    """``read()``; on a decoding error, hash ``path`` afresh (not from the memo): a file changed since
+    it was verified raises :class:`DataIntegrityError` naming it, otherwise the error propagates."""
+    try:
+        return read()
+    except DataIntegrityError:
+        raise
+    except _DECODE_ERRORS:
+        for key in [k for k in _HASH_MEMO if k[0] == str(path.resolve())]:
+            del _HASH_MEMO[key]
+        _verify(path, relpath)
+        raise
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -207,12 +244,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, native: torch.Tensor, labels: torch.Tensor, classes: list[str],
                  name: str, split: str, source: str = "", image_size: int | None = None) -> None:
+        if isinstance(classes, str) or not hasattr(classes, "__len__"):
+            raise TypeError(f"classes must be a list of class names, got {_describe(classes)}")
         if not isinstance(native, torch.Tensor) or native.dtype != torch.uint8 or native.ndim != 4:
             got = f"{native.dtype} {tuple(native.shape)}" if isinstance(native, torch.Tensor) else type(native).__name__
             raise ValueError(f"native images must be a uint8 tensor (N, C, H, W), got {got}")
-        if labels.dtype != torch.int64 or labels.shape != (native.shape[0],):
-            raise ValueError(f"labels must be int64 ({native.shape[0]},), "
-                             f"got {labels.dtype} {tuple(labels.shape)}")
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != (native.shape[0],):
+            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else _describe(labels)
+            raise ValueError(f"labels must be int64 ({native.shape[0]},), got {got}")
         if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
             raise ValueError(f"labels must lie in 0..{len(classes) - 1}")
         if image_size is not None and (not isinstance(image_size, numbers.Integral)
@@ -248,6 +287,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         """Image ``i`` as ``float32`` ``(C, S, S)`` in ``[0, 1]``, and its label."""
+        if not -len(self) <= int(i) < len(self):
+            raise IndexError(f"image index {i} is out of range: the dataset has {len(self)} images")
         return self._read(int(i))[0], int(self.labels[i])
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
@@ -282,6 +323,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def describe(ds: ImageDataset) -> dict:
     """A short summary for the book's printouts (``size`` is the side length as read)."""
+    if not isinstance(ds, ImageDataset):
+        raise TypeError(f"ds must be an ImageDataset (from load_dataset), got {type(ds).__name__}")
     c, h, w = ds.image_shape
     return {"name": ds.name, "split": ds.split, "n": len(ds), "channels": c, "size": (h, w),
             "native_size": tuple(ds.native.shape[2:]), "counts": ds.class_counts(), "source": ds.source}
@@ -298,11 +341,14 @@ def stratified_indices(labels: np.ndarray, n: int | None, seed: int = 0) -> np.n
     ``n=None`` (or ``n >= len(labels)``) returns all indices.
     """
     labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array of class labels, got shape {labels.shape}")
+    if n is not None:
+        n = check_int(n, "n (a number of images, or None for all)")
+    seed = check_seed(seed, "seed")
     total = len(labels)
     if n is None or n >= total:
         return np.arange(total)
-    if n < 1:
-        raise ValueError(f"n must be a positive number of images or None, got {n}")
     classes, counts = np.unique(labels, return_counts=True)
     exact = n * counts / total
     quota = np.floor(exact).astype(int)
@@ -379,8 +425,9 @@ def _medmnist(cls_name: str, split: str, size: int | None = None):
     if root is None:
         kwargs = {"size": size} if size else {}
         return cls(split=split, download=True, root=str(cache_dir()), **kwargs), "medmnist download"
-    path = offline_file(f"medmnist/{cls_name.lower()}.npz")
-    return cls(split=split, download=False, root=str(path.parent)), str(path)
+    rel = f"medmnist/{cls_name.lower()}.npz"
+    path = offline_file(rel)
+    return _decoded(path, rel, lambda: cls(split=split, download=False, root=str(path.parent))), str(path)
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -388,8 +435,9 @@ def _medmnist(cls_name: str, split: str, size: int | None = None):
 
 def _load_chest_xray(split, n, seed):
     if data_dir() is not None:
-        path = offline_file(f"chest_xray/kermany_cxr224_{split}.zip")
-        x, y = _read_zip(path, split, CLASSES["chest_xray"], n, seed, mode="L")
+        rel = f"chest_xray/kermany_cxr224_{split}.zip"
+        path = offline_file(rel)
+        x, y = _decoded(path, rel, lambda: _read_zip(path, split, CLASSES["chest_xray"], n, seed, mode="L"))
         return x, y, str(path)
     warnings.warn(
         f"${DATA_ENV} is not set, so chest_xray falls back to MedMNIST+'s 224-px PneumoniaMNIST: "
@@ -415,8 +463,9 @@ def _load_medmnist(name, split, n, seed):
 
 def _load_cifar10(split, n, seed):
     if data_dir() is not None:
-        path = offline_file(f"cifar10/cifar10_{split}_jpeg.zip")
-        x, y = _read_zip(path, split, CLASSES["cifar10"], n, seed, mode="RGB")
+        rel = f"cifar10/cifar10_{split}_jpeg.zip"
+        path = offline_file(rel)
+        x, y = _decoded(path, rel, lambda: _read_zip(path, split, CLASSES["cifar10"], n, seed, mode="RGB"))
         return x, y, str(path)
     import torchvision
 
@@ -453,8 +502,7 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
     if split not in SPLITS[name]:
         raise ValueError(f"dataset {name!r} has no split {split!r}; choose one of {list(SPLITS[name])}")
-    if not isinstance(profile, Profile):
-        profile = get_profile(profile)
+    profile, seed = as_profile(profile), check_seed(seed, "seed")
     if image_size is None:
         image_size = profile.image_size
     if isinstance(n, str) and n == "profile":

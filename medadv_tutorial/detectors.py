@@ -73,7 +73,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import (check_features, check_finite, check_images, check_int, check_labels, check_real, check_seed,
+                     describe, eval_mode)
+from .models import Classifier
 from .metrics import quantile_threshold
+
+_check_features = check_features
 
 __all__ = [
     "BU",
@@ -108,36 +113,9 @@ class NotFittedError(RuntimeError, ValueError):
 # ---------------------------------------------------------------------------------------
 
 
-def _check_features(x, name: str, d: int | None = None) -> torch.Tensor:
-    """``x`` must be a floating tensor (N, d), N >= 1, finite; ``d`` as fitted when given."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, d), got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor of shape (N, d), got dtype {x.dtype}")
-    if x.ndim != 2:
-        expected = "(N, d)" if d is None else f"(N, {d})"
-        raise ValueError(f"{name} must have shape {expected} (one feature vector per row), got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}, need at least one row")
-    if d is not None and x.shape[1] != d:
-        raise ValueError(f"{name} must have shape (N, {d}) as the features the detector was fitted on, "
-                         f"got {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x
-
-
 def _check_labels(labels, n: int, name: str = "labels", device=None) -> torch.Tensor:
-    """``labels`` must be a non-negative integer tensor (n,); returned on ``device``."""
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer class indices with shape ({n},), "
-                        f"got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
-    if labels.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match the features, got {tuple(labels.shape)}")
-    if n and int(labels.min()) < 0:
-        raise ValueError(f"{name} must be non-negative class indices, got min {int(labels.min())}")
+    """``labels`` must be a non-negative integer tensor (n,); returned as int64 on ``device``."""
+    check_labels(labels, n, name, of="the features")
     return labels.to(device=device, dtype=torch.int64) if device is not None else labels.long()
 
 
@@ -326,6 +304,9 @@ def _regularised_cholesky(cov: torch.Tensor, reg: float, n: int, who: str) -> to
     float64 rounding can let a singular matrix through with meaningless tiny pivots.
     """
     d = cov.shape[0]
+    if not bool(torch.isfinite(cov).all()):
+        raise ValueError(f"{who}: clean_features are too large: their covariance overflows float64; rescale the "
+                         "features (a larger reg cannot help)")
     sigma = cov + reg * torch.eye(d, dtype=cov.dtype, device=cov.device)
     R, info = torch.linalg.cholesky_ex(sigma)
     diag = torch.diagonal(sigma)
@@ -346,9 +327,7 @@ def _regularised_cholesky(cov: torch.Tensor, reg: float, n: int, who: str) -> to
 
 class _GaussianBase(Detector):
     def __init__(self, reg: float = 1e-3, relative_reg: bool = False):
-        if not (isinstance(reg, (int, float)) and reg >= 0 and math.isfinite(reg)):
-            raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
-        self.reg = float(reg)
+        self.reg = check_real(reg, "reg", low=0.0)
         self.relative_reg = bool(relative_reg)
         self.reference_scores_ = None
 
@@ -581,6 +560,14 @@ def gaussian_kde_log_density(features: torch.Tensor, train: torch.Tensor, bandwi
 
     Returns (N,) float64.
     """
+    check_features(features, "features")
+    check_features(train, "train", features.shape[1])
+    bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True)
+    return _kde_log_density(features, train, bandwidth, exclude_self)
+
+
+def _kde_log_density(features, train, bandwidth, exclude_self=False):
+    """:func:`gaussian_kde_log_density` without the checks (the detectors validate their inputs)."""
     x, t = _f64(features), _on(_f64(train), _compute_device(features.device))
     n, d = t.shape
     if exclude_self and (x.shape != t.shape or n < 2):
@@ -630,9 +617,7 @@ class KD(Detector):
     uses_labels = True
 
     def __init__(self, bandwidth: float = 1.0):
-        if not (isinstance(bandwidth, (int, float)) and bandwidth > 0 and math.isfinite(bandwidth)):
-            raise ValueError(f"bandwidth must be a finite number > 0, got {bandwidth!r}")
-        self.bandwidth = float(bandwidth)
+        self.bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True)
         self.reference_scores_ = None
 
     def _params(self):
@@ -672,7 +657,7 @@ class KD(Detector):
         pieces = []
         for c, idx in self._groups(labels, x.shape[0], x.device):
             train = _on(self.class_features_[c], dev)
-            pieces.append((idx.to(dev), -gaussian_kde_log_density(x[idx], train, self.bandwidth)))
+            pieces.append((idx.to(dev), -_kde_log_density(x[idx], train, self.bandwidth)))
         if len(pieces) == 1 and len(pieces[0][0]) == x.shape[0]:
             return pieces[0][1]
         for idx, s in pieces:  # out-of-place scatter keeps the graph when features require grad
@@ -684,7 +669,7 @@ class KD(Detector):
         out = torch.empty(x.shape[0], dtype=torch.float64, device=dev)
         for c, idx in self._groups(labels, x.shape[0], x.device):
             train = _on(self.class_features_[c], dev)
-            out[idx.to(dev)] = -gaussian_kde_log_density(train, train, self.bandwidth, exclude_self=True)
+            out[idx.to(dev)] = -_kde_log_density(train, train, self.bandwidth, exclude_self=True)
         return out
 
 
@@ -717,11 +702,18 @@ def lid_mle(features: torch.Tensor, reference: torch.Tensor, k: int = 20, *, exc
 
     Returns (N,) float64.
     """
+    check_features(features, "features")
+    check_features(reference, "reference", features.shape[1])
+    return _lid_mle(features, reference, k, exclude_self)
+
+
+def _lid_mle(features, reference, k, exclude_self=False):
+    """:func:`lid_mle` without the feature checks (the detectors validate their inputs)."""
     x = _f64(features)
     ref = _on(_f64(reference), x.device)
     m = ref.shape[0]
     kmax = m - 1 if exclude_self else m
-    if not (isinstance(k, int) and 1 <= k <= kmax):
+    if isinstance(k, bool) or not (isinstance(k, int) and 1 <= k <= kmax):
         raise ValueError(f"k must be an int in [1, {kmax}] for a reference of {m} rows"
                          f"{' (one excluded: the point itself)' if exclude_self else ''}, got {k!r}")
     if exclude_self and x.shape != ref.shape:
@@ -765,7 +757,7 @@ class LID(Detector):
     name = "LID"
 
     def __init__(self, k: int = 20):
-        if not (isinstance(k, int) and k >= 1):
+        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         self.k = k
         self.reference_scores_ = None
@@ -780,10 +772,10 @@ class LID(Detector):
         self.reference_ = _f64(x.detach())
 
     def _score(self, x, labels):
-        return lid_mle(x, _on(self.reference_, _compute_device(x.device)), self.k)
+        return _lid_mle(x, _on(self.reference_, _compute_device(x.device)), self.k)
 
     def _training_scores(self, x, labels):
-        return lid_mle(self.reference_, self.reference_, self.k, exclude_self=True)
+        return _lid_mle(self.reference_, self.reference_, self.k, exclude_self=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -803,8 +795,8 @@ class _LayerLR(Detector):
     input_kind = "layers"
 
     def __init__(self, C: float = 1.0, seed: int = 0):
-        self.C = float(C)
-        self.seed = int(seed)
+        self.C = check_real(C, "C (inverse regularisation of the logistic regression)", low=0.0, low_open=True)
+        self.seed = check_seed(seed)
         self.reference_scores_ = None
 
     def _validate(self, x, name, fitting):
@@ -956,13 +948,16 @@ class LIDDetector(_LayerLR):
 
 class _SklearnOneClass(Detector):
     def __init__(self, seed: int = 0):
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.reference_scores_ = None
 
     def _estimator(self):
         raise NotImplementedError
 
     def _fit(self, x, labels):
+        if x.shape[0] < 2:
+            raise ValueError(f"clean_features must have at least 2 rows to fit {type(self).__name__} (the features "
+                             f"are standardised), got {x.shape[0]}")
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
@@ -990,6 +985,7 @@ class OCSVM(_SklearnOneClass):
 
     def __init__(self, nu: float = 0.1, kernel: str = "rbf", gamma="scale", seed: int = 0):
         super().__init__(seed)
+        nu = check_real(nu, "nu (the fraction of training outliers allowed)", low=0.0, low_open=True, high=1.0)
         self.nu, self.kernel, self.gamma = nu, kernel, gamma
 
     def _params(self):
@@ -1013,7 +1009,7 @@ class ISO(_SklearnOneClass):
 
     def __init__(self, n_estimators: int = 100, seed: int = 0):
         super().__init__(seed)
-        self.n_estimators = int(n_estimators)
+        self.n_estimators = check_int(n_estimators, "n_estimators")
 
     def _params(self):
         return {"n_estimators": self.n_estimators, "seed": self.seed}
@@ -1047,8 +1043,10 @@ class DNNDetector(Detector):
 
     def __init__(self, hidden: int = 128, epochs: int = 20, lr: float = 1e-3, batch_size: int = 128,
                  weight_decay: float = 1e-4, seed: int = 0):
-        self.hidden, self.epochs, self.lr = int(hidden), int(epochs), float(lr)
-        self.batch_size, self.weight_decay, self.seed = int(batch_size), float(weight_decay), int(seed)
+        self.hidden, self.epochs = check_int(hidden, "hidden (units per layer)"), check_int(epochs, "epochs")
+        self.lr = check_real(lr, "lr", low=0.0, low_open=True)
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.weight_decay, self.seed = check_real(weight_decay, "weight_decay", low=0.0), check_seed(seed)
         self.reference_scores_ = None
 
     def _params(self):
@@ -1132,19 +1130,17 @@ def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, 
     """
     from torch.nn.modules.dropout import _DropoutNd
 
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"x must be a non-empty floating tensor (N, ...), got "
-                         f"{type(x).__name__ if not isinstance(x, torch.Tensor) else (x.dtype, tuple(x.shape))}")
-    if not (isinstance(n_samples, int) and n_samples >= 2):
-        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    _check_inputs(x, "x", model)
+    n_samples, batch_size = check_int(n_samples, "n_samples", 2), check_int(batch_size, "batch_size")
+    seed = None if seed is None else check_seed(seed)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module with dropout, got {type(model).__name__}")
     drops = [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
     if not drops:
         raise ValueError("model has no dropout layer with p > 0: the MC-dropout variance would be 0 for "
                          "every input (BU needs a model with dropout)")
-    modes = {m: m.training for m in model.modules()}
     devices = [x.device] if x.device.type == "cuda" else []
-    try:
-        model.eval()
+    with eval_mode(model):  # every submodule's flag is restored afterwards, the dropout layers' too
         for m in drops:
             m.train()
         with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
@@ -1159,10 +1155,16 @@ def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, 
                     s1, s2 = s1 + p, s2 + p * p
                 mean = s1 / n_samples
                 out.append((s2 / n_samples - mean * mean).sum(1).clamp_min(0.0))
-    finally:
-        for m, training in modes.items():
-            m.train(training)
     return torch.cat(out)
+
+
+def _check_inputs(x, name: str, model=None) -> torch.Tensor:
+    """Model inputs for BU: a non-empty, finite floating tensor (N, ...); images in [0, 1] for a Classifier."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty floating tensor of model inputs (N, C, H, W), got {describe(x)}")
+    if isinstance(model, Classifier):
+        check_images(x, name, ndim=(4,))
+    return check_finite(x, name)
 
 
 class BU(Detector):
@@ -1179,15 +1181,17 @@ class BU(Detector):
     input_kind = "images"
 
     def __init__(self, model: nn.Module, n_samples: int = 20, batch_size: int = 256, seed: int = 0):
-        self.model, self.n_samples, self.batch_size, self.seed = model, int(n_samples), int(batch_size), seed
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch nn.Module with dropout, got {type(model).__name__}")
+        self.model, self.n_samples = model, check_int(n_samples, "n_samples", 2)
+        self.batch_size, self.seed = check_int(batch_size, "batch_size"), None if seed is None else check_seed(seed)
         self.reference_scores_ = None
 
     def _params(self):
         return {"n_samples": self.n_samples, "seed": self.seed}
 
     def _validate(self, x, name, fitting):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
-            raise ValueError(f"{name} must be a non-empty floating tensor of model inputs (N, C, H, W)")
+        _check_inputs(x, name, self.model)
         if not fitting and tuple(x.shape[1:]) != self.n_features_in_:
             raise ValueError(f"{name} must have shape (N, {', '.join(map(str, self.n_features_in_))}) as at fit, "
                              f"got {tuple(x.shape)}")

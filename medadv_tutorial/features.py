@@ -63,8 +63,9 @@ import torch
 import torch.nn.functional as F
 
 from .io import atomic_torch_save
-from .attacks import PGD, Attack, _batches, _progress, _resolve_forward, attack_mode
-from .checks import check_images
+from .attacks import PGD, Attack, _batches, _n_images, _progress, _resolve_forward
+from .checks import (CorruptFileError, as_labels, check_features, check_finite, check_images, check_input_dtype,
+                     check_device, check_int, check_labels, check_model, check_real, check_seed, describe, eval_mode)
 
 __all__ = [
     "FeatureSet",
@@ -115,6 +116,12 @@ class FeatureSet:
     layers: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
+        if not isinstance(self.feats, Mapping) or not all(isinstance(v, torch.Tensor) for v in self.feats.values()):
+            raise TypeError(f"feats must be a mapping {{layer: (N, C_l) tensor}}, got {describe(self.feats)}")
+        if not isinstance(self.labels, torch.Tensor) or self.labels.is_floating_point():
+            raise TypeError(f"labels must be an integer tensor (N,) of class indices, got {describe(self.labels)}")
+        if not isinstance(self.logits, torch.Tensor) or not self.logits.is_floating_point():
+            raise TypeError(f"logits must be a floating tensor (N, K), got {describe(self.logits)}")
         self.feats = OrderedDict(self.feats)
         if not self.layers:
             self.layers = list(self.feats)
@@ -157,6 +164,11 @@ class FeatureSet:
         idx = torch.as_tensor(idx)
         if idx.dtype == torch.bool and idx.shape != (len(self),):
             raise ValueError(f"a boolean mask must have shape ({len(self)},), got {tuple(idx.shape)}")
+        if idx.numel() and idx.dtype != torch.bool:
+            if idx.is_floating_point():
+                raise TypeError(f"idx must hold row indices (ints) or be a boolean mask, got dtype {idx.dtype}")
+            if not (-len(self) <= int(idx.min()) and int(idx.max()) < len(self)):
+                raise IndexError(f"idx holds row {int(idx.max())} or {int(idx.min())}; the set has {len(self)} rows")
         idx = idx.to(self.labels.device)
         return FeatureSet(OrderedDict((k, v[idx]) for k, v in self.feats.items()),
                           self.labels[idx], self.logits[idx], list(self.layers))
@@ -182,12 +194,21 @@ class FeatureSet:
 
     @classmethod
     def load(cls, path) -> "FeatureSet":
-        """Read a set written by :meth:`save` (``torch.load(weights_only=True)``)."""
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != FEATURES_FORMAT:
-            raise ValueError(f"{path} is not a feature file of format {FEATURES_FORMAT}")
-        feats = OrderedDict((k, blob["feats"][k]) for k in blob["layers"])
-        return cls(feats, blob["labels"], blob["logits"], list(blob["layers"]))
+        """Read a set written by :meth:`save` (``torch.load(weights_only=True)``).
+
+        Raises :class:`~medadv_tutorial.checks.CorruptFileError` naming the file when it cannot be read.
+        """
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != FEATURES_FORMAT:
+                raise ValueError(f"not a feature file of format {FEATURES_FORMAT}")
+            feats = OrderedDict((k, blob["feats"][k]) for k in blob["layers"])
+            return cls(feats, blob["labels"], blob["logits"], list(blob["layers"]))
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoding error means the file is unusable
+            raise CorruptFileError.of("feature file", path, err, "delete it; extract_features(..., cache_key=...) "
+                                      "computes the features again") from err
 
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
@@ -241,15 +262,6 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _data_len(data) -> int | None:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return len(data[0])
-    try:
-        return len(data.dataset) if isinstance(data, torch.utils.data.DataLoader) else len(data)
-    except TypeError:
-        return None
-
-
 def extract_features(
     model,
     data,
@@ -286,9 +298,14 @@ def extract_features(
     :class:`FeatureSet` on the CPU, float32 features and logits, int64 labels, in data
     order.
     """
+    check_model(model, "model", "forward_features")
     names = getattr(model, "feature_names", None)
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a list of tap names such as [{layers!r}], got str {layers!r}")
     if layers is not None:
         layers = list(dict.fromkeys(layers))
+        if not layers:
+            raise ValueError("layers is empty: name at least one tap, or pass None for all of them")
         if names is not None:
             unknown = [k for k in layers if k not in names]
             if unknown:
@@ -298,7 +315,7 @@ def extract_features(
         layers = list(names)
 
     path = feature_cache_path(cache_key) if cache_key is not None else None
-    n_expected = _data_len(data)
+    n_expected = _n_images(data)
     if path is not None and path.is_file():
         try:
             cached = FeatureSet.load(path)
@@ -312,28 +329,25 @@ def extract_features(
                           stacklevel=2)
 
     model_device = _model_device(model)
-    device = model_device if device is None else torch.device(device)
+    device = model_device if device is None else check_device(device)
     if device != model_device:
         raise ValueError(f"device={device} but the model's parameters are on {model_device}; move the model")
 
     it, total = _batches(data, batch_size)
     out: OrderedDict[str, list[torch.Tensor]] | None = None
     labels, logits_all = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for xb, yb in _progress(it, total, progress, "features"):
-                xb = check_images(xb.to(device), "data images")
-                logits, feats = model.forward_features(xb, layers=layers)
-                if out is None:
-                    out = OrderedDict((k, []) for k in (layers if layers is not None else feats))
-                for k in out:
-                    out[k].append(feats[k].detach().float().cpu())
-                logits_all.append(logits.detach().float().cpu())
-                labels.append(yb.cpu().long())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for xb, yb in _progress(it, total, progress, "features"):
+            xb = check_images(xb.to(device), "the images of data")
+            check_input_dtype(model, xb, "the images of data")
+            logits, feats = model.forward_features(xb, layers=layers)
+            check_labels(yb, len(xb), "the labels of data", logits.shape[1])
+            if out is None:
+                out = OrderedDict((k, []) for k in (layers if layers is not None else feats))
+            for k in out:
+                out[k].append(feats[k].detach().float().cpu())
+            logits_all.append(logits.detach().float().cpu())
+            labels.append(yb.cpu().long())
     if out is None:
         raise ValueError("data is empty")
     fs = FeatureSet(OrderedDict((k, torch.cat(v)) for k, v in out.items()),
@@ -361,27 +375,33 @@ def mahalanobis(feats: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor, squ
 
     Returns ``(N,)`` float64 distances on ``feats.device``.
     """
-    if feats.ndim != 2:
-        raise ValueError(f"feats must have shape (N, d), got {tuple(feats.shape)}")
+    check_features(feats, "feats")
     n, d = feats.shape
-    if mean.shape not in ((d,), (n, d)):
-        raise ValueError(f"mean must have shape ({d},) or ({n}, {d}), got {tuple(mean.shape)}")
-    if chol.shape != (d, d):
-        raise ValueError(f"chol must have shape ({d}, {d}), got {tuple(chol.shape)}")
+    if not isinstance(mean, torch.Tensor) or mean.shape not in ((d,), (n, d)):
+        raise ValueError(f"mean must have shape ({d},) or ({n}, {d}), got {describe(mean)}")
+    if not isinstance(chol, torch.Tensor) or chol.shape != (d, d):
+        raise ValueError(f"chol must have shape ({d}, {d}), got {describe(chol)}")
+    check_finite(mean, "mean")
+    if not (bool((torch.diagonal(chol) > 0).all()) and bool(torch.isfinite(chol).all())
+            and torch.equal(chol, chol.tril())):
+        raise ValueError("chol must be a lower Cholesky factor: lower-triangular and finite, with a positive diagonal")
+    return _mahalanobis(feats, mean, chol, squared)
+
+
+def _mahalanobis(feats, mean, chol, squared):
+    """:func:`mahalanobis` without the checks (callers have validated their inputs)."""
     diff = feats.to(torch.float64) - mean.to(device=feats.device, dtype=torch.float64)
     z = torch.linalg.solve_triangular(chol.to(device=feats.device, dtype=torch.float64), diff.T, upper=False)
     sq = (z * z).sum(dim=0)
     return sq if squared else sq.sqrt()
 
 
-def _as_classes(labels, n: int, name: str) -> torch.Tensor:
-    labels = torch.as_tensor(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
+def _as_classes(labels, n: int, name: str, num_classes: int | None = None) -> torch.Tensor:
+    labels = as_labels(labels)
     if labels.is_floating_point() or labels.shape != (n,):
         raise ValueError(f"{name} must be integer class indices of shape ({n},), got "
                          f"{labels.dtype} {tuple(labels.shape)}")
-    return labels.long()
+    return check_labels(labels, n, name, num_classes).long()
 
 
 @dataclasses.dataclass
@@ -417,17 +437,12 @@ class ClassGaussian:
         ``num_classes`` defaults to ``labels.max() + 1``; every class needs at least one
         sample (two for a per-class covariance).  ``reg >= 0`` is the relative ridge.
         """
-        if feats.ndim != 2:
-            raise ValueError(f"feats must have shape (N, d), got {tuple(feats.shape)}")
+        check_features(feats, "feats")
         n, d = feats.shape
-        labels = _as_classes(labels, n, "labels").to(feats.device)
-        if n == 0:
-            raise ValueError("feats is empty")
-        k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-        if int(labels.min()) < 0 or int(labels.max()) >= k:
-            raise ValueError(f"labels must lie in 0..{k - 1}")
-        if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg >= 0):
-            raise ValueError(f"reg (relative ridge) must be a finite number >= 0, got {reg!r}")
+        num_classes = None if num_classes is None else check_int(num_classes, "num_classes")
+        labels = _as_classes(labels, n, "labels", num_classes).to(feats.device)
+        k = int(labels.max()) + 1 if num_classes is None else num_classes
+        reg = check_real(reg, "reg (relative ridge)", low=0.0)
         x = feats.to(torch.float64)
         counts = torch.bincount(labels, minlength=k)
         need = 1 if shared else 2
@@ -441,6 +456,9 @@ class ClassGaussian:
         eye = torch.eye(d, dtype=torch.float64, device=feats.device)
 
         def factor(cov, what):
+            if not bool(torch.isfinite(cov).all()):
+                raise ValueError(f"feats are too large: the covariance of {what} overflows float64 (|feats| up to "
+                                 f"{float(feats.abs().max()):.3g}); rescale the features")
             scale = max(float(torch.diagonal(cov).mean()), 1e-12)
             cov = cov + reg * scale * eye
             chol, info = torch.linalg.cholesky_ex(cov)
@@ -470,28 +488,27 @@ class ClassGaussian:
         """``(N,)`` float64 distance of each row of ``feats`` ``(N, d)`` to the Gaussian of its
         class ``classes`` ``(N,)``."""
         self._check(feats)
-        classes = _as_classes(classes, feats.shape[0], "classes").to(feats.device)
-        if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
-            raise ValueError(f"classes must lie in 0..{self.num_classes - 1}")
+        classes = _as_classes(classes, feats.shape[0], "classes", self.num_classes).to(feats.device)
         means = self.means.to(feats.device)
         if self.shared:
-            return mahalanobis(feats, means[classes], self.chol, squared)
+            return _mahalanobis(feats, means[classes], self.chol, squared)
         out = torch.empty(feats.shape[0], dtype=torch.float64, device=feats.device)
         for c in classes.unique().tolist():
             m = classes == c
-            out[m] = mahalanobis(feats[m], means[c], self.chol[c], squared)
+            out[m] = _mahalanobis(feats[m], means[c], self.chol[c], squared)
         return out
 
     def distances(self, feats: torch.Tensor, squared: bool = False) -> torch.Tensor:
         """``(N, K)`` float64 distances of every row to every class."""
         self._check(feats)
         means = self.means.to(feats.device)
-        return torch.stack([mahalanobis(feats, means[c], self._chol(c), squared)
+        return torch.stack([_mahalanobis(feats, means[c], self._chol(c), squared)
                             for c in range(self.num_classes)], dim=1)
 
     def _check(self, feats):
-        if feats.ndim != 2 or feats.shape[1] != self.dim:
-            raise ValueError(f"feats must have shape (N, {self.dim}), got {tuple(feats.shape)}")
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[1] != self.dim:
+            raise ValueError(f"feats must have shape (N, {self.dim}), got {describe(feats)}")
+        check_finite(feats, "feats")
 
 
 def _split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -543,8 +560,10 @@ class MahalanobisOutliers:
     def __init__(self, layers: Sequence[str] | None = None, *, shared: bool = True, reg: float = 1e-3,
                  classes: str = "predicted", ref_fraction: float = 0.3, seed: int = 0):
         _check_rule(classes)
-        if not 0 < ref_fraction < 1:
-            raise ValueError(f"ref_fraction must be in (0, 1), got {ref_fraction}")
+        ref_fraction = check_real(ref_fraction, "ref_fraction", low=0.0, low_open=True, high=1.0)
+        if ref_fraction == 1:
+            raise ValueError("ref_fraction must be < 1: some clean images must be left to fit on")
+        seed = check_seed(seed)
         self.layers = None if layers is None else list(layers)
         self.shared, self.reg, self.classes = shared, reg, classes
         self.ref_fraction, self.seed = ref_fraction, seed
@@ -552,6 +571,9 @@ class MahalanobisOutliers:
 
     def fit(self, clean_train: FeatureSet, reference: FeatureSet | None = None) -> "MahalanobisOutliers":
         """Fit the per-layer Gaussians and store the reference set (returns ``self``)."""
+        _check_feature_set(clean_train, "clean_train")
+        if reference is not None:
+            _check_feature_set(reference, "reference")
         layers = self.layers if self.layers is not None else list(clean_train.layers)
         if reference is None:
             fit_idx, ref_idx = _split(clean_train.labels, self.ref_fraction, self.seed)
@@ -575,6 +597,7 @@ class MahalanobisOutliers:
     def distances(self, fs: FeatureSet, classes: str | None = None) -> "OrderedDict[str, torch.Tensor]":
         """``{layer: (N,) float64}`` Mahalanobis distances of the samples of ``fs``."""
         self._fitted()
+        _check_feature_set(fs, "fs")
         rule = _check_rule(classes or self.classes)
         out = OrderedDict()
         for l in self.layers_:
@@ -610,6 +633,11 @@ class MahalanobisOutliers:
             hi = torch.searchsorted(r, d, right=True)
             out[l] = 100.0 * (lo + hi).to(torch.float64) / (2 * len(r))
         return out
+
+
+def _check_feature_set(fs, name: str) -> None:
+    if not isinstance(fs, FeatureSet):
+        raise TypeError(f"{name} must be a FeatureSet (from extract_features), got {type(fs).__name__}")
 
 
 def _check_rule(rule) -> str:
@@ -649,6 +677,12 @@ def outlier_percentiles(
 
 def outlier_rate(percentiles: Mapping[str, torch.Tensor], level: float = 95.0) -> "OrderedDict[str, float]":
     """``{layer: fraction of samples with percentile > level}`` (clean data: about ``1 - level/100``)."""
+    level = check_real(level, "level (a percentile)", low=0.0, high=100.0)
+    if 0 < level < 1:
+        warnings.warn(f"level={level:g} is a percentile in [0, 100], not a fraction: did you mean "
+                      f"level={100 * level:g}?", UserWarning, stacklevel=2)
+    if not isinstance(percentiles, Mapping):
+        raise TypeError(f"percentiles must be a mapping {{layer: (N,) percentiles}}, got {describe(percentiles)}")
     return OrderedDict((l, float((p > level).to(torch.float64).mean())) for l, p in percentiles.items())
 
 
@@ -670,12 +704,12 @@ def logit_gradient_wrt_features(W: torch.Tensor, p: torch.Tensor, y: torch.Tenso
 
     Returns ``(N, d)``.  For ``K = 2`` it equals :math:`(1 - p_y)(w_{1-y} - w_y)`.
     """
-    if W.ndim != 2:
-        raise ValueError(f"W must have shape (K, d), got {tuple(W.shape)}")
+    _check_head(W)
     k = W.shape[0]
-    if p.ndim != 2 or p.shape[1] != k:
-        raise ValueError(f"p must have shape (N, {k}), got {tuple(p.shape)}")
-    y = _as_classes(y, p.shape[0], "y").to(p.device)
+    if not isinstance(p, torch.Tensor) or p.ndim != 2 or p.shape[1] != k:
+        raise ValueError(f"p must have shape (N, {k}), got {describe(p)}")
+    check_finite(p, "p")
+    y = _as_classes(y, p.shape[0], "y", k).to(p.device)
     return (p - F.one_hot(y, k).to(p.dtype)) @ W.to(p.dtype)
 
 
@@ -685,11 +719,23 @@ def delta_w(W: torch.Tensor, source, target) -> torch.Tensor:
     ``W`` ``(K, d)``; ``source``, ``target``: ints (returns ``(d,)``) or ``(N,)`` tensors
     (returns ``(N, d)``).
     """
-    if W.ndim != 2:
-        raise ValueError(f"W must have shape (K, d), got {tuple(W.shape)}")
-    s = torch.as_tensor(source, device=W.device).long()
-    t = torch.as_tensor(target, device=W.device).long()
+    _check_head(W)
+    s, t = (_class_index(v, name, W.shape[0]).to(W.device) for v, name in ((source, "source"), (target, "target")))
     return W[t] - W[s]
+
+
+def _check_head(W) -> None:
+    if not isinstance(W, torch.Tensor) or not W.is_floating_point() or W.ndim != 2:
+        raise ValueError(f"W must be the (K, d) weight of the linear head (model.fc.weight), got {describe(W)}")
+    check_finite(W, "W")
+
+
+def _class_index(v, name: str, k: int) -> torch.Tensor:
+    """An int or an integer tensor of class indices in ``[0, k)``, as an int64 tensor."""
+    t = torch.as_tensor(v)
+    if t.is_floating_point() or t.dtype == torch.bool or t.ndim > 1:
+        raise TypeError(f"{name} must be a class index (int) or an (N,) integer tensor, got {describe(v)}")
+    return check_labels(t.reshape(-1), t.numel(), name, k).long().reshape(t.shape)
 
 
 def attack_direction(W: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
@@ -698,9 +744,10 @@ def attack_direction(W: torch.Tensor, y: torch.Tensor, targeted: bool = False) -
     Untargeted (``y`` = true labels): :math:`w_{1-y} - w_y`; targeted (``y`` = targets):
     :math:`w_y - w_{1-y}`.  Only defined for two classes (``W`` of shape ``(2, d)``).
     """
-    if W.ndim != 2 or W.shape[0] != 2:
+    _check_head(W)
+    if W.shape[0] != 2:
         raise ValueError(f"the fixed direction is defined for binary heads: W must be (2, d), got {tuple(W.shape)}")
-    y = torch.as_tensor(y, device=W.device).long()
+    y = _class_index(y, "y", 2).to(W.device)
     return delta_w(W, 1 - y, y) if targeted else delta_w(W, y, 1 - y)
 
 
@@ -769,6 +816,9 @@ def pgd_feature_trajectory(
     """
     if isinstance(attack_kwargs, Attack):
         attack = attack_kwargs
+    elif attack_kwargs is not None and not isinstance(attack_kwargs, Mapping):
+        raise TypeError(f"attack_kwargs must be a dict of PGD settings such as {{'eps': 4/255, 'steps': 10}} or an "
+                        f"Attack, got {describe(attack_kwargs)}")
     else:
         kw = dict(random_start=False)
         kw.update(attack_kwargs or {})
@@ -781,7 +831,7 @@ def pgd_feature_trajectory(
     recorder = _Recorder(attack.extra_loss)
     x_adv = attack.replace(extra_loss=recorder, forward=forward)(model, x, y)
     run = _resolve_forward(model, forward)
-    with attack_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         h_last = _penultimate(run(x_adv)[1]).detach()
         h_clean = _penultimate(run(x)[1]).detach() if attack.random_start else recorder.steps[0]
     if len(recorder.steps) != attack.steps:
@@ -817,11 +867,14 @@ def direction_stats(traj: torch.Tensor, direction: torch.Tensor, n_random: int =
     * ``"cos_successive"``: ``(T - 1,)`` mean cosine between consecutive step
       displacements :math:`h_{t+1} - h_t` and :math:`h_t - h_{t-1}` (1 = a straight path).
     """
-    if traj.ndim != 3 or traj.shape[0] < 2:
-        raise ValueError(f"traj must have shape (T + 1, N, d) with T >= 1, got {tuple(traj.shape)}")
+    if not isinstance(traj, torch.Tensor) or traj.ndim != 3 or traj.shape[0] < 2 or traj.shape[1] < 1:
+        raise ValueError(f"traj must have shape (T + 1, N, d) with T >= 1, got {describe(traj)}")
     _, n, d = traj.shape
-    if direction.shape not in ((d,), (n, d)):
-        raise ValueError(f"direction must have shape ({d},) or ({n}, {d}), got {tuple(direction.shape)}")
+    if not isinstance(direction, torch.Tensor) or direction.shape not in ((d,), (n, d)):
+        raise ValueError(f"direction must have shape ({d},) or ({n}, {d}), got {describe(direction)}")
+    check_finite(traj, "traj")
+    check_finite(direction, "direction")
+    n_random, seed = check_int(n_random, "n_random", 0), check_seed(seed)
     traj = traj.to(torch.float64)
     u = direction.to(device=traj.device, dtype=torch.float64)
     norm = u.norm(dim=-1, keepdim=True)

@@ -59,6 +59,8 @@ import warnings
 import numpy as np
 import torch
 
+from .checks import check_int, check_seed
+
 __all__ = [
     "GaussianMixture",
     "ConvergenceWarning",
@@ -108,6 +110,7 @@ def mahalanobis_sq(X: torch.Tensor, means: torch.Tensor, precisions_cholesky: to
     from the origin).  ``flat_cholesky`` may pass the precomputed ``(d, K d)`` matrix
     ``precisions_cholesky.permute(1, 0, 2).reshape(d, K * d)`` (saves a copy per call).
     """
+    _check_shapes(X, means, precisions_cholesky)
     K, d = means.shape
     c = means.mean(0)
     flat = flat_cholesky if flat_cholesky is not None else precisions_cholesky.permute(1, 0, 2).reshape(d, K * d)
@@ -116,6 +119,18 @@ def mahalanobis_sq(X: torch.Tensor, means: torch.Tensor, precisions_cholesky: to
     if y.requires_grad:
         return (y * y).sum(-1)
     return torch.linalg.vector_norm(y, dim=-1).square_()  # one pass, no (N, K, d) temporary
+
+
+def _check_shapes(X, means, precisions_cholesky) -> None:
+    """Shapes only (no device synchronisation: these kernels run inside EM and attack loops)."""
+    if not all(isinstance(t, torch.Tensor) for t in (X, means, precisions_cholesky)) or means.ndim != 2:
+        raise TypeError("X, means and precisions_cholesky must be tensors (N, d), (K, d) and (K, d, d)")
+    K, d = means.shape
+    if X.ndim != 2 or X.shape[1] != d:
+        raise ValueError(f"X must have shape (N, {d}) like means (K, d) = {tuple(means.shape)}, got {tuple(X.shape)}")
+    if precisions_cholesky.shape != (K, d, d):
+        raise ValueError(f"precisions_cholesky must have shape ({K}, {d}, {d}), got "
+                         f"{tuple(precisions_cholesky.shape)}")
 
 
 def gaussian_log_prob(X: torch.Tensor, means: torch.Tensor, precisions_cholesky: torch.Tensor) -> torch.Tensor:
@@ -134,6 +149,10 @@ def precision_cholesky_from_covariance(covariances: torch.Tensor) -> torch.Tenso
 
     Raises ``ValueError`` (scikit-learn's message) when a covariance is not positive definite.
     """
+    if not isinstance(covariances, torch.Tensor) or covariances.ndim != 3 or \
+            covariances.shape[1] != covariances.shape[2]:
+        raise ValueError(f"covariances must have shape (K, d, d), got "
+                         f"{tuple(covariances.shape) if isinstance(covariances, torch.Tensor) else covariances!r}")
     L, info = torch.linalg.cholesky_ex(covariances)
     if bool((info != 0).any()):
         raise ValueError(_fail_message(covariances.dtype))
@@ -198,8 +217,10 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, *, seed: int | None = 0,
 
     Returns ``(centers (K, d), indices (K,) int64)`` on ``X``'s device.
     """
+    if not isinstance(X, torch.Tensor) or not X.is_floating_point() or X.ndim != 2:
+        raise TypeError(f"X must be a floating tensor (N, d), got {type(X).__name__}")
     n = X.shape[0]
-    if not 1 <= n_clusters <= n:
+    if not 1 <= check_int(n_clusters, "n_clusters") <= n:
         raise ValueError(f"n_clusters must be in [1, N={n}], got {n_clusters}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else seed)
     trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(n_clusters))
@@ -297,7 +318,7 @@ class GaussianMixture:
             raise ValueError(f"n_components must be an int >= 1, got {n_components!r}")
         if not (isinstance(reg_covar, (int, float)) and reg_covar >= 0 and math.isfinite(reg_covar)):
             raise ValueError(f"reg_covar must be a finite number >= 0, got {reg_covar!r}")
-        if not (isinstance(tol, (int, float)) and tol >= 0):
+        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
             raise ValueError(f"tol must be a number >= 0, got {tol!r}")
         for name, v in (("max_iter", max_iter), ("n_init", n_init)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -306,6 +327,7 @@ class GaussianMixture:
             raise ValueError(f"init_params must be one of {_INIT_PARAMS}, got {init_params!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        seed = None if seed is None else check_seed(seed)
         self.n_components, self.reg_covar, self.tol = n_components, float(reg_covar), float(tol)
         self.max_iter, self.n_init, self.init_params = max_iter, n_init, init_params
         self.weights_init, self.means_init, self.precisions_init = weights_init, means_init, precisions_init
@@ -333,6 +355,9 @@ class GaussianMixture:
         X = X.detach().to(_compute_device(X.device, self.dtype), self.dtype)
         if not bool(torch.isfinite(X).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
+        if fitting and not bool(torch.isfinite((X - X.mean(0)).square().sum(0)).all()):
+            raise ValueError(f"{name} is too large for {self.dtype}: its covariance overflows (|{name}| up to "
+                             f"{float(X.abs().max()):.3g}); rescale the data (a larger reg_covar cannot help)")
         return X, out_device
 
     def _init_tensor(self, value, name: str, shape: tuple, ref: torch.Tensor) -> torch.Tensor | None:

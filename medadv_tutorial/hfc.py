@@ -82,6 +82,8 @@ import torch
 
 from .io import atomic_torch_save
 from .attacks import BIM, MIM, PGD
+from .checks import (CorruptFileError, check_device, check_features, check_finite, check_int, check_real, check_seed,
+                     describe)
 from .detectors import Detector, NotFittedError
 from .gmm import GaussianMixture, mahalanobis_sq
 
@@ -203,6 +205,8 @@ class HFCModel:
     info: ``{(layer, cls): {"reg_covar", "n_samples", "converged", "n_iter", "lower_bound"}}``.
     """
 
+    _derived_attributes = ("_cache",)  # compiled copies of the mixtures (not part of a result-cache key)
+
     def __init__(self, mixtures: Mapping[str, Mapping[int, Mixture]], info: Mapping | None = None):
         if not mixtures:
             raise ValueError("an HFCModel needs at least one layer")
@@ -265,14 +269,23 @@ class HFCModel:
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "HFCModel":
-        """Read a model written by :meth:`save`."""
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != HFC_FORMAT:
-            raise ValueError(f"{path} is not an HFC model file of format {HFC_FORMAT}")
-        mixtures = OrderedDict((l, OrderedDict((c, Mixture(**blob["mixtures"][f"{l}|{c}"])) for c in blob["classes"]))
-                               for l in blob["layers"])
-        info = {(k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1])): v for k, v in blob.get("info", {}).items()}
-        return cls(mixtures, info)
+        """Read a model written by :meth:`save`.
+
+        Raises :class:`~medadv_tutorial.checks.CorruptFileError` naming the file when it cannot be read.
+        """
+        try:
+            blob = torch.load(path, map_location=map_location, weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != HFC_FORMAT:
+                raise ValueError(f"not an HFC model file of format {HFC_FORMAT}")
+            mixtures = OrderedDict((l, OrderedDict((c, Mixture(**blob["mixtures"][f"{l}|{c}"]))
+                                                   for c in blob["classes"])) for l in blob["layers"])
+            info = {(k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1])): v for k, v in blob.get("info", {}).items()}
+            return cls(mixtures, info)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoding error means the file is unusable
+            raise CorruptFileError.of("HFC model file", path, err, "it is corrupt or truncated. Delete it and fit "
+                                      "the model again (fit_hfc_mixtures(...).save(path))") from err
 
 
 # =========================================================================== fitting
@@ -337,6 +350,11 @@ def fit_hfc_mixtures(
     labels = getattr(clean_train, "labels", None)
     if not isinstance(feats, Mapping) or not isinstance(labels, torch.Tensor):
         raise TypeError(f"clean_train must be a FeatureSet (with .feats and .labels), got {type(clean_train).__name__}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"clean_train.labels must hold integer class indices, got dtype {labels.dtype}")
+    n_components, seed = check_int(n_components, "n_components"), check_seed(seed)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     available = list(feats)
     if layers is None:
         chosen = available
@@ -353,8 +371,9 @@ def fit_hfc_mixtures(
         chosen = [l for l in chosen if feats[l].shape[1] <= exclude_wider_than]
     if not chosen:
         raise ValueError(f"no layer left to constrain (layers={layers}, exclude_wider_than={exclude_wider_than})")
-    if not (isinstance(reg_covar, (int, float)) and reg_covar >= 0 and math.isfinite(reg_covar)):
-        raise ValueError(f"reg_covar must be a finite number >= 0, got {reg_covar!r}")
+    reg_covar = check_real(reg_covar, "reg_covar", low=0.0)
+    for l in chosen:
+        check_features(feats[l], f"clean_train.feats[{l!r}]")
     labels = labels.long()
     present = sorted(int(c) for c in torch.unique(labels))
     classes = present if classes is None else sorted({int(c) for c in classes})
@@ -367,7 +386,7 @@ def fit_hfc_mixtures(
     pairs = [(l, c) for l in chosen for c in classes]
     for layer, c in _progress(pairs, progress, len(pairs), "HFC mixtures"):
         x_all = feats[layer]
-        dev = torch.device(device) if device is not None else x_all.device
+        dev = check_device(device) if device is not None else x_all.device
         x = x_all[(labels == c).to(x_all.device)].to(dev, dtype)
         if x.shape[0] < max(2, n_components):
             raise ValueError(f"class {c} has {x.shape[0]} clean training images; layer {layer!r} needs at least "
@@ -375,6 +394,9 @@ def fit_hfc_mixtures(
         reg = float(reg_covar)
         if relative_reg:
             reg *= max(float(x.var(0, unbiased=False).mean()), 1e-12)
+            if not math.isfinite(reg):
+                raise ValueError(f"clean_train.feats[{layer!r}] is too large: the variance of class {c}'s features "
+                                 "overflows; rescale the features (a larger reg_covar cannot help)")
         gmm = GaussianMixture(n_components, reg_covar=reg, tol=tol, max_iter=max_iter, n_init=n_init,
                               init_params=init_params, seed=seed, dtype=dtype, warn=False)
         try:
@@ -490,8 +512,12 @@ def hfc_layer_energies(feats: Mapping[str, torch.Tensor], targets: torch.Tensor,
     pass ``.double()`` features for numbers to report).
     ``layers``: a subset of ``model.layers`` (default: all).
     """
+    if not isinstance(model, HFCModel):
+        raise TypeError(f"model must be an HFCModel (from fit_hfc_mixtures), got {type(model).__name__}")
     layers = model.layers if layers is None else list(layers)
     n = _check_feats(feats, model, layers)
+    for l in layers:
+        check_finite(feats[l], f"feats[{l!r}]")
     targets = _check_targets(targets, n, model, feats[layers[0]].device)
     return _energies(feats, _Plan(targets, model), model, layers, scaled)
 
@@ -502,6 +528,7 @@ def hfc_energy(feats: Mapping[str, torch.Tensor], targets: torch.Tensor, model: 
 
     See the module docstring for :math:`E_l`; arguments as :func:`hfc_layer_energies`.
     """
+    lam = check_real(lam, "lam", low=0.0)
     per = hfc_layer_energies(feats, targets, model)
     return lam * torch.stack(list(per.values())).sum(0)
 
@@ -510,7 +537,11 @@ def hfc_components(feats: Mapping[str, torch.Tensor], targets: torch.Tensor,
                    model: HFCModel) -> "OrderedDict[str, torch.Tensor]":
     r"""The chosen components :math:`k^*` per layer, ``{layer: (N,) int64}`` (the argmax of the
     weighted log-probability under the mixture of each row's target class)."""
+    if not isinstance(model, HFCModel):
+        raise TypeError(f"model must be an HFCModel (from fit_hfc_mixtures), got {type(model).__name__}")
     n = _check_feats(feats, model, model.layers)
+    for l in model.layers:
+        check_finite(feats[l], f"feats[{l!r}]")
     targets = _check_targets(targets, n, model, feats[model.layers[0]].device)
     with torch.no_grad():
         _, comps = _energies(feats, _Plan(targets, model), model, model.layers, True, want_components=True)
@@ -535,9 +566,7 @@ class HFCLoss:
     def __init__(self, hfc_model: HFCModel, lam: float = 1.0):
         if not isinstance(hfc_model, HFCModel):
             raise TypeError(f"hfc_model must be an HFCModel (from fit_hfc_mixtures), got {type(hfc_model).__name__}")
-        if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        self.hfc_model, self.lam = hfc_model, float(lam)
+        self.hfc_model, self.lam = hfc_model, check_real(lam, "lam", low=0.0)
 
     def __repr__(self) -> str:
         return f"HFCLoss(lam={self.lam:g}, layers={len(self.hfc_model.layers)})"
@@ -570,6 +599,8 @@ class LayerForward:
     """
 
     def __init__(self, layers: Sequence[str], also: Sequence[str] = ("penultimate",)):
+        if isinstance(layers, str):
+            raise TypeError(f"layers must be a list of tap names such as [{layers!r}], got str {layers!r}")
         self.layers = list(layers)
         self.also = [l for l in also if l not in self.layers]
 
@@ -639,7 +670,7 @@ def other_class(y: torch.Tensor) -> torch.Tensor:
     """
     y = torch.as_tensor(y)
     if y.numel() and bool(((y != 0) & (y != 1)).any()):
-        raise ValueError("other_class is for binary tasks: labels must be 0 or 1; for more classes pass "
+        raise ValueError("other_class is for binary tasks: y (the labels) must be 0 or 1; for more classes pass "
                          "explicit targets (a tensor) or another callable")
     return 1 - y.long()
 
@@ -676,9 +707,9 @@ class DetectorAwareLoss:
             raise TypeError(f"detector must be a fitted Detector or a callable, got {type(detector).__name__}")
         if labels not in ("target", "predicted"):
             raise ValueError(f"labels must be 'target' or 'predicted', got {labels!r}")
-        if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        self.detector, self.layer, self.lam, self.labels = detector, layer, float(lam), labels
+        if not isinstance(layer, str):
+            raise TypeError(f"layer must be one tap name such as 'penultimate', got {describe(layer)}")
+        self.detector, self.layer, self.lam, self.labels = detector, layer, check_real(lam, "lam", low=0.0), labels
 
     def __repr__(self) -> str:
         name = getattr(self.detector, "name", getattr(self.detector, "__name__", type(self.detector).__name__))
@@ -722,6 +753,10 @@ class FeatureMatchLoss:
                  guide: str = "random", seed: int = 0):
         if guide not in ("random", "mean"):
             raise ValueError(f"guide must be 'random' or 'mean', got {guide!r}")
+        if not isinstance(getattr(clean_train, "feats", None), Mapping):
+            raise TypeError(f"clean_train must be a FeatureSet (from extract_features), got "
+                            f"{type(clean_train).__name__}")
+        lam, seed = check_real(lam, "lam", low=0.0), check_seed(seed)
         if isinstance(layers, str):
             layers = [layers]
         unknown = [l for l in layers if l not in clean_train.feats]

@@ -25,6 +25,8 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_real
+
 __all__ = [
     "auroc",
     "f1_at_threshold",
@@ -39,7 +41,11 @@ def _as_1d(scores, name: str) -> np.ndarray:
     """``scores`` (tensor / array / list of shape (n,), n >= 1) -> float64 numpy array."""
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().to("cpu", torch.float64).numpy()
-    arr = np.asarray(scores, dtype=np.float64)
+    try:
+        arr = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a 1-D array of real scores with shape (n,), got {type(scores).__name__} "
+                        f"({err})") from err
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of scores with shape (n,), got shape {arr.shape}")
     if arr.size == 0:
@@ -118,8 +124,7 @@ def quantile_threshold(scores, quantile: float) -> float:
     quantile: fraction in (0, 1].
     """
     s = _as_1d(scores, "scores")
-    if not (isinstance(quantile, (int, float)) and 0.0 < quantile <= 1.0):
-        raise ValueError(f"quantile must be a fraction in (0, 1], got {quantile!r}")
+    quantile = check_real(quantile, "quantile", low=0.0, low_open=True, high=1.0, hint=" (a fraction in (0, 1])")
     k = max(1, math.ceil(round(quantile * len(s), 9)))
     return float(np.sort(s)[k - 1])
 
@@ -140,6 +145,7 @@ def tpr_at_tnr(scores_clean, scores_adv, tnr: float = 0.90) -> float:
 
     Returns the TPR, a float in [0, 1].
     """
+    tnr = check_real(tnr, "tnr", low=0.0, low_open=True, high=1.0, hint=" (a true-negative rate in (0, 1])")
     t = quantile_threshold(scores_clean, tnr)
     a = _as_1d(scores_adv, "scores_adv")
     return float(np.mean(a > t))
@@ -157,9 +163,7 @@ def f1_at_threshold(scores_clean, scores_adv, threshold: float) -> float:
     """
     c = _as_1d(scores_clean, "scores_clean")
     a = _as_1d(scores_adv, "scores_adv")
-    threshold = float(threshold)
-    if math.isnan(threshold):
-        raise ValueError("threshold is NaN")
+    threshold = check_real(threshold, "threshold", finite=False)
     tp = int((a > threshold).sum())
     fn = len(a) - tp
     fp = int((c > threshold).sum())
@@ -209,6 +213,10 @@ def followup_auroc(classifier_probs, labels, accepted_mask) -> float:
     m = accepted_mask.detach().cpu().numpy() if isinstance(accepted_mask, torch.Tensor) else np.asarray(accepted_mask)
     if m.shape != (n,) or m.dtype != np.bool_:
         raise ValueError(f"accepted_mask must be a bool array of shape ({n},), got {m.dtype} {m.shape}")
+    n_classes = 2 if p.ndim == 1 else p.shape[1]
+    if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"labels must be classes in [0, {n_classes}) to match classifier_probs, got values in "
+                         f"[{int(y.min())}, {int(y.max())}]")
     if p.ndim == 2 and p.shape[1] == 2:
         p = p[:, 1]
     p, y = p[m], y[m]

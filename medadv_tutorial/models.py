@@ -28,7 +28,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .checks import check_images
+from .checks import (check_device, check_image_tensor, check_images, check_input_dtype, check_int, check_model,
+                     describe, eval_mode)
 
 BACKBONES = ("efficientnet_lite0", "resnet50")
 
@@ -64,10 +65,9 @@ class Classifier(nn.Module):
         backbone: str,
     ):
         super().__init__()
-        if in_channels not in (1, 3):
+        if check_int(in_channels, "in_channels", None) not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (binary tasks use two logits), got {num_classes}")
+        num_classes = check_int(num_classes, "num_classes (binary tasks use two logits)", 2)
         self.backbone_name = backbone
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -84,7 +84,14 @@ class Classifier(nn.Module):
         return self.stage_names[:-1] + ["penultimate"]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_channels, H, W) in [0, 1] -> normalised (N, 3, H, W)."""
+        """(N, in_channels, H, W) in [0, 1] -> normalised (N, 3, H, W).
+
+        Checks what costs nothing (no device synchronisation, so attack steps stay as fast):
+        a floating tensor (N, C, H, W) of the model's dtype and channel count.  The value range
+        [0, 1] is checked by the public entry points (predict, fit, evaluate, the attacks).
+        """
+        check_image_tensor(x, "x", ndim=(4,))
+        check_input_dtype(self, x, "x")
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x has {x.shape[1]} channels but the model expects in_channels={self.in_channels}"
@@ -110,6 +117,8 @@ class Classifier(nn.Module):
         logits: (N, num_classes), or None
         feats: ordered dict name -> (N, C_l) spatially averaged activations; differentiable.
         """
+        if isinstance(layers, str):
+            raise TypeError(f"layers must be a list of tap names such as [{layers!r}], got str {layers!r}")
         wanted = set(self.feature_names if layers is None else layers)
         unknown = wanted - set(self.feature_names)
         if unknown:
@@ -136,11 +145,11 @@ class Classifier(nn.Module):
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class indices (N,) for images in [0, 1], in eval mode, batched."""
         check_images(x, "x", ndim=(4,))
-        was_training = self.training
-        self.eval()
-        out = torch.cat([self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-        self.train(was_training)
-        return out
+        batch_size = check_int(batch_size, "batch_size")
+        if len(x) == 0:
+            raise ValueError("x is empty: no image to classify")
+        with eval_mode(self):
+            return torch.cat([self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 def _efficientnet_lite0(num_classes: int, in_channels: int, image_size: int, pretrained: bool) -> Classifier:
@@ -230,18 +239,24 @@ def build_model(
     pretrained: load ImageNet weights (offline for EfficientNet-Lite0, downloaded for ResNet-50).
     """
     builders = {"efficientnet_lite0": _efficientnet_lite0, "resnet50": _resnet50}
-    if backbone not in builders:
+    if not isinstance(backbone, str) or backbone not in builders:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    num_classes = check_int(num_classes, "num_classes (binary tasks use two logits)", 2)
+    if check_int(in_channels, "in_channels", None) not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}")
+    image_size = check_int(image_size, "image_size (the input side length in pixels)")
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True or False, got {describe(pretrained)}")
     return builders[backbone](num_classes, in_channels, image_size, pretrained)
 
 
 def layer_widths(model: Classifier, image_size: int, device=None) -> "OrderedDict[str, int]":
     """Number of channels C_l of every tap (one dummy forward pass)."""
+    check_model(model, "model", "forward_features")
+    image_size = check_int(image_size, "image_size")
     p = next(model.parameters())
-    x = torch.zeros(1, model.in_channels, image_size, image_size, device=device or p.device)
-    was = model.training
-    model.eval()
-    with torch.no_grad():
+    device = p.device if device is None else check_device(device)
+    x = torch.zeros(1, model.in_channels, image_size, image_size, device=device, dtype=p.dtype)
+    with eval_mode(model), torch.no_grad():
         _, feats = model.forward_features(x)
-    model.train(was)
     return OrderedDict((k, v.shape[1]) for k, v in feats.items())

@@ -9,6 +9,9 @@ import torch
 
 def to_display(img: torch.Tensor) -> np.ndarray:
     """(C, H, W) tensor in [0, 1] -> (H, W) or (H, W, 3) array for ``imshow``."""
+    if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] not in (1, 3):
+        got = f"shape {tuple(img.shape)}" if isinstance(img, torch.Tensor) else type(img).__name__
+        raise ValueError(f"img must be one image (C, H, W) with C = 1 or 3, got {got}")
     a = img.detach().float().cpu().clamp(0, 1).numpy()
     return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
 
@@ -18,6 +21,11 @@ def sample_grid(dataset, n_per_class: int = 4, seed: int = 0, title: str | None 
 
     ``dataset`` is a :class:`medadv_tutorial.data.ImageDataset`.
     """
+    from .checks import check_int, check_seed
+
+    n_per_class, seed = check_int(n_per_class, "n_per_class"), check_seed(seed)
+    if not hasattr(dataset, "classes") or not hasattr(dataset, "labels"):
+        raise TypeError(f"dataset must be an ImageDataset (with .classes and .labels), got {type(dataset).__name__}")
     g = torch.Generator().manual_seed(seed)
     classes = dataset.classes
     fig, axes = plt.subplots(len(classes), n_per_class, figsize=(size * n_per_class, size * len(classes)), squeeze=False)
@@ -44,6 +52,9 @@ def training_curves(records: dict[str, dict], smooth: int = 10):
     ``records`` maps a display name to the record returned by
     :func:`medadv_tutorial.training.get_model`.
     """
+    from .checks import check_int
+
+    smooth = check_int(smooth, "smooth (batches averaged)")
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.2))
     kernel = np.ones(smooth) / smooth
     for name, rec in records.items():

@@ -147,9 +147,10 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=32,
         # More than a small test set can give: exercises the split that caps the attack set.
         n_attack=1000,
-        n_stress=1000,
+        # Fewer than the attack set, as in full (a seeded subset is drawn).
+        n_stress=4,
         n_select=300,
-        attack_steps=3,
+        attack_steps=2,
         lr=3e-4,
         class_weighted=True,
         backbone="efficientnet_lite0",
@@ -171,7 +172,8 @@ def get_profile(name: str | None = None) -> Profile:
     if name is None:
         name = os.environ.get(PROFILE_ENV) or "ci"
     if not isinstance(name, str):
-        raise TypeError(f"profile name must be a string such as 'ci', got {type(name).__name__}")
+        raise TypeError(f"profile name must be a string such as 'ci', 'full' or 'smoke' (the argument name of "
+                        f"get_profile, or profile=), got {type(name).__name__} {name!r}")
     name = name.strip().lower()
     if name not in PROFILES:
         raise ValueError(
@@ -179,6 +181,11 @@ def get_profile(name: str | None = None) -> Profile:
             f"choose one of {sorted(PROFILES)}"
         )
     return PROFILES[name]
+
+
+def as_profile(profile: Profile | str | None) -> Profile:
+    """``profile`` itself, or :func:`get_profile` of a name (``None``: the active profile)."""
+    return profile if isinstance(profile, Profile) else get_profile(profile)
 
 
 def default_device() -> torch.device:

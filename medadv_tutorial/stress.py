@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 
 from .attacks import iterative_attack
-from .checks import check_images
+from .checks import (check_eps, check_finite, check_images, check_int, check_labels, check_model, check_seed,
+                     eval_mode)
 
 
 def _zero_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -37,16 +38,28 @@ def _zero_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def pooled_features(model, x: torch.Tensor, layers: list[str], batch_size: int = 100) -> dict[str, torch.Tensor]:
     """Pooled clean features ``{layer: (N, C_l)}`` of ``x`` (N, C, H, W) in [0, 1], eval mode."""
+    check_model(model, "model", "forward_features")
     check_images(x, "x", ndim=(4,))
-    was = model.training
-    model.eval()
+    layers, batch_size = _check_layers(layers), check_int(batch_size, "batch_size")
+    if len(x) == 0:
+        raise ValueError("x is empty: no image to compute features of")
     out: dict[str, list[torch.Tensor]] = {k: [] for k in layers}
-    for i in range(0, len(x), batch_size):
-        _, feats = model.forward_features(x[i : i + batch_size], layers=layers, logits=False)
-        for k in layers:
-            out[k].append(feats[k])
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            _, feats = model.forward_features(x[i : i + batch_size], layers=layers, logits=False)
+            for k in layers:
+                out[k].append(feats[k])
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _check_layers(layers) -> list[str]:
+    """``layers``: a non-empty list of tap names (a single name is refused: it is not a list)."""
+    if isinstance(layers, str) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be a list of tap names such as ['block3', 'penultimate'], got {layers!r}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty: name at least one tap (see model.feature_names)")
+    return layers
 
 
 def push_features(
@@ -70,8 +83,11 @@ def push_features(
 
     Returns the perturbed images (N, C, H, W) in [0, 1], within ``eps`` of ``x``.
     """
-    if direction not in (-1, 1):
-        raise ValueError(f"direction must be +1 (maximise) or -1 (minimise), got {direction}")
+    if isinstance(direction, bool) or direction not in (-1, 1):
+        raise ValueError(f"direction must be +1 (maximise) or -1 (minimise), got {direction!r}")
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be one tap name such as 'block3', got {layer!r}")
+    check_model(model, "model", "forward_features")
 
     def forward(m, xa):  # stop at ``layer``; the loop only needs logits' shape
         _, feats = m.forward_features(xa, layers=[layer], logits=False)
@@ -89,11 +105,20 @@ def push_features(
 
 def clean_radius(h: torch.Tensor) -> torch.Tensor:
     """RMS distance of clean features (N, C) from their mean: a scalar tensor."""
+    if not isinstance(h, torch.Tensor) or h.ndim != 2 or h.shape[0] < 2:
+        raise ValueError(f"h must be clean features (N, C) with N >= 2 (a spread needs two images), got "
+                         f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
+    check_finite(h, "h")
     return (h - h.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt()
 
 
 def feature_deviation(h_adv: torch.Tensor, h_clean: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Per-image deviation ``||h_adv - h_clean||_2 / radius``: (N, C) x2, scalar -> (N,)."""
+    if h_adv.shape != h_clean.shape:
+        raise ValueError(f"h_adv and h_clean must have the same shape (N, C), got {tuple(h_adv.shape)} and "
+                         f"{tuple(h_clean.shape)}")
+    if not float(radius) > 0:
+        raise ValueError(f"radius must be > 0 (the spread of clean features), got {float(radius)}")
     return (h_adv - h_clean).norm(dim=1) / radius.clamp_min(1e-12)
 
 
@@ -125,8 +150,18 @@ def stress_test(
 
     check_images(x, "x", ndim=(4,))
     ref = x if reference is None else check_images(reference, "reference", ndim=(4,))
+    name = "x (the reference when none is given)" if reference is None else "reference"
+    if len(ref) < 2:
+        raise ValueError(f"{name} must hold at least 2 clean images: the radius is the spread of their features, "
+                         f"got {len(ref)}")
+    layers, eps = _check_layers(layers), check_eps(eps, "eps")
+    steps, batch_size, seed = check_int(steps, "steps"), check_int(batch_size, "batch_size"), check_seed(seed)
     clean_ref = pooled_features(model, ref, layers)
     radius = {k: clean_radius(v) for k, v in clean_ref.items()}
+    flat = [k for k, r in radius.items() if not float(r) > 0]
+    if flat:
+        raise ValueError(f"{name}: the clean features of layers {flat} do not spread (identical images?), so a "
+                         "deviation in units of their spread is undefined")
     clean = pooled_features(model, x, layers)
     out: dict[str, dict[str, float]] = {}
     jobs = [(layer, d) for layer in layers for d in (+1, -1)]
@@ -150,14 +185,17 @@ def input_gradient_l1(model, x: torch.Tensor, y: torch.Tensor, batch_size: int =
     -- one of the explanations Ma et al. give for the vulnerability of medical models.
     Computed in eval mode; ``x`` (N, C, H, W) in [0, 1], ``y`` (N,) true labels.
     """
+    check_model(model)
     check_images(x, "x", ndim=(4,))
-    was = model.training
-    model.eval()
+    check_labels(y, len(x), "y", getattr(model, "num_classes", None))
+    batch_size = check_int(batch_size, "batch_size")
+    if len(x) == 0:
+        raise ValueError("x is empty: no image to differentiate at")
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].clone().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(model(xb), y[i : i + batch_size], reduction="sum")
-        (g,) = torch.autograd.grad(loss, xb)
-        out.append(g.abs().flatten(1).sum(1).detach())
-    model.train(was)
+    with eval_mode(model), torch.enable_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(xb), y[i : i + batch_size], reduction="sum")
+            (g,) = torch.autograd.grad(loss, xb)
+            out.append(g.abs().flatten(1).sum(1).detach())
     return torch.cat(out)

@@ -21,13 +21,13 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
 
 from . import attacks, detectors, features, metrics, training
+from .checks import check_eps, check_features, check_int, check_real, check_seed
 from .hfc import TwoSided
 
 __all__ = ["ENSEMBLE_LAYERS", "DETECTOR_NAMES", "kd_bandwidth", "DetectorSuite", "AttackEvaluation",
@@ -45,12 +45,18 @@ def kd_bandwidth(feats: torch.Tensor, n: int = 500) -> float:
 
     The KD bandwidth of the book: a property of clean features alone, fixed before any attack.
     """
-    if feats.ndim != 2 or feats.shape[0] < 2:
+    check_features(feats, "feats")
+    n = check_int(n, "n", 2)
+    if feats.shape[0] < 2:
         raise ValueError(f"feats must be (N >= 2, d), got {tuple(feats.shape)}")
     f = feats[:n].double()
     d = torch.cdist(f, f)
     d.fill_diagonal_(float("inf"))
-    return float(d.min(1).values.median())
+    bandwidth = float(d.min(1).values.median())
+    if not bandwidth > 0:
+        raise ValueError(f"feats: the median nearest-neighbour distance of its first {len(f)} rows is 0 (most rows "
+                         "have an exact duplicate), so it cannot serve as the KD bandwidth; remove the duplicates")
+    return bandwidth
 
 
 class DetectorSuite:
@@ -85,6 +91,10 @@ class DetectorSuite:
         seed: seed of those choices (one generator, drawn in a fixed order).
         reg, k: MGM / MAHA ridge and the LID neighbourhood size.
         """
+        if not isinstance(fs_train, features.FeatureSet):
+            raise TypeError(f"fs_train must be a FeatureSet (from extract_features), got {type(fs_train).__name__}")
+        eps, n_fgsm, seed = check_eps(eps, "eps"), check_int(n_fgsm, "n_fgsm"), check_seed(seed)
+        reg, k = check_real(reg, "reg", low=0.0), check_int(k, "k")
         missing = [l for l in layers if l not in fs_train.feats]
         if missing:
             raise KeyError(f"fs_train lacks the ensemble layers {missing}")
@@ -93,7 +103,7 @@ class DetectorSuite:
         g = torch.Generator().manual_seed(seed)
         tr_idx = torch.randperm(len(train), generator=g)[:n_fgsm]
         x_tr, y_tr = training.correctly_classified(model, torch.utils.data.Subset(train, tr_idx.tolist()))
-        x_tr_adv = attacks.run_attack(attacks.FGSM(eps), model, (x_tr, y_tr), batch_size=50, progress=False).x_adv
+        x_tr_adv = attacks.run_attack(attacks.FGSM(eps), model, (x_tr, y_tr), progress=False).x_adv
         fs_tr_clean = features.extract_features(model, (x_tr, y_tr), progress=False)
         fs_tr_adv = features.extract_features(model, (x_tr_adv, y_tr), progress=False)
 
@@ -118,14 +128,19 @@ class DetectorSuite:
         """A suite with, in addition, :class:`~medadv_tutorial.hfc.TwoSided` versions of ``names``
         (called ``"<name> two-sided"``; median and threshold from the clean training scores)."""
         dets = OrderedDict(self.detectors)
+        unknown = [n for n in names if n not in self.detectors]
+        if isinstance(names, str) or unknown:
+            raise KeyError(f"names must list detectors of the suite {list(self.detectors)}, got {names!r}")
         for n in names:
             dets[f"{n} two-sided"] = TwoSided(self.detectors[n])
         return DetectorSuite(dets, self.layers)
 
     def score_one(self, name: str, fs: features.FeatureSet, images: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of detector ``name`` for the features ``fs`` (and ``images``, for BU)."""
-        if name not in self.detectors:
+        if not isinstance(name, str) or name not in self.detectors:
             raise KeyError(f"unknown detector {name!r}; the suite has {list(self.detectors)}")
+        if not isinstance(fs, features.FeatureSet):
+            raise TypeError(f"fs must be a FeatureSet (from extract_features), got {type(fs).__name__}")
         det = self.detectors[name]
         base = det.detector if isinstance(det, TwoSided) else det
         if isinstance(base, detectors.BU):
@@ -168,18 +183,23 @@ class AttackEvaluation:
 
 def evaluate_attack(name: str, attack, model, x: torch.Tensor, y: torch.Tensor, suite: DetectorSuite,
                     clean_scores: Mapping[str, torch.Tensor], *, targets: torch.Tensor | None = None,
-                    batch_size: int = 50) -> AttackEvaluation:
+                    batch_size: int | None = None, cache: bool = True) -> AttackEvaluation:
     """Run ``attack`` on ``(x, y)`` and score the result with every detector of ``suite``.
 
     ``clean_scores``: ``suite.score(fs_clean, x)`` of the same clean images.  For a targeted
-    attack pass ``targets`` ``(N,)``; success then means reaching them.
+    attack pass ``targets`` ``(N,)``; success then means reaching them.  ``cache``: read the
+    adversarial images of a run computed before from the result cache (bit-identical; see
+    :func:`~medadv_tutorial.attacks.run_attack`); ``seconds`` is then the computed run's.
     """
+    if not isinstance(clean_scores, Mapping):
+        raise TypeError(f"clean_scores must be a mapping {{detector name: (N,) scores}} (suite.score(fs_clean, x)), "
+                        f"got {type(clean_scores).__name__}")
     missing = [n for n in suite.detectors if n not in clean_scores]
     if missing:
         raise KeyError(f"clean_scores lacks {missing}: compute them with suite.score(fs_clean, x)")
-    t0 = time.perf_counter()
-    res = attacks.run_attack(attack, model, (x, y), batch_size=batch_size, progress=False, targets=targets)
-    seconds = time.perf_counter() - t0
+    res = attacks.run_attack(attack, model, (x, y), batch_size=batch_size, progress=False, targets=targets,
+                             cache=cache)
+    seconds = res.seconds
     fs = features.extract_features(model, (res.x_adv, y), progress=False)
     pred = fs.predictions
     success = float((pred == targets).float().mean()) if targets is not None else float((pred != y).float().mean())

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import random
 from pathlib import Path
 
@@ -21,14 +22,19 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .io import atomic_torch_save
 from .progress import tqdm
 
+from .checks import (CorruptFileError, as_labels, check_device, check_images, check_input_dtype, check_int,
+                     check_labels, check_real, check_seed, describe, eval_mode)
 from .models import Classifier, build_model
-from .profiles import Profile, get_profile
+from .profiles import Profile, as_profile, get_profile
 
 CKPT_FORMAT = 1
 
 
 def seed_everything(seed: int, num_threads: int | None = None) -> None:
     """Seed Python, NumPy and torch, and fix torch's CPU thread count (if given)."""
+    seed = check_seed(seed, "seed")
+    if num_threads is not None:
+        num_threads = check_int(num_threads, "num_threads")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -36,12 +42,18 @@ def seed_everything(seed: int, num_threads: int | None = None) -> None:
         torch.set_num_threads(num_threads)
 
 
-def _as_dataset(data) -> Dataset:
+def _as_dataset(data, name: str = "data") -> Dataset:
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return TensorDataset(*data)
-    raise TypeError(f"data must be a torch Dataset or an (x, y) tensor pair, got {type(data).__name__}")
+        x, y = data
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"{name} as a pair must be (x, y) tensors, got ({type(x).__name__}, {type(y).__name__})")
+        if len(x) != len(y):
+            raise ValueError(f"{name}: {len(x)} images but {len(y)} labels")
+        return TensorDataset(x, y)
+    raise TypeError(f"{name} must be a torch Dataset or an (x, y) tensor pair, got {type(data).__name__}")
+
 
 
 def _labels_of(dataset) -> torch.Tensor:
@@ -55,12 +67,19 @@ def _labels_of(dataset) -> torch.Tensor:
 
 def class_weights(labels: torch.Tensor) -> torch.Tensor:
     """Inverse-frequency weights ``N / (K N_k)`` for integer labels (N,) -> (K,) float32."""
-    counts = torch.bincount(torch.as_tensor(labels).long()).float()
+    labels = check_labels(torch.as_tensor(labels), len(labels), "labels")
+    if len(labels) == 0:
+        raise ValueError("labels is empty: no class to weight")
+    counts = torch.bincount(labels.long()).float()
     return len(labels) / (len(counts) * counts.clamp_min(1))
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module (a Classifier), got {type(model).__name__}")
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -77,15 +96,19 @@ def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool 
     probs: float tensor (N, K) on the CPU.
     labels: int64 tensor (N,) on the CPU.
     """
-    was_training = model.training
-    model.eval()
     device = _device_of(model)
+    loader = DataLoader(_as_dataset(data), batch_size=check_int(batch_size, "batch_size"), shuffle=False)
+    if len(loader.dataset) == 0:
+        raise ValueError("data is empty: no image to predict")
     probs, labels = [], []
-    loader = DataLoader(_as_dataset(data), batch_size=batch_size, shuffle=False)
-    for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        probs.append(model(x.to(device)).softmax(1).float().cpu())
-        labels.append(torch.as_tensor(y).long())
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):
+            x = check_images(x.to(device), "the images of data")
+            check_input_dtype(model, x, "the images of data")
+            logits = model(x)
+            check_labels(as_labels(y), len(x), "the labels of data", logits.shape[1])
+            probs.append(logits.softmax(1).float().cpu())
+            labels.append(as_labels(y).long())
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -139,9 +162,14 @@ def fit(
     where each epoch entry has ``epoch``, ``loss`` and ``accuracy`` (averages over that
     epoch's training batches) and the ``step_*`` lists hold one value per batch.
     """
-    dataset = _as_dataset(train_data)
+    dataset = _as_dataset(train_data, "train_data")
     device = _device_of(model)
-    gen = torch.Generator().manual_seed(seed)
+    epochs, batch_size = check_int(epochs, "epochs"), check_int(batch_size, "batch_size")
+    lr = check_real(lr, "lr", low=0.0, low_open=True, hint=" (the learning rate)")
+    weight_decay = check_real(weight_decay, "weight_decay", low=0.0)
+    if len(dataset) == 0:
+        raise ValueError("train_data is empty: no image to train on")
+    gen = torch.Generator().manual_seed(check_seed(seed, "seed"))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(dataset) > batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -155,18 +183,25 @@ def fit(
         tot_loss, tot_correct, tot_n = 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for x, y in bar:
-            x, y = x.to(device), torch.as_tensor(y).long().to(device)
+            x, y = check_images(x.to(device), "the images of train_data"), as_labels(y)
+            check_input_dtype(model, x, "the images of train_data")
+            check_labels(y, len(x), "the labels of train_data")
+            y = y.long().to(device)
             if hflip:
                 flip = torch.rand(len(x), generator=gen) < 0.5
                 x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(-1), x)
             logits = model(x)
+            check_labels(y, len(x), "the labels of train_data", logits.shape[1])
             loss = loss_fn(logits, y)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training diverged: the loss is {loss_value} in epoch {epoch} (the model "
+                                         f"was not updated with it); lower lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             correct = int((logits.argmax(1) == y).sum())
-            loss_value = loss.item()
             tot_loss += loss_value * len(x)
             tot_correct += correct
             tot_n += len(x)
@@ -189,6 +224,7 @@ def _cache_root() -> Path:
 
 def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int) -> str:
     """File stem of a cached model: readable parts plus a hash of the settings that shape it."""
+    profile, seed = as_profile(profile), check_seed(seed, "seed")
     settings = json.dumps(dict(profile.training_settings(dataset), backbone=backbone), sort_keys=True)
     digest = hashlib.sha256(f"{CKPT_FORMAT}|{settings}".encode()).hexdigest()[:10]
     return f"{dataset}-{backbone}-{profile.name}-seed{seed}-{digest}"
@@ -196,13 +232,30 @@ def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int) -> 
 
 def save_checkpoint(path: Path, model: Classifier, meta: dict) -> None:
     """Write ``{"state_dict", "meta"}`` atomically (temp file in the same folder + rename)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     atomic_torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
 
 
 def load_checkpoint(path: Path, model: Classifier) -> dict:
-    """Load weights into ``model`` (``weights_only=True``) and return the stored metadata."""
-    blob = torch.load(path, map_location=_device_of(model), weights_only=True)
-    model.load_state_dict(blob["state_dict"])
+    """Load weights into ``model`` (``weights_only=True``) and return the stored metadata.
+
+    Raises :class:`~medadv_tutorial.checks.CorruptFileError` (naming the file and what to do) when
+    the file cannot be read or holds no weights for this model; nothing is changed on disk.
+    """
+    device = _device_of(model)
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
+            raise ValueError(f"it holds {describe(blob)}, not a dict with 'state_dict' and 'meta'")
+        model.load_state_dict(blob["state_dict"])
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoding error means the checkpoint is unusable
+        raise CorruptFileError.of(
+            "checkpoint", path, err, "it is corrupt, truncated or from another model. Delete it to have the model "
+            "trained again (get_model does that when the file is missing), or call get_model(..., retrain=True)."
+        ) from err
     model.eval()
     return blob["meta"]
 
@@ -254,10 +307,9 @@ def get_model(
     """
     from .data import load_dataset
 
-    profile = profile or get_profile()
+    profile = as_profile(profile)
     backbone = backbone or profile.backbone
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device is None else check_device(device)
     seed_everything(seed, profile.num_threads)
     path = _cache_root() / f"{checkpoint_key(dataset, backbone, profile, seed)}.pt"
 
@@ -321,11 +373,22 @@ def correctly_classified(model: nn.Module, data, n: int | None = None, batch_siz
     data set has fewer correctly classified images; ``n=None`` = all of them), plus the
     indices when asked.
     """
+    n = None if n is None else check_int(n, "n (the number of images, or None for all)")
+    seed = check_seed(seed, "seed")
     probs, labels = predict_proba(model, data, batch_size)
     correct = torch.nonzero(probs.argmax(1) == labels).flatten()
     if exclude is not None:
-        drop = torch.as_tensor(exclude, dtype=torch.long).flatten()
-        correct = correct[~torch.isin(correct, drop)]
+        try:
+            drop = torch.as_tensor(exclude)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"exclude must hold data-set indices (ints), got {describe(exclude)}") from err
+        if drop.numel() and (drop.is_floating_point() or drop.dtype == torch.bool):
+            raise TypeError(f"exclude must hold data-set indices (ints), got dtype {drop.dtype}")
+        correct = correct[~torch.isin(correct, drop.long().flatten())]
+    if len(correct) == 0:
+        raise ValueError(f"data ({_describe_data(data)}) has no correctly classified image"
+                         f"{' outside exclude' if exclude is not None else ''} (of {len(labels)}): "
+                         "the model gets every one wrong, so there is nothing to select")
     if n is not None and n < len(correct):
         pick = torch.randperm(len(correct), generator=torch.Generator().manual_seed(seed))[:n]
         correct = correct[pick.sort().values]
@@ -388,9 +451,10 @@ def attack_and_selection_sets(model: nn.Module, data, n_attack: int, n_select: i
     ValueError: if ``n_attack`` or ``n_select`` is below 1, or ``data`` has fewer than two
         correctly classified images (the message names the data set).
     """
-    if n_attack < 1 or n_select < 1:
-        raise ValueError(f"n_attack and n_select must be at least 1, got {n_attack} and {n_select}")
-    select_seed = seed + 1 if select_seed is None else select_seed
+    n_attack = check_int(n_attack, "n_attack (the attack-set size, at least 1)")
+    n_select = check_int(n_select, "n_select (the selection-set size, at least 1)")
+    min_each, seed = check_int(min_each, "min_each", 0), check_seed(seed, "seed")
+    select_seed = seed + 1 if select_seed is None else check_seed(select_seed, "select_seed")
     probs, labels = predict_proba(model, data, batch_size)
     correct = torch.nonzero(probs.argmax(1) == labels).flatten()
     n_correct = len(correct)

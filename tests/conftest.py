@@ -15,3 +15,51 @@ os.environ.setdefault("MEDADV_DATA", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("MEDADV_CACHE", str(REPO / ".cache" / "medadv"))
 os.environ.setdefault("MEDADV_PROFILE", "ci")
 torch.set_num_threads(int(os.environ.get("MEDADV_TEST_THREADS", "1")))
+
+
+# --------------------------------------------------------------------------- longest first
+# pytest-xdist (--dist loadfile --no-loadscope-reorder) hands files to the two workers in this
+# order, so the long chapter executions start first and the short unit-test modules fill the
+# gaps at the end.  Measured per-file times (printed at the end of every run) set the order;
+# files not listed keep their collection order after these.
+LONGEST_FIRST = (
+    "book/05_hfc.ipynb",
+    "book/02_attacks.ipynb",
+    "tests/test_smoke_05.py",
+    "book/04_detection.ipynb",
+    "tests/test_smoke_02.py",
+    "book/03_features.ipynb",
+    "tests/test_smoke_04.py",
+    "tests/test_book_build.py",
+    "tests/test_smoke_03.py",
+    "tests/test_smoke_01.py",
+    "book/01_training.ipynb",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: cells keep their order
+
+
+# --------------------------------------------------------------------------- time per file
+# CI prints how long each test file took (a chapter's nbval cells, its smoke run, each unit-test
+# module): the sum of setup, call and teardown over the file's items, as the workers report them.
+_SECONDS_PER_FILE: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::")[0]
+    _SECONDS_PER_FILE[path] = _SECONDS_PER_FILE.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if hasattr(config, "workerinput") or not _SECONDS_PER_FILE:  # an xdist worker: the controller reports
+        return
+    tr = terminalreporter
+    tr.section("time per file (setup + call + teardown, summed over its items)")
+    chapters = {p: s for p, s in _SECONDS_PER_FILE.items() if p.endswith(".ipynb")}
+    for path, s in sorted(_SECONDS_PER_FILE.items(), key=lambda kv: -kv[1]):
+        tr.write_line(f"{s:8.1f} s  {path}")
+    tr.write_line(f"{sum(_SECONDS_PER_FILE.values()):8.1f} s  in all ({sum(chapters.values()):.1f} s of nbval "
+                  f"in {len(chapters)} chapters)")

@@ -123,6 +123,7 @@ def test_model_is_accurate(model, data):
 # -------------------------------------------------------------------- budget properties
 
 
+@pytest.mark.filterwarnings("ignore:eps=0.3 = 76.5/255 is a very large:UserWarning")  # 0.3: on purpose
 @pytest.mark.parametrize("name", ATTACKS)
 @pytest.mark.parametrize("eps", [0.0, 1 / 255, 8 / 255, 0.3])
 @pytest.mark.parametrize("targeted", [False, True])

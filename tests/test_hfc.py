@@ -368,3 +368,18 @@ def test_save_and_load_roundtrip(setup, tmp_path):
     assert back.layers == hfc.layers and back.classes == hfc.classes and back.info == hfc.info
     f = {k: v.double() for k, v in setup["clean"].feats.items()}
     assert torch.equal(hfc_energy(f, setup["clean"].labels, back), hfc_energy(f, setup["clean"].labels, hfc))
+
+
+def test_hfc_attack_cache_key_does_not_move_when_used(setup):
+    # The HFC model compiles its mixtures on first use; that derived state must not enter the
+    # result-cache key, or a warm re-run would miss every attack after the first.
+    from medadv_tutorial import cache
+
+    fresh = fit_hfc_mixtures(setup["clean"], n_components=2)
+    att = PGD_HFC(fresh, EPS, lam=0.1, steps=2, seed=0)
+    before = cache.fingerprint(attack=att)
+    run_attack(att, setup["model"], (setup["x"][:8], setup["y"][:8]), targets=1 - setup["y"][:8], progress=False)
+    assert fresh._cache, "the attack should have compiled the mixtures"
+    assert cache.fingerprint(attack=att) == before
+    assert cache.fingerprint(attack=PGD_HFC(fresh, EPS, lam=0.2, steps=2, seed=0)) != before
+    assert cache.fingerprint(attack=PGD_HFC(setup["hfc"], EPS, lam=0.1, steps=2, seed=0)) == before  # same fit

@@ -32,4 +32,6 @@ def test_smoke_runs_the_full_code_path_small():
     assert smoke.n_train <= 64 and smoke.n_test <= 64 and smoke.epochs == 1
     # the attack set asks for more images than a smoke test set has: the capped split is exercised
     assert smoke.n_attack > smoke.n_test
+    # ... while the stress test draws a subset of the attack set, as in full
+    assert smoke.n_stress < smoke.n_test and full.n_stress < full.n_attack
     assert not smoke.check_claims and full.check_claims and get_profile("ci").check_claims

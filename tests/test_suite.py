@@ -145,3 +145,26 @@ def test_two_sided_entries_and_evaluate_attack(fitted):
     assert ev.success == float((ev.fs.predictions != y).float().mean()) and ev.success > 0.5
     assert set(ev.auroc) == set(suite.detectors) and all(0.0 <= v <= 1.0 for v in ev.auroc.values())
     assert ev.auroc["MGM"] == metrics.auroc(clean["MGM"], ev.scores["MGM"]) and ev.seconds > 0
+
+
+def test_evaluate_attack_cold_and_warm_cache_agree(fitted, tmp_path, monkeypatch):
+    # Caching must never change a number: the second call reads the adversarial images from the
+    # cache and every score, AUROC, TPR and the recorded attack time equal the computed run's.
+    from medadv_tutorial.attacks import PGD
+    from medadv_tutorial.suite import evaluate_attack
+
+    monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
+    suite, model, x, y = fitted["suite"].with_two_sided(), fitted["model"], fitted["x"], fitted["y"]
+    clean = suite.score(extract_features(model, (x, y), progress=False), x)
+    runs = [evaluate_attack("PGD", PGD(0.15, steps=6, seed=0, targeted=True), model, x, y, suite, clean,
+                            targets=1 - y) for _ in range(2)]
+    assert len(list((tmp_path / "results").rglob("*.pt"))) == 1
+    cold, warm = runs
+    assert torch.equal(cold.x_adv, warm.x_adv) and cold.success == warm.success and cold.seconds == warm.seconds
+    assert cold.auroc == warm.auroc and cold.tpr90 == warm.tpr90
+    assert all(torch.equal(cold.scores[n], warm.scores[n]) for n in suite.detectors)
+    for layer in cold.fs.layers:
+        assert torch.equal(cold.fs[layer], warm.fs[layer])
+    off = evaluate_attack("PGD", PGD(0.15, steps=6, seed=0, targeted=True), model, x, y, suite, clean,
+                          targets=1 - y, cache=False)
+    assert torch.equal(off.x_adv, cold.x_adv) and off.auroc == cold.auroc

@@ -58,3 +58,11 @@ def test_stored_outputs_name_no_machine_path(ipynb):
 def test_machine_path_pattern():
     assert MACHINE_PATH.search("models and caches: /work/main/.cache/medadv")
     assert not MACHINE_PATH.search("models and caches: $MEDADV_CACHE, 1/255, ~/.cache/x")
+
+
+@pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_has_a_smoke_test(ipynb):
+    # one file per chapter, so that pytest-xdist (--dist loadfile) spreads the smoke runs
+    smoke = BOOK.parent / "tests" / f"test_smoke_{ipynb.name[:2]}.py"
+    assert smoke.exists(), f"{ipynb.name} has no smoke test: add {smoke.name} (see tests/smoke.py)"
+    assert f'run_under_smoke("{ipynb.name}"' in smoke.read_text(), f"{smoke.name} does not run {ipynb.name}"

@@ -1,10 +1,12 @@
-"""Every chapter runs end to end under the ``smoke`` profile: the ``full`` code path (224 px,
-whole-split sampling rules, batch logic, selection sets larger than the test set) on a few
-dozen images.  Outputs are not compared (they mean nothing at this size) and the chapters skip
+"""Run a chapter end to end under the ``smoke`` profile (used by ``tests/test_smoke_NN.py``).
+
+The ``smoke`` profile takes the ``full`` code path (224 px, whole-split sampling rules, batch
+logic, selection sets larger than the test set) on a few dozen images.  Outputs are not compared (they mean nothing at this size) and the chapters skip
 their claims under ``smoke``; what is tested is that ``full`` cannot crash for lack of a run.
 
 Each chapter executes in its own kernel (``jupyter nbconvert --execute``) with
-``MEDADV_PROFILE=smoke``, so nothing leaks into the nbval kernels of the same worker.
+``MEDADV_PROFILE=smoke``, so nothing leaks into the nbval kernels of the same worker.  One
+test file per chapter, so that ``pytest-xdist --dist loadfile`` can spread them over workers.
 """
 
 import os
@@ -12,14 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 BOOK = Path(__file__).resolve().parents[1] / "book"
 CHAPTERS = sorted(p.name for p in BOOK.glob("[0-9][0-9]_*.ipynb"))
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_runs_under_smoke(chapter, tmp_path):
+def run_under_smoke(chapter: str, tmp_path: Path) -> None:
+    """Execute ``book/<chapter>`` with ``MEDADV_PROFILE=smoke``; fail with its error output."""
+    assert chapter in CHAPTERS, f"{chapter} is not a chapter of the book ({CHAPTERS})"
     env = dict(os.environ, MEDADV_PROFILE="smoke")
     cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
            "--ExecutePreprocessor.timeout=1200", "--output-dir", str(tmp_path), str(BOOK / chapter)]

@@ -1,0 +1,213 @@
+"""Results computed once and read back bit for bit: content keys, atomic writes, checked hashes.
+
+A chapter that re-runs an attack it has run before (after a kernel restart, or a later chapter
+repeating an earlier one's attack) reads the adversarial images from the cache instead.  The
+rules are those of the model checkpoints:
+
+* **The key is the content.**  :func:`fingerprint` hashes a canonical description of every
+  input -- tensors by their bytes, dtype and shape, modules by their class and ``state_dict``,
+  attacks and loss terms by their class and every attribute, recursively (except those a class
+  lists in ``_derived_attributes``: caches recomputed from the others) -- together with the
+  package version and :data:`FORMAT`.  Change any input (a weight, ε, a seed, an image, a
+  mixture of the HFC model) and the key changes: the old entry is simply not found.
+* **Refuse what cannot be keyed.**  Functions and lambdas (their code is not hashed) and
+  ``torch.Generator`` objects (their state moves on when used, so a cached run would leave
+  them where a computed one would not) raise :class:`Uncacheable`; callers then compute
+  without the cache.  Nothing is cached on a guess.
+* **Nothing half-written, nothing corrupt.**  Entries are written atomically (temporary file
+  + rename) with a sha256 beside them; an entry whose bytes do not match its sha256, or that
+  fails to load, is reported with a warning naming the file, deleted and recomputed.
+
+Entries live in ``cache_dir()/results/<kind>/<key>.pt`` (``$MEDADV_CACHE``); deleting the
+folder is always safe.  Set ``MEDADV_RESULT_CACHE=0`` to compute everything afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_torch_save
+
+__all__ = ["FORMAT", "Uncacheable", "fingerprint", "enabled", "entry_path", "cached_tensors"]
+
+FORMAT = 1
+"""Bumped when the meaning of a cached result changes without its inputs changing."""
+
+ENV = "MEDADV_RESULT_CACHE"
+
+
+class Uncacheable(TypeError):
+    """An input has no content key (a function, a random generator, an unknown type)."""
+
+
+def enabled() -> bool:
+    """``False`` when ``$MEDADV_RESULT_CACHE`` is ``0``/``false``/``no``/``off``."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _feed(h, obj, path: str, seen: set) -> None:
+    """Add a canonical description of ``obj`` to the hash ``h`` (``path`` names it in errors)."""
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, complex)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+        return
+    if isinstance(obj, torch.Generator):
+        raise Uncacheable(f"{path} is a torch.Generator: its state changes when it is used")
+    if isinstance(obj, torch.dtype) or isinstance(obj, torch.device):
+        h.update(f"{obj};".encode())
+        return
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:{obj.requires_grad};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return
+    if isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"ndarray:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+        return
+    if id(obj) in seen:
+        h.update(b"<cycle>;")
+        return
+    seen = seen | {id(obj)}
+    if isinstance(obj, torch.nn.Module):
+        h.update(f"module:{type(obj).__module__}.{type(obj).__qualname__}:{obj.training};".encode())
+        for name, value in obj.state_dict(keep_vars=False).items():
+            h.update(f"{name}=".encode())
+            _feed(h, value, f"{path}.{name}", seen)
+        # attributes that are not parameters or buffers (e.g. the taps a Classifier exposes)
+        for name, value in sorted(vars(obj).items()):
+            if not name.startswith("_") and name != "training":
+                h.update(f".{name}=".encode())
+                _feed(h, value, f"{path}.{name}", seen)
+        return
+    if isinstance(obj, Mapping):
+        h.update(f"map:{len(obj)}{{".encode())
+        for key, value in obj.items():
+            _feed(h, key, f"{path}[key]", seen)
+            _feed(h, value, f"{path}[{key!r}]", seen)
+        h.update(b"};")
+        return
+    if isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}:{len(obj)}[".encode())
+        for i, value in enumerate(obj):
+            _feed(h, value, f"{path}[{i}]", seen)
+        h.update(b"];")
+        return
+    if isinstance(obj, (set, frozenset)):
+        h.update(f"set:{len(obj)}[".encode())
+        for value in sorted(obj, key=repr):
+            _feed(h, value, f"{path}{{}}", seen)
+        h.update(b"];")
+        return
+    if inspect.isroutine(obj) or isinstance(obj, (functools.partial, type)):
+        raise Uncacheable(f"{path} is a function ({obj!r}): its code is not part of a key")
+    state = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else None
+    if state is None and hasattr(obj, "__dict__"):
+        state = vars(obj)
+    if state is None and hasattr(obj, "__slots__"):
+        state = {s: getattr(obj, s) for s in obj.__slots__ if hasattr(obj, s)}
+    if state is None:
+        raise Uncacheable(f"{path} has type {type(obj).__name__}, which has no content key")
+    derived = set(getattr(type(obj), "_derived_attributes", ()))
+    h.update(f"object:{type(obj).__module__}.{type(obj).__qualname__}{{".encode())
+    for name, value in sorted(state.items()):
+        if name in derived:
+            continue
+        h.update(f"{name}=".encode())
+        _feed(h, value, f"{path}.{name}", seen)
+    h.update(b"};")
+
+
+def fingerprint(*parts, **named) -> str:
+    """sha256 (hex) of a canonical description of ``parts`` and ``named``, the package version
+    and :data:`FORMAT`.  Raises :class:`Uncacheable` for inputs without a content key."""
+    from . import __version__
+
+    h = hashlib.sha256(f"medadv_tutorial {__version__} cache format {FORMAT};".encode())
+    _feed(h, list(parts), "argument", set())
+    for name, value in sorted(named.items()):
+        h.update(f"{name}=".encode())
+        _feed(h, value, name, set())
+    return h.hexdigest()
+
+
+def entry_path(kind: str, key: str) -> Path:
+    """``cache_dir()/results/<kind>/<key>.pt``."""
+    from .data import cache_dir
+
+    if not kind.replace("_", "").isalnum() or not key.isalnum():
+        raise ValueError(f"kind and key must be plain names, got {kind!r} and {key!r}")
+    return cache_dir() / "results" / kind / f"{key}.pt"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> dict | None:
+    """The entry at ``path``, or ``None`` (missing; or corrupt: warned about and deleted)."""
+    sidecar = path.with_suffix(".sha256")
+    if not path.exists():
+        return None
+    problem = None
+    try:
+        expected = sidecar.read_text().strip() if sidecar.exists() else None
+        if expected is None:
+            problem = "has no sha256 beside it (an interrupted write)"
+        elif _file_sha256(path) != expected:
+            problem = "does not match its sha256 (corrupted on disk)"
+        else:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decoding error means the entry is unusable
+        problem = f"cannot be read ({type(err).__name__}: {err})"
+    warnings.warn(f"cached result {path} {problem}; deleting it and computing the result again",
+                  RuntimeWarning, stacklevel=3)
+    for p in (path, sidecar):
+        p.unlink(missing_ok=True)
+    return None
+
+
+def _write(path: Path, entry: dict) -> None:
+    atomic_torch_save(entry, path)
+    sidecar = path.with_suffix(".sha256")
+    tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
+    tmp.write_text(_file_sha256(path) + "\n")
+    os.replace(tmp, sidecar)
+
+
+def cached_tensors(kind: str, key_parts: Mapping, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """``(entry, hit)``: the entry cached under the content key of ``key_parts``, or
+    ``compute()`` stored there.
+
+    ``compute()`` must return a dict of tensors (or ``None``), numbers and strings: what
+    ``torch.load(weights_only=True)`` reads back exactly.  When the cache is disabled
+    (``$MEDADV_RESULT_CACHE=0``) or a part is :class:`Uncacheable`, ``compute()`` runs and
+    nothing is stored (``hit`` is ``False``).
+    """
+    if not enabled():
+        return compute(), False
+    try:
+        key = fingerprint(**key_parts)
+    except Uncacheable:
+        return compute(), False
+    path = entry_path(kind, key)
+    entry = _read(path)
+    if entry is not None:
+        return entry, True
+    entry = compute()
+    _write(path, entry)
+    return entry, False
