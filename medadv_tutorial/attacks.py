@@ -690,12 +690,17 @@ def default_batch_size(device: str | torch.device) -> int:
     return CUDA_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
 
 
+def _is_pair(data) -> bool:
+    """``data`` given as ``(x, y)`` (a tuple or list of two), not as a Dataset or DataLoader."""
+    return isinstance(data, (tuple, list)) and len(data) == 2
+
+
 def _batches(data, batch_size: int) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int | None]:
     """``(iterator over (x, y) batches, number of batches or None)``."""
     check_int(batch_size, "batch_size")
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], torch.Tensor):
+    if _is_pair(data) and not isinstance(data[0], torch.Tensor):
         raise TypeError(f"data as a pair must be (x, y) with x a tensor of images, got x = {describe(data[0])}")
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+    if _is_pair(data):
         x_all, y_all = data[0], _as_labels(data[1])
         if len(x_all) != len(y_all):
             raise ValueError(f"data: {len(x_all)} images but {len(y_all)} labels")
@@ -844,7 +849,7 @@ def _setup(attack, model, device, targets, data):
 
 def _n_images(data) -> int | None:
     """Number of images of ``data`` (a pair, a Dataset or a DataLoader), or ``None`` if unknown."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+    if _is_pair(data) and isinstance(data[0], torch.Tensor):
         return len(data[0])
     try:
         return len(data.dataset) if isinstance(data, torch.utils.data.DataLoader) else len(data)
@@ -916,8 +921,8 @@ def run_attack(
             raise ValueError("data is empty")
         return dict({k: torch.cat(v) if v else None for k, v in out.items()}, seconds=time.perf_counter() - t0)
 
-    tensor_pair = isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data)
-    if cache and tensor_pair and (targets is None or isinstance(targets, torch.Tensor)):
+    keyable = _is_pair(data) and isinstance(data[1], torch.Tensor)  # x is a tensor (checked by _batches)
+    if cache and keyable and (targets is None or isinstance(targets, torch.Tensor)):
         key = dict(attack=attack, model=model, x=data[0], y=_as_labels(data[1]), targets=targets,
                    batch_size=batch_size, device=device.type)
         entry, hit = result_cache.cached_tensors("attacks", key, compute)

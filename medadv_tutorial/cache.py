@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_torch_save
+from .io import atomic_torch_save, file_sha256
 
 __all__ = ["FORMAT", "Uncacheable", "fingerprint", "enabled", "entry_path", "cached_tensors"]
 
@@ -150,14 +150,6 @@ def entry_path(kind: str, key: str) -> Path:
     return cache_dir() / "results" / kind / f"{key}.pt"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read(path: Path) -> dict | None:
     """The entry at ``path``, or ``None`` (missing; or corrupt: warned about and deleted)."""
     sidecar = path.with_suffix(".sha256")
@@ -168,7 +160,7 @@ def _read(path: Path) -> dict | None:
         expected = sidecar.read_text().strip() if sidecar.exists() else None
         if expected is None:
             problem = "has no sha256 beside it (an interrupted write)"
-        elif _file_sha256(path) != expected:
+        elif file_sha256(path) != expected:
             problem = "does not match its sha256 (corrupted on disk)"
         else:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -185,7 +177,7 @@ def _write(path: Path, entry: dict) -> None:
     atomic_torch_save(entry, path)
     sidecar = path.with_suffix(".sha256")
     tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
-    tmp.write_text(_file_sha256(path) + "\n")
+    tmp.write_text(file_sha256(path) + "\n")
     os.replace(tmp, sidecar)
 
 

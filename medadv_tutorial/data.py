@@ -44,7 +44,6 @@ Two caveats the chapters mention:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import numbers
 import os
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 
 from .checks import check_int, check_seed
 from .checks import describe as _describe
+from .io import file_sha256
 from .profiles import Profile, as_profile
 
 DATA_ENV = "MEDADV_DATA"
@@ -158,11 +158,7 @@ def _sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _HASH_MEMO:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _HASH_MEMO[key] = digest.hexdigest()
+        _HASH_MEMO[key] = file_sha256(path)
     return _HASH_MEMO[key]
 
 

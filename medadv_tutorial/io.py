@@ -1,7 +1,8 @@
-"""Files written by the package: atomic ``torch.save`` (a reader never sees a partial file)."""
+"""Files written by the package: atomic ``torch.save`` (a reader never sees a partial file), and file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -26,3 +27,12 @@ def atomic_torch_save(obj, path) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def file_sha256(path) -> str:
+    """sha256 (hex) of the bytes of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -279,8 +279,8 @@ def test_file_is_hashed_once_per_process(tmp_path, monkeypatch):
     layout = make_layout(tmp_path, {rel: (SHARED / rel).read_bytes()})
     monkeypatch.setenv(data.DATA_ENV, str(layout))
     calls = []
-    real = data.hashlib.sha256
-    monkeypatch.setattr(data.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    real = data.file_sha256
+    monkeypatch.setattr(data, "file_sha256", lambda *a: calls.append(1) or real(*a))
     data.offline_file(rel)
     data.offline_file(rel)
     assert len(calls) == 1
