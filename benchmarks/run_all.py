@@ -15,9 +15,9 @@ the goals of the issue:
 ==================  ==================================  =========================  ===========================
 kernel              reference                           FLOPs per call of ours     goals
 ==================  ==================================  =========================  ===========================
-MGM scoring         scipy ``multivariate_normal``       n d^2                      GPU >= 10x; CPU >= 60% of
+MGM scoring         scipy ``multivariate_normal``       2 n d^2                    GPU >= 10x; CPU >= 60% of
                     ``.logpdf``                                                    matmul
-MAHA scoring        the same, one per class, min        n d^2                      GPU >= 10x; CPU >= 60%
+MAHA scoring        the same, one per class, min        2 n d^2                    GPU >= 10x; CPU >= 60%
 KD scoring          sklearn ``KernelDensity``           2 n m d                    GPU >= 20x
 LID scoring         sklearn ``NearestNeighbors`` + MLE  2 n m d                    GPU >= 5x
 EM K=2, EM K=8      sklearn ``GaussianMixture``         4 N K d^2 + 4/3 K d^3      GPU >= 50x
@@ -29,10 +29,10 @@ PGD+HFC step        our plain PGD step                  counted, see below      
 
 FLOP counts (leading terms; element-wise work, exponentials and selections not counted):
 
-* MGM / MAHA: scoring n rows of d features against the d x d lower Cholesky factor R of
-  the (tied) covariance is one triangular solve ``R z = (x - mu)`` with n right-hand
-  sides: d^2 / 2 multiply-adds per row, ``n d^2`` FLOPs.  (A product with a *dense* d x d
-  factor, as scipy's ``logpdf`` and our EM E step do, costs ``2 n d^2``.)
+* MGM / MAHA: scoring n rows of d features is one product ``(x - c) U`` with the d x d
+  precision factor ``U = R^-T`` of the (tied) covariance ``R R^T``
+  (:mod:`medadv_tutorial.gaussian`, the kernel of the EM E step too; ``U`` is triangular
+  but multiplied as a dense matrix, as scipy's ``logpdf`` does): ``2 n d^2`` FLOPs.
 * KD / LID: the squared distances of n rows to m reference rows by one matrix product,
   ``2 n m d`` (then a logsumexp or a top-k over m per row).
 * EM iteration on N rows, K components, d features: the E step whitens all rows for all

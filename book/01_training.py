@@ -16,6 +16,19 @@
 # %% [markdown]
 # # Training medical and natural classifiers
 #
+# :::{admonition} Learning objectives
+# After this chapter you can
+# - load the book's three data sets (chest X-ray, fundus, CIFAR-10) with {py:mod}`medadv_tutorial.data`
+#   and say how the copies used here differ from the originals;
+# - fine-tune an ImageNet-pretrained EfficientNet-Lite0 with
+#   {py:func}`training.get_model <medadv_tutorial.training.get_model>`, and say which
+#   setting of the profile controls what;
+# - read a test accuracy against the chance level of its task, and a confusion matrix for what the
+#   accuracy hides;
+# - put a 95% bootstrap interval on a test accuracy with
+#   {py:func}`metrics.rate_interval <medadv_tutorial.metrics.rate_interval>`.
+# :::
+#
 # Every later chapter attacks, inspects or defends a trained classifier, so we start by
 # training them: two **medical** tasks, chest X-rays (pneumonia or not) and fundus
 # photographs (diabetic retinopathy or not), and one **natural-image** task, CIFAR-10,
@@ -152,20 +165,58 @@ majority = {k: max(te.class_counts().values()) / len(te) for k, te in test_sets.
 book.glue("cifar10_per_class", per_class(train_sets["cifar10"]))
 book.glue("chest_train_pneumonia", share(train_sets["chest_xray"], "PNEUMONIA"), digits=2)
 book.glue("chest_test_pneumonia", share(test_sets["chest_xray"], "PNEUMONIA"), digits=2)
-book.glue("fundus_majority", majority["retinamnist"], digits=2)
+book.glue("fundus_majority", majority["retinamnist"], digits=2);
 
-# %%
+# %% tags=["remove-output", "nbval-ignore-output"]
 size = profile.image_size
-fig = plots.sample_grid(train_sets["chest_xray"], n_per_class=5, title=f"Kermany chest X-rays ({size} px)")
+book.glue("fig_samples_chest_xray",
+          plots.sample_grid(train_sets["chest_xray"], n_per_class=5, title=f"Kermany chest X-rays ({size} px)"));
 
-# %%
-fig = plots.sample_grid(pmnist, n_per_class=5, title=f"PneumoniaMNIST: the same task at 28 px, upsampled to {size} px")
+# %% [markdown]
+# ```{glue:figure} fig_samples_chest_xray
+# :name: fig-samples-chest-xray
+#
+# Five training images per class of the Kermany chest X-rays, drawn at random (seed 0), stored at
+# 224 px and shown as the models see them, at {glue:}`profile_image_size` px.
+# ```
 
-# %%
-fig = plots.sample_grid(train_sets["retinamnist"], n_per_class=5, title=f"RetinaMNIST fundus photographs (28 px, upsampled to {size} px)")
+# %% tags=["remove-output", "nbval-ignore-output"]
+book.glue("fig_samples_pneumoniamnist", plots.sample_grid(
+    pmnist, n_per_class=5, title=f"PneumoniaMNIST: the same task at 28 px, upsampled to {size} px"));
 
-# %%
-fig = plots.sample_grid(train_sets["cifar10"], n_per_class=3, size=1.1, title=f"CIFAR-10 (32 px, upsampled to {size} px)")
+# %% [markdown]
+# ```{glue:figure} fig_samples_pneumoniamnist
+# :name: fig-samples-pneumoniamnist
+#
+# The same task in PneumoniaMNIST: five training images per class (seed 0), stored at 28 px and
+# upsampled to {glue:}`profile_image_size` px. Compare the ribs and lung texture with the figure
+# above.
+# ```
+
+# %% tags=["remove-output", "nbval-ignore-output"]
+book.glue("fig_samples_fundus", plots.sample_grid(
+    train_sets["retinamnist"], n_per_class=5, title=f"RetinaMNIST fundus photographs (28 px, upsampled to {size} px)"));
+
+# %% [markdown]
+# ```{glue:figure} fig_samples_fundus
+# :name: fig-samples-fundus
+#
+# Five training images per class of RetinaMNIST (seed 0): grade 0 (no diabetic retinopathy) and
+# grades 1 to 4 merged into one class, stored at 28 px and upsampled to
+# {glue:}`profile_image_size` px.
+# ```
+
+# %% tags=["remove-output", "nbval-ignore-output"]
+book.glue("fig_samples_cifar10", plots.sample_grid(
+    train_sets["cifar10"], n_per_class=3, size=1.1, title=f"CIFAR-10 (32 px, upsampled to {size} px)"));
+
+# %% [markdown]
+# ```{glue:figure} fig_samples_cifar10
+# :name: fig-samples-cifar10
+#
+# Three training images per class of the offline CIFAR-10 copy (seed 0), stored at 32 px and
+# upsampled to {glue:}`profile_image_size` px.
+# ```
 
 # %% [markdown]
 # ## The backbone, and why it is pretrained
@@ -227,8 +278,19 @@ for k in names:
     model, record = training.get_model(k, profile=profile, seed=0)
     trained[k] = record
 
-# %%
-fig = plots.training_curves({names[k]: r for k, r in trained.items()})
+# %% tags=["remove-output", "nbval-ignore-output"]
+book.glue("fig_training_curves", plots.training_curves({names[k]: r for k, r in trained.items()}));
+
+# %% [markdown]
+# ```{glue:figure} fig_training_curves
+# :name: fig-training-curves
+#
+# Training loss (cross-entropy, left) and training accuracy (right) of the three models, batch by
+# batch (batches of {glue:}`profile_batch_size` images, moving average over 10 batches): AdamW with
+# a one-cycle schedule peaking at a learning rate of {glue:text}`profile_lr:.0e`, for
+# {glue:}`profile_epochs_chest_xray` epochs on the medical tasks and
+# {glue:}`profile_epochs_cifar10` on CIFAR-10 ({glue:md}`profile_name` profile).
+# ```
 
 # %%
 rows = [[names[k], e["epoch"], e["loss"], e["accuracy"]] for k, r in trained.items() for e in r["history"]["epochs"]]
@@ -269,10 +331,19 @@ for k in names:
     book.glue(f"n_train_{k}", trained[k]["n_train"])
 lowest_auroc = min(names, key=lambda k: auroc[k])
 book.glue("fundus_auroc_rank", "the lowest of the three" if lowest_auroc == "retinamnist"
-          else f"above the {names[lowest_auroc]} model's")
+          else f"above the {names[lowest_auroc]} model's");
 
-# %%
-fig = plots.confusion_matrices({names[k]: r for k, r in trained.items()})
+# %% tags=["remove-output", "nbval-ignore-output"]
+book.glue("fig_confusion", plots.confusion_matrices({names[k]: r for k, r in trained.items()}));
+
+# %% [markdown]
+# ```{glue:figure} fig_confusion
+# :name: fig-confusion
+#
+# Confusion matrices of the three models on their test splits (the test images of the table
+# above): row = true class, column = predicted class; the numbers count images, and a darker cell
+# holds more. CIFAR-10's ten classes are shown without counts.
+# ```
 
 # %%
 # The claims this chapter makes, checked on the unrounded numbers; each band is meant to hold
@@ -310,10 +381,173 @@ if book.check_claims(profile):
 # {glue:text}`chest_test_pneumonia:.0%` pneumonia, so a model that errs on normal images can
 # still score well.
 #
+# ## What we found
+#
+# - Fine-tuned for {glue:}`profile_epochs_chest_xray` epochs on
+#   {glue:text}`n_train_chest_xray:,d` images, the chest X-ray model reaches a test accuracy of
+#   {glue:text}`acc_chest_xray:.2f` and an AUROC of {glue:text}`auroc_chest_xray:.2f`. Its test
+#   split is {glue:text}`chest_test_pneumonia:.0%` pneumonia, so its confusion matrix says more
+#   than its accuracy.
+# - The fundus model reaches {glue:text}`acc_retinamnist:.2f` against a majority-class rate of
+#   {glue:text}`fundus_majority:.2f`; its AUROC, {glue:text}`auroc_retinamnist:.2f`, is
+#   {glue:md}`fundus_auroc_rank`.
+# - The CIFAR-10 model reaches {glue:text}`acc_cifar10:.2f` on ten classes, after
+#   {glue:}`profile_epochs_cifar10` epochs on {glue:md}`cifar10_per_class` images per class.
+# - Accuracies do not rank tasks whose chance levels differ. The AUROC does not depend on class
+#   balance, and a bootstrap interval (Exercise 1.2) says how much of a difference the number of
+#   test images can explain.
+# - The three models share the backbone, the input size ({glue:}`profile_image_size` px) and the
+#   training recipe: the matched setting in which Chapter 2 compares their vulnerability.
+#
+# ## Exercises
+#
+# The exercises reuse what this chapter computed: `trained` (each model's training record, with
+# its test results), `test_sets`, `acc` and `names`. The exercises marked *checked* come with two
+# code cells. The first defines your answer: it holds a solution, hidden on this page so that the
+# page runs as it is; replace its right-hand sides with your own code. The second checks your
+# answer with `book.check_answer` and says what it expected when the answer is off. The other
+# exercises train a model, which takes minutes on a CPU; their solutions show the code.
+#
+# ### Exercise 1.1 (checked): sensitivity and specificity
+#
+# The chest X-ray test split is {glue:text}`chest_test_pneumonia:.0%` pneumonia. From the chest
+# X-ray model's confusion matrix, `trained["chest_xray"]["test"]["confusion"]` (a list of rows:
+# row *i*, column *j* counts the test images of class *i* predicted as class *j*, classes in the
+# order of `trained["chest_xray"]["classes"]`), compute its **sensitivity** `sensitivity` (the
+# fraction of pneumonia images it calls pneumonia) and its **specificity** `specificity` (the
+# fraction of normal images it calls normal). Which of the two errors does the model make more
+# often? The check weighs your two numbers by the share of each class in the test split, which
+# must give back the accuracy.
+
+# %% tags=["hide-input"]
+# Exercise 1.1, your answer (replace the right-hand sides with your own code)
+import torch
+
+cm = torch.tensor(trained["chest_xray"]["test"]["confusion"], dtype=torch.float64)
+sick = trained["chest_xray"]["classes"].index("PNEUMONIA")
+healthy = trained["chest_xray"]["classes"].index("NORMAL")
+sensitivity = float(cm[sick, sick] / cm[sick].sum())
+specificity = float(cm[healthy, healthy] / cm[healthy].sum())
+
+# %%
+# Check of Exercise 1.1: weighted by the class shares of the test split, the two recalls give the accuracy.
+p = share(test_sets["chest_xray"], "PNEUMONIA")
+book.check_answer("accuracy recombined from your sensitivity and specificity",
+                  p * sensitivity + (1 - p) * specificity, acc["chest_xray"], tol=1e-6,
+                  hint="rows of the confusion matrix are the true classes: divide a diagonal count by "
+                       "the sum of its row.")
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution (click "Show code cell source"). The sensitivity is the
+# pneumonia row's diagonal count divided by that row's sum, the specificity the same for the normal
+# row. Dividing by a column's sum instead gives each class's *precision*, and the check fails. With
+# {glue:text}`chest_test_pneumonia:.0%` of the test images in the pneumonia class, a model can
+# reach a good accuracy with a poor specificity: compare your two numbers with the confusion matrix
+# above. To see what the class weights of the training loss do, train a model without them,
+# `training.get_model("chest_xray", profile=dataclasses.replace(profile, class_weighted=False))`
+# (after `import dataclasses`; minutes on a CPU), and compute both numbers again.
+# :::
+#
+# ### Exercise 1.2 (checked): how precise is a test accuracy?
+#
+# Each accuracy above comes from a few hundred test images; other test images would give a
+# slightly different number. Put a 95% interval on each model's test accuracy with
+# `metrics.rate_interval`, which resamples the images (a percentile bootstrap). It takes one
+# outcome per image, correct or not; the number of correct images is the trace of the confusion
+# matrix, the number of images its sum. Store the three intervals in a dict `accuracy_ci`, keyed
+# like `trained`. Do the fundus and CIFAR-10 intervals overlap?
+
+# %% tags=["hide-input"]
+# Exercise 1.2, your answer
+from medadv_tutorial import metrics
+
+accuracy_ci = {}
+for k, r in trained.items():
+    cm = torch.tensor(r["test"]["confusion"])
+    n, n_correct = int(cm.sum()), int(cm.trace())
+    accuracy_ci[k] = metrics.rate_interval(torch.arange(n) < n_correct)  # one outcome per test image
+
+# %%
+# Check of Exercise 1.2: the bootstrap interval is close to the normal approximation
+# p ± 1.96 sqrt(p (1 - p) / n), cut to [0, 1] (within 0.03, or 1/n for small n).
+import math
+
+from medadv_tutorial.report import interval_cell
+
+for k, r in trained.items():
+    n, p = r["test"]["n"], acc[k]
+    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    book.check_answer(f"accuracy_ci[{k!r}]", accuracy_ci.get(k), (p, max(0.0, p - half), min(1.0, p + half)),
+                      tol=max(0.03, 1 / n), hint="give metrics.rate_interval one entry per test image "
+                      "(True = classified correctly), from the trace and the sum of the confusion matrix.")
+show_table([[names[k], interval_cell(accuracy_ci[k])] for k in names], ["task", "test accuracy [95% interval]"])
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution: one boolean per test image, `n_correct` of them true
+# (their order does not matter to the bootstrap). Where the fundus and CIFAR-10 intervals overlap,
+# the number of test images alone could explain the difference between the two accuracies; and
+# even intervals apart would not rank the tasks, since a two-class and a ten-class accuracy have
+# different chance levels. The interval covers the choice of test images only, not the randomness
+# of training (Exercise 1.3).
+# :::
+#
+# ### Exercise 1.3: a second training run
+#
+# Train the fundus model again with another seed, `training.get_model("retinamnist",
+# profile=profile, seed=1)` (minutes on a CPU; the model is cached like the others). Does its test
+# accuracy fall inside the interval of Exercise 1.2? What does the seed change?
+#
+# :::{admonition} Solution
+# :class: dropdown
+#
+# ```python
+# model_1, record_1 = training.get_model("retinamnist", profile=profile, seed=1)
+# print(f"seed 0: {accuracy_ci['retinamnist']}; seed 1: {record_1['test']['accuracy']:.2f}")
+# ```
+#
+# The seed sets the new head's initial weights, the order of the batches and the random flips
+# (and, for data sets larger than the profile's subsets, which images are used). The interval of
+# Exercise 1.2 describes which test images were drawn, not this: the spread between training runs
+# comes on top of it. Two models whose accuracies differ by less than both together cannot be
+# ranked, and each chapter's comparisons rest on one training run per model.
+# :::
+#
+# ### Exercise 1.4: a chest X-ray at 28 px
+#
+# PneumoniaMNIST holds the same task at 28 px. Train the same network on it with
+# `training.get_model("pneumoniamnist", profile=profile)` (minutes on a CPU) and compare its test
+# accuracy and AUROC with the chest X-ray model's. How much of the diagnosis survives at 28 px, and
+# what does that suggest about the fundus model, whose images are 28 px too?
+#
+# :::{admonition} Solution
+# :class: dropdown
+#
+# ```python
+# model_p, record_p = training.get_model("pneumoniamnist", profile=profile)
+# show_table([[task, r["test"]["accuracy"], r["test"]["auroc"]]
+#             for task, r in [("chest X-ray", trained["chest_xray"]), ("PneumoniaMNIST", record_p)]],
+#            ["task", "test accuracy", "test AUROC"])
+# ```
+#
+# Task, network, input size and training recipe are the same, so the difference isolates what
+# the 28 px images lose. The larger it is, the more of the fundus model's weakness may come from
+# RetinaMNIST's 28 px images rather than from the task. Chapter 2 names PneumoniaMNIST as the
+# resolution-matched control of its comparison for the same reason.
+# :::
+
+# %% [markdown]
 # ## What comes next
 #
 # We now have three classifiers with comparable training budgets and the same architecture and
-# input size. Chapter 2 attacks them: it implements FGSM, BIM, PGD, MIM and CW-L∞, measures how
+# input size. Chapter 2 attacks them: it implements FGSM {cite:p}`goodfellow2015explaining`,
+# BIM {cite:p}`kurakin2017adversarial`, PGD {cite:p}`madry2018towards`, MIM
+# {cite:p}`dong2018boosting` and CW-L∞ {cite:p}`carlini2017towards`, measures how
 # small a perturbation flips each model's decisions, and runs the HFC paper's *stress test*,
 # which asks how far a tiny perturbation can push the internal features of medical and natural
 # images. Whether medical images really are the more vulnerable ones is a question we let the

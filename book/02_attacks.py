@@ -16,6 +16,17 @@
 # %% [markdown]
 # # Attacks and the stress test
 #
+# :::{admonition} Learning objectives
+# After this chapter you can
+# - write FGSM, BIM, PGD, MIM and CW-L∞ as one projected sign-gradient loop, and run them with
+#   {py:mod}`medadv_tutorial.attacks`;
+# - measure an attack's success rate on correctly classified images as a function of the budget
+#   ε, and put a bootstrap interval on it;
+# - run the HFC paper's stress test and read its feature displacement in clean radii;
+# - tell a model's confidence from the steepness of its logits when comparing how vulnerable two
+#   models are.
+# :::
+#
 # How small a perturbation changes a medical classifier's diagnosis? And are medical images
 # really *more* vulnerable than natural ones, as Ma et al. {cite:p}`ma2021understanding` and
 # the HFC paper {cite:p}`yao2021hfc,yao2023hfh` report? This chapter implements the standard
@@ -72,19 +83,20 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 #
 # - **FGSM** {cite:p}`goodfellow2015explaining`, one step:
 #   $x' = \Pi\big(x + \epsilon\,\mathrm{sign}(\nabla_x L(f(x), y))\big)$.
-# - **BIM**, $T$ steps of size α from $x^0 = x$:
+# - **BIM** {cite:p}`kurakin2017adversarial`, $T$ steps of size α from $x^0 = x$:
 #   $x^{t+1} = \Pi\big(x^t + \alpha\,\mathrm{sign}(\nabla_x L(f(x^t), y))\big)$.
 # - **PGD** {cite:p}`madry2018towards`: BIM from a random start $x^0 = \Pi(x + u)$,
 #   $u \sim U[-\epsilon, \epsilon]^d$.
-# - **MIM**: BIM on an accumulated, L1-normalised gradient
+# - **MIM** {cite:p}`dong2018boosting`: BIM on an accumulated, L1-normalised gradient
 #   $g^{t+1} = \mu g^t + \nabla_x L / \|\nabla_x L\|_1$, step $\alpha\,\mathrm{sign}(g^{t+1})$.
-# - **CW-L∞**: PGD on the Carlini–Wagner margin
+# - **CW-L∞** {cite:p}`carlini2017towards`: PGD on the Carlini–Wagner margin
 #   $\max\big(z_y - \max_{j \ne y} z_j, -\kappa\big)$ (descended), which stops pushing once the
 #   wrong class leads by κ.
 #
 # A targeted attack descends $L(f(x), t)$ towards a target class $t$ instead. The package runs
-# all of them on **one loop**, `attacks.iterative_attack`, whose objective also accepts extra
-# terms; Chapter 5 plugs the Hierarchical Feature Constraint into it. Settings: $T$ =
+# all of them on **one loop**, {py:func}`attacks.iterative_attack <medadv_tutorial.attacks.iterative_attack>`,
+# whose objective also accepts extra terms; Chapter 5 plugs the Hierarchical Feature Constraint
+# into it. Settings: $T$ =
 # {glue:}`profile_attack_steps` steps in this page's {glue:md}`profile_name` profile (Chapter 1
 # lists every profile's), and $\alpha = \epsilon/4$.
 #
@@ -110,7 +122,7 @@ show_table(
     ["task", "clean test accuracy", "images attacked"],
 )
 sizes = [len(attack_sets[k][1]) for k in names]
-book.glue("n_attacked", f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}–{max(sizes)}")
+book.glue("n_attacked", f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}–{max(sizes)}");
 
 # %% [markdown]
 # ## Five attacks at ε = 1/255 on chest X-rays
@@ -153,7 +165,7 @@ if book.check_claims(profile):
 # amplified to the full grey range, and the adversarial image, with the model's probability of
 # its prediction.
 
-# %%
+# %% tags=["remove-output", "nbval-ignore-output"]
 res = results["PGD"]
 classes = records["chest_xray"]["classes"]
 m = models["chest_xray"]
@@ -170,10 +182,22 @@ for i in range(3):
     ]
     for ax, (img, title) in zip(axes[i], panels):
         ax.imshow(plots.to_display(img), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=plots.MIN_FONT)
         ax.axis("off")
 fig.suptitle("PGD, ε = 1/255, chest X-ray", fontsize=10)
 fig.tight_layout()
+book.glue("fig_pgd_examples", fig);
+
+# %% [markdown]
+# ```{glue:figure} fig_pgd_examples
+# :name: fig-pgd-examples
+#
+# The first three chest X-rays of the attack set under PGD at ε = 1/255
+# ({glue:}`profile_attack_steps` steps of ε/4 from a random start, seed 0). Left: the clean image,
+# with the model's prediction and its probability; middle: the perturbation, scaled by 127 so that
+# ±ε spans the whole grey range; right: the adversarial image, with the new prediction and its
+# probability.
+# ```
 
 # %% [markdown]
 # ## Decision vulnerability: success rate versus ε
@@ -188,16 +212,29 @@ eps_grid = [0.125 / 255, 0.25 / 255, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255]
 pgd = attacks.PGD(eps_grid[0], steps=steps, seed=0, early_stop=True)
 curves = {k: attacks.success_rate(pgd, models[k], attack_sets[k], eps_grid) for k in names}
 
-# %%
+# %% tags=["remove-output", "nbval-ignore-output"]
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
+styles = {"chest_xray": "o-", "retinamnist": "s--", "cifar10": "^:"}  # curves that coincide stay visible
 for k, curve in curves.items():
-    ax.plot([e * 255 for e in curve], [v["success_rate"] for v in curve.values()], "o-", label=names[k])
+    ax.plot([e * 255 for e in curve], [v["success_rate"] for v in curve.values()], styles[k], label=names[k])
 ax.set_xscale("log", base=2)
 ax.set_xticks([e * 255 for e in eps_grid], [f"{e * 255:g}" for e in eps_grid])
 ax.set(xlabel="ε (× 1/255)", ylabel="PGD success rate", ylim=(0, 1.02), title="decision vulnerability")
 ax.grid(alpha=0.3)
-ax.legend()
+ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)  # beside the axes, off the curves
 fig.tight_layout()
+book.glue("fig_success_vs_eps", fig);
+
+# %% [markdown]
+# ```{glue:figure} fig_success_vs_eps
+# :name: fig-success-vs-eps
+#
+# PGD success rate (the fraction of the attacked images, all classified correctly when clean, whose
+# prediction flips) against the budget ε on a log scale, for the three models:
+# {glue:}`profile_attack_steps` steps of ε/4 from a random start (seed 0), with early stopping, on
+# {glue:md}`n_attacked` images per data set. Where curves coincide, the markers tell them apart;
+# the table below gives the numbers.
+# ```
 
 # %%
 rows = []
@@ -207,6 +244,7 @@ for k, curve in curves.items():
     rows.append([names[k]] + [curve[e]["success_rate"] for e in eps_grid[:4]] + [fmt(e50), fmt(e95)])
 show_table(rows, ["task", "success @0.125/255", "@0.25/255", "@0.5/255", "@1/255", "ε for 50%", "ε for 95%"])
 at_1 = {k: curves[k][1 / 255]["success_rate"] for k in names}
+book.glue("pgd_at_1_min", min(at_1.values()), digits=2)
 if book.check_claims(profile):
     # "At the budgets the papers use (1/255 and up) PGD flips (nearly) every correctly
     # classified image of all three models": band: success rate >= 0.90 at 1/255, every data set.
@@ -216,8 +254,9 @@ if book.check_claims(profile):
 # ## Representation vulnerability: the stress test
 #
 # Decision flips are a coarse measure: at these budgets nearly every model falls, so the
-# curves above may not separate the data sets. The HFC paper's stress test asks a finer
-# question: *within a small ε, how far can the features move?* For a layer with pooled
+# curves above may not separate the data sets. The HFC paper's stress test
+# ({py:func}`stress.stress_test <medadv_tutorial.stress.stress_test>`) asks a finer question:
+# *within a small ε, how far can the features move?* For a layer with pooled
 # features $h(x) \in \mathbb{R}^{C}$, PGD maximises (then, separately, minimises) the mean
 # activation $\frac1C\sum_c h_c(x+\delta)$, and we report the displacement in units of the
 # clean cloud's root-mean-square radius,
@@ -248,17 +287,31 @@ deviation = {
     for k in names
 }
 
-# %%
+# %% tags=["remove-output", "nbval-ignore-output"]
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
 for k in names:
-    ax.plot(layers, [deviation[k][l]["mean"] for l in layers], "o-", label=names[k])
+    ax.plot(layers, [deviation[k][l]["mean"] for l in layers], styles[k], label=names[k])
 ax.set(ylabel="feature displacement D (clean radii)", title=f"stress test, ε = {stress_eps * 255:g}/255")
 ax.grid(alpha=0.3)
-ax.legend()
+ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
 fig.tight_layout()
+book.glue("fig_stress_test", fig);
+
+# %% [markdown]
+# ```{glue:figure} fig_stress_test
+# :name: fig-stress-test
+#
+# The stress test at ε = 1/255: how far PGD ({glue:}`profile_attack_steps` steps) moves the pooled
+# features of four layers, from shallow (block3) to the penultimate layer, in clean radii $D$,
+# averaged over the two directions (raise and lower the mean activation) and over
+# {glue:}`profile_n_stress` images per data set. The table below gives the numbers.
+# ```
+
+# %%
 show_table([[names[k]] + [deviation[k][l]["mean"] for l in layers] for k in names], ["task"] + layers)
 d_pen = {k: deviation[k]["penultimate"]["mean"] for k in names}
 d_all = {k: float(np.mean([deviation[k][l]["mean"] for l in layers])) for k in names}
+book.glue("stress_d_min", min(d_all.values()), digits=2)
 if book.check_claims(profile):
     # "Within one grey level the features move a long way": band: D >= 1 clean radius,
     # averaged over the four layers, for every data set.
@@ -397,5 +450,205 @@ display(Markdown("\n\n".join(textwrap.fill(v, width=100) for v in verdict)))
 # from {glue:md}`n_attacked` attacked images per data set ({glue:}`profile_n_stress` in the
 # stress test): differences of a few percent, or of a few tenths of a radius, are within noise.
 #
-# **Next:** Chapter 3 opens the network and follows the features during a PGD attack: they move
+# ## What we found
+#
+# - One grey level is enough: at ε = 1/255 the iterative attacks (BIM, PGD, MIM, CW-L∞) flip at
+#   least {glue:text}`iterative_min_cxr:.0%` of the correctly classified chest X-rays, and FGSM, a
+#   single step, flips {glue:text}`fgsm_cxr:.0%` of them.
+# - At the papers' budgets the decision view saturates: at 1/255 PGD flips at least
+#   {glue:text}`pgd_at_1_min:.0%` of every model's attacked images, natural images included. Only
+#   budgets below one grey level separate the data sets; the verdict above states their order in
+#   this run.
+# - Within ε = 1/255 the features of every model move by at least
+#   {glue:text}`stress_d_min:.2f` clean radii on average over four layers (the stress test): room
+#   enough to leave the clean distribution, which Chapter 3 measures.
+# - A model's cross-entropy gradient carries its confidence as a factor; the margin gradient does
+#   not, and the fraction of its margin that one grey level erases decides whether a small budget
+#   flips an image.
+# - With {glue:md}`n_attacked` attacked images per data set, differences of a few percent are
+#   within noise (Exercise 2.2 puts intervals on them).
+#
+# ## Exercises
+#
+# The exercises reuse what this chapter computed: `results` (the five attacks on chest X-rays at
+# ε = 1/255, as `attacks.AttackResult`s), `curves` and `eps_grid` (the PGD sweep), `models`,
+# `attack_sets`, `x_cxr, y_cxr` (the chest X-ray attack set) and `steps`. The exercises marked
+# *checked* come with two code cells. The first defines your answer: it holds a solution, hidden on
+# this page so that the page runs as it is; replace its right-hand sides with your own code. The
+# second checks your answer with `book.check_answer` and says what it expected when the answer is
+# off. The other exercises run attacks for a while; their solutions show the code.
+#
+# ### Exercise 2.1 (checked): a success rate by hand
+#
+# `results["FGSM"]` holds the labels `y`, the clean predictions `pred_clean` and the predictions on
+# the adversarial images `pred_adv` (one entry per image). Compute FGSM's success rate from them as
+# the package defines it, and call it `fgsm_success`: the fraction of the images classified
+# correctly when clean whose prediction the attack changes. Every image of an attack set is
+# classified correctly when clean, but write it so that it would also hold for a whole test split.
+
+# %% tags=["hide-input"]
+# Exercise 2.1, your answer (replace the right-hand side with your own code)
+fgsm = results["FGSM"]
+correct = fgsm.pred_clean == fgsm.y
+fgsm_success = float((correct & (fgsm.pred_adv != fgsm.y)).sum() / correct.sum())
+
+# %%
+# Check of Exercise 2.1 against the package's AttackResult.success_rate
+book.check_answer("fgsm_success", fgsm_success, results["FGSM"].success_rate, tol=1e-9,
+                  hint="count the flipped images among those classified correctly when clean, and divide "
+                       "by the number of those.")
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution (click "Show code cell source"). An image counts when the
+# model gets it right before the attack (`pred_clean == y`) and wrong after it (`pred_adv != y`);
+# the denominator is the number of images classified correctly when clean. On a test split with
+# errors, `(pred_adv != y).mean()` over all images would count the model's own mistakes as
+# successes of the attack, and dividing the flipped images by all images would dilute the rate; on
+# an attack set, where every image is classified correctly when clean, the three agree.
+# :::
+#
+# ### Exercise 2.2 (checked): are the differences beyond noise?
+#
+# The verdict compares the PGD success rates at ε = 0.125/255, each measured on
+# {glue:md}`n_attacked` images. Put a 95% bootstrap interval on each with `metrics.rate_interval`:
+# `curves[k][eps_grid[0]]` holds the `success_rate` and the number of images attacked,
+# `n_attacked`, and the bootstrap takes one outcome per image, flipped or not. Store the intervals
+# in a dict `low_budget_ci`, keyed like `curves`. Which differences between the data sets does the
+# number of images explain, and which not?
+
+# %% tags=["hide-input"]
+# Exercise 2.2, your answer
+from medadv_tutorial import metrics
+
+low_budget_ci = {}
+for k, curve in curves.items():
+    point = curve[eps_grid[0]]
+    n = point["n_attacked"]
+    flipped = round(point["success_rate"] * n)
+    low_budget_ci[k] = metrics.rate_interval(torch.arange(n) < flipped)  # one outcome per image
+
+# %%
+# Check of Exercise 2.2: the bootstrap interval is close to the normal approximation
+# p ± 1.96 sqrt(p (1 - p) / n), cut to [0, 1] (within 0.03, or 1/n for small n).
+import math
+
+from medadv_tutorial.report import interval_cell
+
+for k, curve in curves.items():
+    n, p = curve[eps_grid[0]]["n_attacked"], curve[eps_grid[0]]["success_rate"]
+    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    book.check_answer(f"low_budget_ci[{k!r}]", low_budget_ci.get(k), (p, max(0.0, p - half), min(1.0, p + half)),
+                      tol=max(0.03, 1 / n), hint="give metrics.rate_interval one entry per attacked image "
+                      "(True = flipped): n_attacked entries, success_rate * n_attacked of them True.")
+show_table([[names[k], interval_cell(low_budget_ci[k])] for k in names],
+           ["task", "PGD success at 0.125/255 [95% interval]"])
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution: the bootstrap only needs how many of the `n_attacked`
+# images flipped, so a vector with that many `True` entries stands for the images. Two data sets
+# whose intervals overlap cannot be ordered by this run: the number of attacked images alone could
+# explain their difference. Intervals far apart are a difference of these three models on these
+# images, still not of "medical" against "natural" images in general (see the caveats above).
+# Each interval covers the choice of attacked images, not the randomness of training
+# (Exercise 1.3). A rate of exactly 0 or 1 gets an interval of zero width: no resample of images
+# that all flipped contains one that did not. The true rate may still be lower; with $n$ images
+# that all flipped, the "rule of three" puts a 95% lower bound at about $1 - 3/n$.
+# :::
+#
+# ### Exercise 2.3 (checked): the Carlini–Wagner loss
+#
+# CW-L∞ ascends $\min(m, \kappa)$, with the margin $m = \max_{j \ne y} z_j - z_y$ of the logits
+# $z$. Compute the logits `z8` of the chest X-ray model on the first eight images of its attack
+# set, `x_cxr[:8]` (labels `y8 = y_cxr[:8]`), and from them, without the package's loss
+# functions, the loss `cw_mine` (shape `(8,)`) with κ = `kappa` = 2. Why is the loss capped at κ,
+# and what would an uncapped margin make the attack do to an image it has already flipped?
+
+# %% tags=["hide-input"]
+# Exercise 2.3, your answer
+m = models["chest_xray"]
+with torch.no_grad():
+    z8 = m(x_cxr[:8].to(next(m.parameters()).device)).cpu()  # the model may live on a GPU
+y8, kappa = y_cxr[:8], 2.0
+rows = torch.arange(len(y8))
+z_others = z8.clone()
+z_others[rows, y8] = float("-inf")  # leave out the true class
+cw_mine = (z_others.amax(1) - z8[rows, y8]).clamp(max=kappa)
+
+# %%
+# Check of Exercise 2.3 against attacks.cw_loss
+book.check_answer("cw_mine", cw_mine, attacks.cw_loss(z8, y8, kappa=kappa), tol=1e-5,
+                  hint="the margin is the largest logit among the other classes minus the true class's "
+                       "logit; cap it with .clamp(max=kappa).")
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution. The margin is negative while the model predicts `y` and
+# positive once another class leads. The cap stops the attack from pushing an image further than
+# a lead of κ: beyond it the loss is constant, its gradient zero, and the sign-gradient step does
+# not move the image. An uncapped margin would keep pushing flipped images deeper into the wrong
+# class, spending the budget on a larger, and more detectable, change of the features than the flip
+# needs.
+# :::
+#
+# ### Exercise 2.4: which loss attacks better at a small budget?
+#
+# At ε = 1/255 every iterative attack flips nearly every chest X-ray, so the loss can hardly matter
+# there. Compare PGD (cross-entropy) and CW-L∞ (margin, κ = 0) at ε = 0.25/255 on the chest X-ray
+# attack set and on the CIFAR-10 attack set, with the same steps and random start, and put
+# intervals on the success rates. For a two-class model,
+# $\nabla_x L = (1 - p_y)\,\nabla_x m$: what does that imply for two sign-gradient attacks?
+#
+# :::{admonition} Solution
+# :class: dropdown
+#
+# ```python
+# small = 0.25 / 255
+# for k in ("chest_xray", "cifar10"):
+#     for attack in (attacks.PGD(small, steps=steps, seed=0), attacks.CWLinf(small, steps=steps, seed=0)):
+#         run = attacks.run_attack(attack, models[k], attack_sets[k], progress=False)
+#         print(f"{names[k]}, {type(attack).__name__}: {metrics.rate_interval(run.success)}")
+# ```
+#
+# (Minutes on a CPU.) For the two-class chest X-ray model the two gradients differ by the positive
+# factor $1 - p_y$, so their signs, and hence the steps, agree until an image flips, unless
+# $1 - p_y$ rounds to zero in float32: then the cross-entropy gradient vanishes and PGD stands still
+# where CW-L∞ keeps moving. The steepness table's median $1 - p_y$ shows how close the chest X-rays
+# come to that. For the ten-class CIFAR-10 model the two losses weigh the other classes
+# differently, and their success rates may differ for that reason.
+# :::
+#
+# ### Exercise 2.5: the stress test, layer by layer
+#
+# The stress test above uses four layers. Run it on more of them, from the stem to the
+# penultimate layer, for the chest X-ray and the CIFAR-10 models, with the same images and budget.
+# Do the features of shallow or of deep layers move further, and does the order of the two data
+# sets stay the same from layer to layer?
+#
+# :::{admonition} Solution
+# :class: dropdown
+#
+# ```python
+# taps = ["stem", "block1", "block3", "block5", "block8", "block11", "block13", "block16", "penultimate"]
+# deep = {k: stress.stress_test(models[k], stress_subset(attack_sets[k][0], profile.n_stress), taps,
+#                               eps=stress_eps, reference=attack_sets[k][0], steps=steps)
+#         for k in ("chest_xray", "cifar10")}
+# show_table([[names[k]] + [deep[k][t]["mean"] for t in taps] for k in deep], ["task"] + taps)
+# ```
+#
+# (About twice as long as the stress test above.) Read the rows against each other: a ranking of
+# the data sets that changes from layer to layer means that "more movable features" depends on
+# where one looks, which is why the HFC paper constrains several layers at once (Chapter 5).
+# :::
+#
+# ## What comes next
+#
+# Chapter 3 opens the network and follows the features during a PGD attack: they move
 # along one fixed direction, and end up far outside the clean distribution.

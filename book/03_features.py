@@ -96,15 +96,12 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # ## Features of clean data, once
 #
 # Pooled features of every tapped layer for the chest X-ray training and test images, computed
-# in one pass and cached (Chapters 4 and 5 reuse them).
+# in one pass ({py:func}`features.extract_features <medadv_tutorial.features.extract_features>`)
+# and cached (Chapters 4 and 5 reuse them).
 
 # %% tags=["nbval-ignore-output"]
-m, rec = training.get_model("chest_xray", profile=profile, seed=0)
-mkey = training.checkpoint_key("chest_xray", profile.backbone, profile, 0)
-train = data.load_dataset("chest_xray", "train", profile=profile)
-test = data.load_dataset("chest_xray", "test", profile=profile)
-fs_train = features.extract_features(m, train, cache_key=features.feature_cache_key(mkey, "train", len(train)))
-fs_test = features.extract_features(m, test, cache_key=features.feature_cache_key(mkey, "test", len(test)))
+cxr = book.load_model_and_features(profile, "chest_xray", features=("train", "test"))  # model, data, cached features
+m, rec, test, fs_train, fs_test = cxr.model, cxr.record, cxr.test, cxr.features["train"], cxr.features["test"]
 x, y = training.correctly_classified(m, test, n=profile.n_attack)
 W = m.fc.weight.detach()
 
@@ -313,7 +310,9 @@ fig.tight_layout()
 # %% [markdown]
 # ## At which depth does the attack become visible?
 #
-# For each tapped layer we fit one Gaussian per class (shared covariance, a small ridge) to the
+# For each tapped layer we fit one Gaussian per class (shared covariance, a small ridge: the
+# model of the MAHA detector of {cite:t}`lee2018simple`;
+# {py:class}`features.MahalanobisOutliers <medadv_tutorial.features.MahalanobisOutliers>`) to the
 # clean training features and measure the Mahalanobis distance of a sample to the Gaussian of the
 # class the model *predicts*, which is all a detector can see (an adversarial image is measured
 # against the class it now claims to be). Distances are expressed as percentiles among clean
@@ -390,7 +389,8 @@ if book.check_claims(profile):
 #
 # ## Two-dimensional views
 #
-# PCA and t-SNE of clean test features ({glue:}`n_embed_clean` images) and the adversarial ones,
+# PCA and t-SNE {cite:p}`vandermaaten2008visualizing` of clean test features
+# ({glue:}`n_embed_clean` images) and the adversarial ones,
 # for a shallow, a middle and the last layer. Both embeddings are only pictures: PCA keeps global
 # distances, t-SNE keeps neighbourhoods and distorts everything else.
 

@@ -18,10 +18,12 @@
 #
 # Chapter 3 found the features of adversarial chest X-rays far outside the clean distribution.
 # This chapter turns that into detectors: Li & Zhu's **MGM**, a single Gaussian over clean
-# penultimate features {cite:p}`li2020robust`, its competitors Isolation Forest and the one-class
-# SVM, and the detectors Ma et al. and the HFC paper evaluate {cite:p}`ma2021understanding,yao2021hfc`:
-# kernel density (KD), local intrinsic dimensionality (LID), class-conditional Mahalanobis
-# (MAHA), Bayesian uncertainty (BU) and a DNN on features.
+# penultimate features {cite:p}`li2020robust`, its competitors Isolation Forest
+# {cite:p}`liu2008isolation` and the one-class SVM {cite:p}`scholkopf2001estimating`, and the
+# detectors Ma et al. and the HFC paper evaluate {cite:p}`ma2021understanding,yao2021hfc`:
+# kernel density (KD) and Bayesian uncertainty (BU) {cite:p}`feinman2017detecting`, local
+# intrinsic dimensionality (LID) {cite:p}`ma2018characterizing`, class-conditional Mahalanobis
+# (MAHA) {cite:p}`lee2018simple` and a DNN on features {cite:p}`metzen2017detecting`.
 
 # %%
 # Set-up: install the package at the version this chapter was written with
@@ -45,11 +47,10 @@ from medadv_tutorial import book  # first: pins the CPU math libraries before nu
 import textwrap
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
-from scipy.stats import binomtest, spearmanr
+from scipy.stats import spearmanr
 
-from medadv_tutorial import attacks, data, features, metrics, suite, training
+from medadv_tutorial import attacks, metrics, protocol, suite, training
 from medadv_tutorial.report import show_table
 
 profile = book.start()  # seeds, profile, glued settings; prints what is in effect
@@ -82,40 +83,39 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # Clean features come from the cache Chapter 3 filled (computed here if absent). The evaluation
 # set is balanced, as in Li & Zhu: {glue:md}`eval_set`, clean, and their adversarial versions
 # under FGSM, BIM, PGD and MIM at ε = 1/255 with {glue:}`profile_attack_steps` steps for the
-# iterative ones (white-box). With `cache=True` an attack run this chapter (or Chapter 5) has
-# computed before is read back from the result cache, bit for bit, instead of being recomputed;
-# its key hashes the attack's settings, the model's weights and the images (see the README).
+# iterative ones (white-box).
+#
+# All ten detectors of this chapter are fitted first, once, on clean training data, by
+# {py:meth}`suite.DetectorSuite.fit <medadv_tutorial.suite.DetectorSuite.fit>` (the line-up and its
+# settings are listed further down; Chapter 5 reuses it unchanged).
+# {py:func}`protocol.evaluate_attacks <medadv_tutorial.protocol.evaluate_attacks>` then runs each
+# attack and scores its images with every detector. An attack run this chapter (or Chapter 5)
+# has computed before is read back
+# from the result cache, bit for bit, instead of being recomputed; its key hashes the attack's
+# settings, the model's weights and the images (see the README).
 
 # %% tags=["nbval-ignore-output"]
-m, rec = training.get_model("chest_xray", profile=profile, seed=0)
-mkey = training.checkpoint_key("chest_xray", profile.backbone, profile, 0)
-train = data.load_dataset("chest_xray", "train", profile=profile)
-test = data.load_dataset("chest_xray", "test", profile=profile)
-fs_train = features.extract_features(m, train, cache_key=features.feature_cache_key(mkey, "train", len(train)))
-x, y = training.correctly_classified(m, test, n=profile.n_attack)
+cxr = book.load_model_and_features(profile, "chest_xray", features=("train",))  # model, data, cached features
+m, train, fs_train = cxr.model, cxr.train, cxr.features["train"]
+x, y = training.correctly_classified(m, cxr.test, n=profile.n_attack)
 eps, steps = 1 / 255, profile.attack_steps
-attack_zoo = {
-    "FGSM": attacks.FGSM(eps),
-    "BIM": attacks.BIM(eps, steps=steps),
-    "PGD": attacks.PGD(eps, steps=steps, seed=0),
-    "MIM": attacks.MIM(eps, steps=steps),
-}
-adv = {name: attacks.run_attack(a, m, (x, y), cache=True) for name, a in attack_zoo.items()}
-fs_clean = features.extract_features(m, (x, y), progress=False)
-fs_adv = {name: features.extract_features(m, (r.x_adv, y), progress=False) for name, r in adv.items()}
-n_eval = len(y)
-book.glue_results(feature_dim=int(fs_train.penultimate.shape[1]), n_eval=n_eval)
-if n_eval == profile.n_attack:
-    eval_set = f"the {n_eval} correctly classified test images drawn for the attacks (`n_attack`)"
-else:  # n_attack asks for more than the test set has: all of them
-    eval_set = (f"all {n_eval} correctly classified test images (the profile's `n_attack` = "
-                f"{profile.n_attack} is more than the test set has)")
-book.glue_results(eval_set=eval_set)
+attack_zoo = {"FGSM": attacks.FGSM(eps), "BIM": attacks.BIM(eps, steps=steps),
+              "PGD": attacks.PGD(eps, steps=steps, seed=0), "MIM": attacks.MIM(eps, steps=steps)}
+n_fgsm = 2 * profile.n_attack  # training images drawn for the supervised detectors (as Chapter 5)
+dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=n_fgsm)
+fs_clean, clean = protocol.score_clean(m, x, y, dets)  # clean features and their scores: the negatives
+evals = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, progress=True)
+n_eval, feature_dim = len(y), int(fs_train.penultimate.shape[1])
+eval_set = (f"the {n_eval} correctly classified test images drawn for the attacks (`n_attack`)"
+            if n_eval == profile.n_attack else  # n_attack asks for more than the test set has: all of them
+            f"all {n_eval} correctly classified test images (the profile's `n_attack` = {profile.n_attack} is "
+            "more than the test set has)")
+book.glue_results(feature_dim=feature_dim, feature_dim_minus_1=feature_dim - 1, n_eval=n_eval,
+                  n_fgsm=min(n_fgsm, len(train)), eval_set=eval_set)
 
 # %%
-success = {n: r.success_rate for n, r in adv.items()}
-show_table([[n, s] for n, s in success.items()], ["attack (ε = 1/255, white-box)", "success rate"])
-book.glue_results(success_fgsm=success["FGSM"], success_pgd=success["PGD"])
+show_table(*protocol.success_table(evals, "attack (ε = 1/255, white-box)"))
+book.glue_results(success_fgsm=evals["FGSM"].success, success_pgd=evals["PGD"].success)
 
 # %% [markdown]
 # ## Li & Zhu's table: MGM, Isolation Forest, one-class SVM
@@ -124,66 +124,29 @@ book.glue_results(success_fgsm=success["FGSM"], success_pgd=success["PGD"])
 # counts adversarial images as positives on the balanced set; the **follow-up AUROC** is the
 # classifier's AUROC on the images the detector lets through (clean and adversarial together):
 # a perfect detector restores the clean AUROC, no defence leaves the attacked one.
-#
-#
-# All ten detectors of this chapter are fitted once, here, by `suite.DetectorSuite.fit` (the
-# line-up and its settings are listed in the next section; Chapter 5 reuses it unchanged).
-
-# %% tags=["nbval-ignore-output"]
-n_fgsm = 2 * profile.n_attack  # training images drawn for the supervised detectors (as Chapter 5)
-dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=n_fgsm)
-book.glue_results(n_fgsm=min(n_fgsm, len(train)))
-unsup = {name: dets.detectors[name] for name in ("MGM", "ISO", "OCSVM")}
 
 # %%
-def probs_of(fs):
-    return fs.logits.softmax(1)
-
-
-rows, li_zhu = [], {}
-for det_name, det in unsup.items():
-    s_clean = det.score(fs_clean.penultimate)
-    thr = det.threshold(0.95)
-    row = [det_name]
-    for atk, fsa in fs_adv.items():
-        s_adv = det.score(fsa.penultimate)
-        f1 = metrics.f1_at_threshold(s_clean, s_adv, thr)
-        accepted = torch.cat([s_clean <= thr, s_adv <= thr])
-        probs = torch.cat([probs_of(fs_clean), probs_of(fsa)])
-        fu = metrics.followup_auroc(probs, torch.cat([y, y]), accepted)
-        li_zhu[(det_name, atk)] = (f1, fu)
-        row += [f1, fu]
-    rows.append(row)
-nodef = ["no defence"]
-for atk, fsa in fs_adv.items():
-    probs = torch.cat([probs_of(fs_clean), probs_of(fsa)])
-    nodef += ["–", metrics.followup_auroc(probs, torch.cat([y, y]), torch.ones(2 * len(y), dtype=torch.bool))]
-rows.append(nodef)
-show_table(rows, ["detector"] + [f"{a} {k}" for a in fs_adv for k in ("F1", "follow-up AUROC")])
-f1_mgm_pgd = li_zhu[("MGM", "PGD")][0]
-book.glue_results(f1_mgm_pgd=f1_mgm_pgd, f1_mgm_fgsm=li_zhu[("MGM", "FGSM")][0])
+li_zhu = protocol.li_zhu_table(dets, ["MGM", "ISO", "OCSVM"], fs_clean, evals)
+show_table(*li_zhu.table)
+book.glue_results(f1_mgm_pgd=li_zhu.f1["MGM"]["PGD"], f1_mgm_fgsm=li_zhu.f1["MGM"]["FGSM"])
 
 # %%
-accepted_clean = unsup["MGM"].score(fs_clean.penultimate) <= unsup["MGM"].threshold(0.95)
-n_kept = int(accepted_clean.sum())
-kept = n_kept / n_eval
-kept_ci = binomtest(n_kept, n_eval).proportion_ci(0.95, method="wilson")
+kept, kept_low, kept_high = li_zhu.kept("MGM")  # of the clean test images, with its 95% Wilson interval
 print(textwrap.fill(f"MGM keeps {kept:.0%} of the {n_eval} clean attacked images at its 95%-of-training "
-                    f"threshold (95% Wilson interval {kept_ci.low:.0%} to {kept_ci.high:.0%})", book.WIDTH))
-book.glue_results(kept=kept, kept_low=kept_ci.low, kept_high=kept_ci.high)
-if kept_ci.low > 0.95:
+                    f"threshold (95% Wilson interval {kept_low:.0%} to {kept_high:.0%})", book.WIDTH))
+if kept_low > 0.95:
     kept_note = "The interval lies above 95%: these test images are more typical than the training images."
-elif kept_ci.high >= 0.95:
+elif kept_high >= 0.95:
     kept_note = f"The interval includes 95%: the difference is within the sampling error of {n_eval} images."
 else:
     kept_note = ("The interval lies below 95%, so sampling alone does not explain the shortfall: the test "
                  "images have more members in the tail of the Gaussian than the training images the "
                  "threshold was taken on. The 95% is a target on the training data, not a guarantee "
                  "on new images.")
-book.glue_results(kept_note=kept_note)
+book.glue_results(kept=kept, kept_low=kept_low, kept_high=kept_high, kept_note=kept_note)
 if book.check_claims(profile):
     # Band: MGM's F1 on PGD at its pre-set threshold is at least 0.90 (Li & Zhu report 0.975).
-    assert f1_mgm_pgd >= 0.90, f1_mgm_pgd
+    assert li_zhu.f1["MGM"]["PGD"] >= 0.90, li_zhu.f1["MGM"]
 
 # %% [markdown]
 # **Against Li & Zhu's numbers.** At its pre-set threshold MGM reaches F1 =
@@ -207,38 +170,24 @@ if book.check_claims(profile):
 
 # %% tags=["nbval-ignore-output"]
 sub, sub_rec = training.get_model("chest_xray", profile=profile, seed=1)
-adv_bb = {name: attacks.run_attack(a, sub, (x, y), cache=True) for name, a in attack_zoo.items()}
-fs_bb = {name: features.extract_features(m, (r.x_adv, y), progress=False) for name, r in adv_bb.items()}
+evals_bb = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, source_model=sub, progress=True)
 
 # %%
-rows, transfer, bb = [], {}, {}
-for atk, fsa in fs_bb.items():
-    transfer[atk] = float((fsa.predictions != y).float().mean())
-    row = [atk, transfer[atk]]
-    for det_name, det in unsup.items():
-        s_clean, s_adv = det.score(fs_clean.penultimate), det.score(fsa.penultimate)
-        bb[(det_name, atk)] = (metrics.f1_at_threshold(s_clean, s_adv, det.threshold(0.95)),
-                               metrics.auroc(s_clean, s_adv))
-        row += list(bb[(det_name, atk)])
-    rows.append(row)
-show_table(rows, ["attack (black-box)", "success on deployed model"]
-           + [f"{d} {k}" for d in unsup for k in ("F1", "AUROC")])
-book.glue_results(transfer_min=min(transfer.values()), transfer_max=max(transfer.values()),
-             bb_f1_mgm_min=min(bb[("MGM", a)][0] for a in fs_bb), bb_f1_mgm_max=max(bb[("MGM", a)][0] for a in fs_bb),
-             bb_auroc_iso_min=min(bb[("ISO", a)][1] for a in fs_bb),
-             bb_auroc_iso_max=max(bb[("ISO", a)][1] for a in fs_bb),
-             bb_auroc_mgm_min=min(bb[("MGM", a)][1] for a in fs_bb),
-             bb_auroc_mgm_max=max(bb[("MGM", a)][1] for a in fs_bb))
-if max(bb[("ISO", a)][1] for a in fs_bb) < 0.5:
+bb = protocol.black_box_table(dets, ["MGM", "ISO", "OCSVM"], fs_clean, evals_bb)
+show_table(*bb.table)
+book.glue_results(transfer_min=min(bb.success.values()), transfer_max=max(bb.success.values()),
+                  bb_f1_mgm_min=min(bb.f1["MGM"].values()), bb_f1_mgm_max=max(bb.f1["MGM"].values()),
+                  bb_auroc_iso_min=min(bb.auroc["ISO"].values()), bb_auroc_iso_max=max(bb.auroc["ISO"].values()),
+                  bb_auroc_mgm_min=min(bb.auroc["MGM"].values()), bb_auroc_mgm_max=max(bb.auroc["MGM"].values()))
+if max(bb.auroc["ISO"].values()) < 0.5:
     iso_note = (
-        "Isolation Forest scores the transferred images *below* chance: it finds them more typical "
-        "than the clean ones, while MGM, on the same features, stays above it. Our reading, not "
-        "verified here: a perturbation aimed at the substitute's decision boundary mostly lowers the "
-        "deployed model's confidence, which moves the features from the confident ends of the two "
-        "class clusters towards the boundary between them, the middle of the clean cloud. Isolation "
-        "Forest cuts one coordinate at a time, and points in the middle of every coordinate's range "
-        "take the most cuts to isolate; MGM's full covariance also sees the small moves into "
-        "directions in which clean features hardly vary.")
+        "Isolation Forest scores the transferred images *below* chance: it finds them more typical than the clean "
+        "ones, while MGM, on the same features, stays above it. Our reading, not verified here: a perturbation "
+        "aimed at the substitute's decision boundary mostly lowers the deployed model's confidence, which moves "
+        "the features from the confident ends of the two class clusters towards the boundary between them, the "
+        "middle of the clean cloud. Isolation Forest cuts one coordinate at a time, and points in the middle of "
+        "every coordinate's range take the most cuts to isolate; MGM's full covariance also sees the small moves "
+        "into directions in which clean features hardly vary.")
 else:
     iso_note = "Isolation Forest does not separate the transferred images better than MGM does."
 book.glue_results(iso_note=iso_note)
@@ -266,51 +215,38 @@ book.glue_results(iso_note=iso_note)
 #   the median nearest-neighbour distance of clean training features, no attack involved), LID
 #   (penultimate, k = 20 neighbours in a clean reference batch), BU (MC-dropout variance, 10 samples);
 # - **supervised**, trained on clean vs adversarial features of *other* images: the MAHA and LID
-#   layer ensembles with logistic regression (Lee et al., Ma et al.) and the DNN detector. Their
-#   adversarial training set is FGSM at ε = 1/255 on the correctly classified ones among
+#   layer ensembles with logistic regression {cite:p}`lee2018simple,ma2018characterizing` and the
+#   DNN detector. Their adversarial training set is FGSM at ε = 1/255 on the correctly
+#   classified ones among
 #   {glue:}`n_fgsm` seeded *training* images, so they never see the test images, and BIM/PGD/MIM
 #   are attacks they were not trained on.
 
 # %%
-scores = {name: {"clean": dets.score_one(name, fs_clean, x)} for name in dets.detectors}
-for atk, fsa in fs_adv.items():
-    for name in dets.detectors:
-        scores[name][atk] = dets.score_one(name, fsa, adv[atk].x_adv)
+table = protocol.detection_table(evals)
+show_table(*table.table())
+auc = table.auroc  # auc[detector][attack]
 
 # %%
-auc = {name: {atk: metrics.auroc(sc["clean"], sc[atk]) for atk in fs_adv} for name, sc in scores.items()}
-rows = []
-for name, sc in scores.items():
-    row = [name]
-    for atk in fs_adv:
-        row += [auc[name][atk], metrics.tpr_at_tnr(sc["clean"], sc[atk], 0.90)]
-    rows.append(row)
-show_table(rows, ["detector"] + [f"{a} {k}" for a in fs_adv for k in ("AUROC", "TPR@90")])
-auroc_pgd = {name: a["PGD"] for name, a in auc.items()}
-
-# %%
-print(textwrap.fill("AUROC against PGD: " + ", ".join(f"{k} {v:.3f}" for k, v in auroc_pgd.items()), book.WIDTH))
-iterative = ("BIM", "PGD", "MIM")
-gaussian, density = ("MGM", "MAHA", "KD"), ("MGM", "MAHA", "KD", "ISO", "OCSVM")
+print(textwrap.fill("AUROC against PGD: " + ", ".join(f"{k} {v['PGD']:.3f}" for k, v in auc.items()), book.WIDTH))
+iterative, gaussian, density = ("BIM", "PGD", "MIM"), ("MGM", "MAHA", "KD"), ("MGM", "MAHA", "KD", "ISO", "OCSVM")
 # MGM and MAHA: rank agreement of their scores over the clean and white-box adversarial images
-rho_mgm_maha = float(spearmanr(torch.cat([scores["MGM"][k] for k in scores["MGM"]]).numpy(),
-                               torch.cat([scores["MAHA"][k] for k in scores["MAHA"]]).numpy()).statistic)
+rho_mgm_maha = float(spearmanr(*(torch.cat([clean[d]] + [ev.scores[d] for ev in evals.values()]).numpy()
+                                 for d in ("MGM", "MAHA"))).statistic)
 book.glue_results(gauss_iter_min=min(auc[d][a] for d in gaussian for a in iterative),
-             isoocsvm_iter_min=min(auc[d][a] for d in ("ISO", "OCSVM") for a in iterative),
-             density_fgsm_min=min(auc[d]["FGSM"] for d in density),
-             density_fgsm_max=max(auc[d]["FGSM"] for d in density),
-             bu_fgsm=auc["BU"]["FGSM"], bu_pgd=auc["BU"]["PGD"], lid_pgd=auc["LID"]["PGD"],
-             dnn_fgsm=auc["DNN"]["FGSM"], dnn_pgd=auc["DNN"]["PGD"],
-             lidlr_fgsm=auc["LID-LR"]["FGSM"], lidlr_pgd=auc["LID-LR"]["PGD"], mahalr_pgd=auc["MAHA-LR"]["PGD"])
+                  isoocsvm_iter_min=min(auc[d][a] for d in ("ISO", "OCSVM") for a in iterative),
+                  density_fgsm_min=min(auc[d]["FGSM"] for d in density),
+                  density_fgsm_max=max(auc[d]["FGSM"] for d in density), bu_fgsm=auc["BU"]["FGSM"],
+                  bu_pgd=auc["BU"]["PGD"], lid_pgd=auc["LID"]["PGD"], dnn_fgsm=auc["DNN"]["FGSM"],
+                  dnn_pgd=auc["DNN"]["PGD"], lidlr_fgsm=auc["LID-LR"]["FGSM"], lidlr_pgd=auc["LID-LR"]["PGD"],
+                  mahalr_pgd=auc["MAHA-LR"]["PGD"])
 book.glue_results(3, rho_mgm_maha=rho_mgm_maha,
-             mgm_maha_max_diff=max(abs(auc["MGM"][a] - auc["MAHA"][a]) for a in fs_adv))
-book.glue_results(0, feature_dim_minus_1=int(fs_train.penultimate.shape[1]) - 1)
+                  mgm_maha_max_diff=max(abs(auc["MGM"][a] - auc["MAHA"][a]) for a in evals))
 if book.check_claims(profile):
     # Bands, fixed beforehand and the same for every profile (AUROC 0.5 = chance):
     # MGM, MAHA and KD separate the iterative attacks almost perfectly: AUROC >= 0.95
     assert all(auc[d][a] >= 0.95 for d in gaussian for a in iterative), {d: auc[d] for d in gaussian}
     # FGSM succeeds less often than PGD, and every density detector finds it harder than PGD
-    assert success["FGSM"] < success["PGD"], success
+    assert evals["FGSM"].success < evals["PGD"].success, (evals["FGSM"].success, evals["PGD"].success)
     assert all(auc[d]["FGSM"] < auc[d]["PGD"] for d in density), {d: auc[d] for d in density}
     # LID and BU rank PGD images as less adversarial than clean ones: AUROC < 0.5;
     # BU's sign flips between FGSM and PGD
@@ -320,7 +256,7 @@ if book.check_claims(profile):
     assert all(auc[d]["PGD"] < auc[d]["FGSM"] for d in ("DNN", "LID-LR")), (auc["DNN"], auc["LID-LR"])
     assert auc["MAHA-LR"]["PGD"] >= 0.90, auc["MAHA-LR"]
     # black-box images are caught less reliably than white-box ones (MGM, PGD)
-    assert bb[("MGM", "PGD")][1] < auc["MGM"]["PGD"], (bb[("MGM", "PGD")], auc["MGM"])
+    assert bb.auroc["MGM"]["PGD"] < auc["MGM"]["PGD"], (bb.auroc["MGM"], auc["MGM"])
     # MGM and MAHA rank the images alike: Spearman correlation >= 0.9
     assert rho_mgm_maha >= 0.9, rho_mgm_maha
 
@@ -329,15 +265,15 @@ if book.check_claims(profile):
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-for name, sc in scores.items():
-    fpr, tpr, _ = metrics.roc_curve(sc["clean"], sc["PGD"])
-    axes[0].plot(fpr, tpr, label=f"{name} ({auroc_pgd[name]:.2f})")
+for name in dets.detectors:
+    fpr, tpr, _ = metrics.roc_curve(clean[name], evals["PGD"].scores[name])
+    axes[0].plot(fpr, tpr, label=f"{name} ({auc[name]['PGD']:.2f})")
 axes[0].plot([0, 1], [0, 1], "k:", lw=0.8)
 axes[0].set(xlabel="false-positive rate (clean flagged)", ylabel="true-positive rate", title="ROC, PGD ε = 1/255")
 axes[0].legend(fontsize=7)
 s_train = dets.detectors["MGM"].reference_scores_.cpu().numpy()
-for label, s in [("clean training (leave-one-out)", s_train), ("clean test", scores["MGM"]["clean"].numpy()),
-                 ("PGD", scores["MGM"]["PGD"].numpy())]:
+for label, s in [("clean training (leave-one-out)", s_train), ("clean test", clean["MGM"].numpy()),
+                 ("PGD", evals["PGD"].scores["MGM"].numpy())]:
     axes[1].hist(s, bins=40, alpha=0.5, density=True, label=label)
 axes[1].axvline(dets.detectors["MGM"].threshold(0.95), color="k", ls="--", lw=0.8, label="95% threshold")
 axes[1].set(xlabel="MGM score = −log p(h)", ylabel="density", title="MGM scores")

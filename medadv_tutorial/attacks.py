@@ -80,15 +80,16 @@ import dataclasses
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import cache as result_cache
-from .checks import (as_labels, check_device, check_eps, check_images, check_input_dtype, check_int, check_labels,
+from .batching import Forward, is_pair, iter_batches, labels_of, model_device, n_images, resolve_forward
+from .progress import progress as progress_bar
+from .checks import (check_device, check_eps, check_images, check_input_dtype, check_int, check_labels,
                      check_model, check_real, check_seed, describe, eval_mode)
 
 __all__ = [
@@ -114,11 +115,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits (N, K), y (N,)) -> (N,)``: large when the model does not predict ``y``."""
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 """``extra_loss(x_adv (N, ...), logits (N, K), aux) -> (N,)``: a penalty, subtracted."""
-Forward = Union[str, Callable[[nn.Module, torch.Tensor], "tuple[torch.Tensor, Any]"], None]
-"""``None`` (``model(x)``, aux ``None``), a method name such as ``"forward_features"``,
-or a callable ``forward(model, x) -> (logits, aux)``."""
-
-
 # ----------------------------------------------------------------------------- losses
 
 
@@ -183,38 +179,6 @@ attack_mode = eval_mode
 """Context manager: eval mode and no parameter gradients, restored on exit (every submodule's
 ``training`` flag and every parameter's ``requires_grad``, also when the body raises); see
 :func:`medadv_tutorial.checks.eval_mode`."""
-
-
-def _resolve_forward(model: Callable, forward: Forward) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]]:
-    """Turn ``forward`` into ``x -> (logits, aux)``."""
-    if forward is None:
-        return lambda x: (model(x), None)
-    if isinstance(forward, str):
-        if not callable(getattr(model, forward, None)):
-            raise ValueError(f"forward={forward!r}: the model has no method {forward!r}")
-        method = getattr(model, forward)
-        fn = lambda x: method(x)  # noqa: E731
-    elif callable(forward):
-        fn = lambda x: forward(model, x)  # noqa: E731
-    else:
-        raise TypeError(f"forward must be None, a method name or a callable, got {type(forward).__name__}")
-
-    def wrapped(x):
-        out = fn(x)
-        if isinstance(out, torch.Tensor):
-            return out, None
-        if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise ValueError("forward must return logits or a pair (logits, aux)")
-        return out[0], out[1]
-
-    return wrapped
-
-
-def _model_device(model: Callable) -> torch.device | None:
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.device
-    return None
 
 
 # --------------------------------------------------------------------------- validation
@@ -372,11 +336,11 @@ def _iterate(model, x, y, eps, alpha, steps, random_start, momentum, loss_fn, ta
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     loss_fn = _ce_loss if loss_fn is ce_loss else loss_fn  # labels are checked once below, not at every step
     _check_extra(extra_loss)
-    device = _model_device(model)
+    device = model_device(model)
     if device is not None and device != x.device:
         raise ValueError(f"x is on {x.device} but the model's parameters are on {device}; move one of them")
     gen = _make_generator(seed, generator, x.device) if random_start else None
-    run = _resolve_forward(model, forward)
+    run = resolve_forward(model, forward)
 
     if x.shape[0] == 0:
         return x.detach().clone()
@@ -467,10 +431,11 @@ class Attack:
     r"""Base class: an L-inf attack configured once, then called on batches.
 
     ``attack(model, x, y) -> x_adv`` validates its inputs, runs on ``x.device`` and
-    delegates to :func:`iterative_attack`.  Subclasses only choose settings and the loss.
+    delegates to :func:`iterative_attack`.  Subclasses only choose settings and the loss;
+    every attack takes the parameters below.
 
-    Parameters (shared by every attack)
-    -----------------------------------
+    Parameters
+    ----------
     eps: L-inf radius in pixel units (``4/255``), in ``[0, 1]``.
     alpha: step size; ``None`` = ``eps / 4`` (recomputed when ``eps`` changes).
     steps: number of steps (default 10).
@@ -665,11 +630,6 @@ class CWLinf(Attack):
 # ------------------------------------------------------------------ data-set helpers
 
 
-def _as_labels(y) -> torch.Tensor:
-    y = as_labels(y)  # MedMNIST yields labels of shape (1,)
-    return y.long() if not y.is_floating_point() else y  # float labels are refused by the attack
-
-
 CPU_BATCH_SIZE = 25
 """Images per attack call on the CPU when none is given.
 
@@ -690,59 +650,12 @@ def default_batch_size(device: str | torch.device) -> int:
     return CUDA_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
 
 
-def _is_pair(data) -> bool:
-    """``data`` given as ``(x, y)`` (a tuple or list of two), not as a Dataset or DataLoader."""
-    return isinstance(data, (tuple, list)) and len(data) == 2
-
-
-def _batches(data, batch_size: int) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int | None]:
-    """``(iterator over (x, y) batches, number of batches or None)``."""
-    check_int(batch_size, "batch_size")
-    if _is_pair(data) and not isinstance(data[0], torch.Tensor):
-        raise TypeError(f"data as a pair must be (x, y) with x a tensor of images, got x = {describe(data[0])}")
-    if _is_pair(data):
-        x_all, y_all = data[0], _as_labels(data[1])
-        if len(x_all) != len(y_all):
-            raise ValueError(f"data: {len(x_all)} images but {len(y_all)} labels")
-        n = len(x_all)
-        it = ((x_all[i:i + batch_size], y_all[i:i + batch_size]) for i in range(0, n, batch_size))
-        return it, -(-n // batch_size)
-    if isinstance(data, torch.utils.data.DataLoader):
-        loader = data
-    elif isinstance(data, torch.utils.data.Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    else:
-        raise TypeError(
-            f"data must be a torch Dataset, a DataLoader or a pair (x, y) of tensors, got {type(data).__name__}"
-        )
-
-    def gen():
-        for batch in loader:
-            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-                raise ValueError("data must yield (image, label) pairs")
-            yield torch.as_tensor(batch[0]), _as_labels(batch[1])
-
-    try:
-        total = len(loader)
-    except TypeError:
-        total = None
-    return gen(), total
-
-
-def _progress(iterable, total, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from .progress import tqdm
-
-    return tqdm(iterable, total=total, desc=desc)
-
-
 def _targets_for(targets, y: torch.Tensor, start: int) -> torch.Tensor:
     if callable(targets):
         t = targets(y)
     else:
         t = torch.as_tensor(targets)[start:start + len(y)]
-    t = _as_labels(t).to(y.device)
+    t = labels_of(t).to(y.device)
     if t.is_floating_point():
         raise TypeError(f"targets must hold integer class indices, got dtype {t.dtype}")
     if t.shape != y.shape:
@@ -837,24 +750,14 @@ def _setup(attack, model, device, targets, data):
         raise ValueError("targets was given but the attack is untargeted (targeted=False)")
     check_model(model)
     if targets is not None and not callable(targets):
-        t, n = _as_labels(targets), _n_images(data)
+        t, n = labels_of(targets), n_images(data)
         if t.is_floating_point():
             raise TypeError(f"targets must hold integer class indices, got dtype {t.dtype}")
         if n is not None and t.shape != (n,):
             raise ValueError(f"targets must have shape ({n},), one target class per image of data, got "
                              f"{tuple(t.shape)}")
-    device = check_device(device) if device is not None else (_model_device(model) or torch.device("cpu"))
-    return device, _resolve_forward(model, attack.forward)
-
-
-def _n_images(data) -> int | None:
-    """Number of images of ``data`` (a pair, a Dataset or a DataLoader), or ``None`` if unknown."""
-    if _is_pair(data) and isinstance(data[0], torch.Tensor):
-        return len(data[0])
-    try:
-        return len(data.dataset) if isinstance(data, torch.utils.data.DataLoader) else len(data)
-    except TypeError:
-        return None
+    device = check_device(device) if device is not None else (model_device(model) or torch.device("cpu"))
+    return device, resolve_forward(model, attack.forward)
 
 
 def run_attack(
@@ -897,7 +800,7 @@ def run_attack(
     """
     device, run = _setup(attack, model, device, targets, data)
     batch_size = default_batch_size(device) if batch_size is None else batch_size
-    it, total = _batches(data, batch_size)
+    it, total = iter_batches(data, batch_size)
 
     def compute() -> dict:
         t0 = time.perf_counter()
@@ -905,7 +808,7 @@ def run_attack(
         out = {k: [] for k in ("x_adv", "x", "y", "pred_clean", "pred_adv", "target")}
         start = 0
         with eval_mode(model):
-            for xb, yb in _progress(it, total, progress, type(attack).__name__):
+            for xb, yb in progress_bar(it, total=total, enabled=progress, desc=type(attack).__name__):
                 xb, yb = xb.to(device), yb.to(device)
                 tb = _targets_for(targets, yb, start) if attack.targeted else None
                 x_adv = attack(model, xb, tb if tb is not None else yb, generator=gen)
@@ -921,9 +824,9 @@ def run_attack(
             raise ValueError("data is empty")
         return dict({k: torch.cat(v) if v else None for k, v in out.items()}, seconds=time.perf_counter() - t0)
 
-    keyable = _is_pair(data) and isinstance(data[1], torch.Tensor)  # x is a tensor (checked by _batches)
+    keyable = is_pair(data) and isinstance(data[1], torch.Tensor)  # x is a tensor (checked by _batches)
     if cache and keyable and (targets is None or isinstance(targets, torch.Tensor)):
-        key = dict(attack=attack, model=model, x=data[0], y=_as_labels(data[1]), targets=targets,
+        key = dict(attack=attack, model=model, x=data[0], y=labels_of(data[1]), targets=targets,
                    batch_size=batch_size, device=device.type)
         entry, hit = result_cache.cached_tensors("attacks", key, compute)
         return AttackResult(**entry, from_cache=hit)
@@ -970,10 +873,10 @@ def success_rate(
     eps = list(attacks)
     gens = {e: _make_generator(attack.seed, None, device) if attack.random_start else None for e in eps}
     ys, clean, tgts, adv = [], [], [], {e: [] for e in eps}
-    it, total = _batches(data, default_batch_size(device) if batch_size is None else batch_size)
+    it, total = iter_batches(data, default_batch_size(device) if batch_size is None else batch_size)
     start = 0
     with eval_mode(model):
-        for xb, yb in _progress(it, total, progress, f"{type(attack).__name__} x {len(eps)} eps"):
+        for xb, yb in progress_bar(it, total=total, enabled=progress, desc=f"{type(attack).__name__} x {len(eps)} eps"):
             xb, yb = xb.to(device), yb.to(device)
             tb = _targets_for(targets, yb, start) if attack.targeted else None
             clean.append(_predict(run, xb).cpu())

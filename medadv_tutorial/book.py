@@ -14,6 +14,10 @@ which
 * prints the versions, the pin, the profile, how to change it, and where data and models live,
 * glues the profile's settings (``profile_image_size``, ``profile_n_attack``, ...) so that the
   chapters' prose quotes them with ``{glue:}`` instead of typing them.
+
+Chapters 3 to 5 then load their classifier, data sets and cached features in one call::
+
+    setup = book.load_model_and_features(profile, "chest_xray", features=("train",))
 """
 
 from __future__ import annotations
@@ -132,6 +136,58 @@ def start(*, seed: int = 0, dpi: int = 72, glue_profile: bool = True) -> Profile
     return profile
 
 
+@dataclasses.dataclass
+class ModelAndFeatures:
+    """What Chapters 3 to 5 start from (see :func:`load_model_and_features`).
+
+    ``model``: the fine-tuned classifier; ``record``: its training record (test accuracy,
+    ...); ``model_key``: its checkpoint key (:func:`~medadv_tutorial.training.checkpoint_key`),
+    which also keys its cached features; ``train`` / ``test``: the profile's data sets;
+    ``features``: ``{"train" | "test": FeatureSet}`` for the splits asked for.
+    """
+
+    model: object
+    record: dict
+    model_key: str
+    train: object
+    test: object
+    features: dict
+
+
+def load_model_and_features(profile: Profile, dataset: str, *, features=("train",), seed: int = 0) -> ModelAndFeatures:
+    """Load (or train) a chapter's classifier, its data sets and the cached features of ``features``.
+
+    The same calls, in the same order, as Chapters 3 to 5 make by hand: ``training.get_model``,
+    ``training.checkpoint_key``, ``data.load_dataset`` for the train and test splits, and
+    ``features.extract_features`` with the cache key ``feature_cache_key(model_key, split, n)``,
+    so that the chapters share one feature cache (and reading it back gives the same tensors).
+
+    Parameters
+    ----------
+    profile: the chapter's profile (from :func:`start`).
+    dataset: a name of :data:`medadv_tutorial.data.DATASETS`, e.g. ``"chest_xray"``.
+    features: the splits whose features to extract (or read from the cache): a tuple of
+        ``"train"`` and/or ``"test"`` (may be empty).
+    seed: the model's training seed.
+    """
+    from . import data
+    from . import features as feats
+    from . import training
+
+    if not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a Profile (from book.start()), got {type(profile).__name__}")
+    if isinstance(features, str) or not isinstance(features, (tuple, list)) or \
+            any(s not in ("train", "test") for s in features) or len(set(features)) != len(features):
+        raise ValueError(f"features must be a tuple of distinct splits among ('train', 'test'), got {features!r}")
+    model, record = training.get_model(dataset, profile=profile, seed=seed)
+    key = training.checkpoint_key(dataset, profile.backbone, profile, seed)
+    sets = {split: data.load_dataset(dataset, split, profile=profile) for split in ("train", "test")}
+    fs = {split: feats.extract_features(model, sets[split],
+                                        cache_key=feats.feature_cache_key(key, split, len(sets[split])))
+          for split in features}
+    return ModelAndFeatures(model, record, key, sets["train"], sets["test"], fs)
+
+
 def glue(name: str, value, digits: int | None = None, display: bool = False):
     """Glue ``value`` under ``name`` for the prose (``{glue:}`name```); returns the value.
 
@@ -177,3 +233,78 @@ def check_claims(profile: Profile) -> bool:
     if not profile.check_claims:
         print(f"claims not checked under the {profile.name!r} profile")
     return profile.check_claims
+
+
+def _answer_mismatch(value, expected, tol: float, where: str) -> str | None:
+    """Why ``value`` does not match ``expected`` (see :func:`check_answer`), or ``None``."""
+    from collections.abc import Iterable, Mapping
+
+    import numpy as np
+
+    if isinstance(expected, Mapping):
+        if not isinstance(value, Mapping):
+            return f"{where}expected a dict with keys {sorted(map(str, expected))}, got {type(value).__name__}"
+        if set(value) != set(expected):
+            return f"{where}expected the keys {sorted(map(str, expected))}, got {sorted(map(str, value))}"
+        for k in expected:
+            why = _answer_mismatch(value[k], expected[k], tol, f"{where}[{k!r}]: ")
+            if why:
+                return why
+        return None
+    if expected is None or isinstance(expected, (str, bytes, bool)):
+        return None if value == expected and type(value) is type(expected) else \
+            f"{where}expected {expected!r}, got {value!r}"
+
+    def as_array(v):
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().numpy()
+        elif isinstance(v, Iterable) and not isinstance(v, (str, bytes, np.ndarray)):
+            v = list(v)
+        return np.asarray(v, dtype=np.float64)
+
+    try:
+        e = as_array(expected)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"expected must be a number, an array of numbers, a dict of them, None or a string, "
+                        f"got {type(expected).__name__}") from err
+    if value is None or isinstance(value, (str, bytes, Mapping)):
+        return f"{where}expected {'a number' if e.ndim == 0 else f'numbers of shape {e.shape}'}, got {value!r}"
+    try:
+        v = as_array(value)
+    except (TypeError, ValueError):
+        return f"{where}expected {'a number' if e.ndim == 0 else f'numbers of shape {e.shape}'}, got {value!r}"
+    if v.shape != e.shape:
+        return f"{where}expected shape {e.shape}, got shape {v.shape} ({value!r})"
+    if not np.allclose(v, e, rtol=0.0, atol=tol, equal_nan=True):
+        shown = lambda a: f"{a.item():.6g}" if a.ndim == 0 else np.array2string(a, precision=4)  # noqa: E731
+        return f"{where}expected {shown(e)} (within {tol:g}), got {shown(v)}"
+    return None
+
+
+def check_answer(name: str, value, expected, tol: float = 1e-6, hint: str = "") -> None:
+    """Check a reader's answer to an exercise: prints ``"<name>: correct"``, else raises
+    ``AssertionError`` saying what was expected, what came, and ``hint``.
+
+    Numbers match within the absolute tolerance ``tol`` (NaN matches NaN); arrays, tensors,
+    lists and tuples (also a :class:`~medadv_tutorial.metrics.Interval`) match element by
+    element and must have the expected shape; dicts must have the expected keys, with matching
+    values; ``None``, strings and bools must be equal.
+
+    Parameters
+    ----------
+    name: what the answer is, as the message should name it (e.g. ``"sensitivity"``).
+    value: the reader's answer.  expected: the answer computed from the chapter's objects.
+    tol: absolute tolerance for numbers, >= 0.  hint: one sentence on where a wrong answer
+        usually comes from, added to the message.
+    """
+    from .checks import check_real
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string (what the answer is), got {name!r}")
+    tol = check_real(tol, "tol (absolute tolerance)", low=0.0)
+    if not isinstance(hint, str):
+        raise TypeError(f"hint must be a string, got {type(hint).__name__}")
+    why = _answer_mismatch(value, expected, tol, "")
+    if why:
+        raise AssertionError(f"{name} is not right yet: {why}." + (f" Hint: {hint}" if hint else ""))
+    print(f"{name}: correct")

@@ -9,14 +9,14 @@ are read: one image (``ds[i]``), one batch (a ``DataLoader``), or all of them in
 the models).  So no data set is held in memory at 224 px: CIFAR-10's 60,000 images take
 184 MB, where at 224 px they took 9 GB.
 
-=================  ==========================  =====  ==================  ================
-``name``           classes (label 0, 1, ...)   C      splits              source size
-=================  ==========================  =====  ==================  ================
-``chest_xray``     NORMAL, PNEUMONIA           1      train, test         224 px JPEG
-``pneumoniamnist`` normal, pneumonia           1      train, val, test    28 px
-``retinamnist``    grade 0, grade >= 1 (DR)    3      train, val, test    28 px
-``cifar10``        airplane ... truck (10)     3      train, test         32 px
-=================  ==========================  =====  ==================  ================
+==================  ==========================  =====  ==================  ================
+``name``            classes (label 0, 1, ...)   C      splits              source size
+==================  ==========================  =====  ==================  ================
+``chest_xray``      NORMAL, PNEUMONIA           1      train, test         224 px JPEG
+``pneumoniamnist``  normal, pneumonia           1      train, val, test    28 px
+``retinamnist``     grade 0, grade >= 1 (DR)    3      train, val, test    28 px
+``cifar10``         airplane ... truck (10)     3      train, test         32 px
+==================  ==========================  =====  ==================  ================
 
 Where the files come from
 -------------------------
@@ -81,7 +81,7 @@ CLASSES: dict[str, list[str]] = {
                 "dog", "frog", "horse", "ship", "truck"],
 }
 
-# sha256 of every file of the offline data folder (from its SHA256SUMS).
+# sha256 of every offline file the package loads (from the data folder's SHA256SUMS).
 SHA256: dict[str, str] = {
     "chest_xray/kermany_cxr224_test.zip": "f227af96ae4a1e5e4fa60a79ae4be1b80cf71031ccd6f060d058425b9b77acd8",
     "chest_xray/kermany_cxr224_train.zip": "03fd04520d24e99b470a33448b76b1cd110a06aaa08ee8419e27b9bb490c907e",
@@ -89,8 +89,6 @@ SHA256: dict[str, str] = {
     "cifar10/cifar10_train_jpeg.zip": "a3c2cb1c71eb5febda193512dca8ecb160d835b085f2e556592778fd7c22d608",
     "medmnist/pneumoniamnist.npz": "e1792d3f03751cb101e99f19a63b3c1941436c988665f47853417b05be250cd8",
     "medmnist/retinamnist.npz": "254915f5f0a2074665c4676356824cf4ef4a3bcab233894b4bafcaf48962bd69",
-    "medmnist/adrenalmnist3d.npz": "8ffd78c0f000265deb7cf4ee0b454136fb3170f9839ecaa7bb01adf9f88aa7d1",
-    "medmnist/adrenalmnist3d_64.npz": "124a53ea2c66c8ac1985a4c98ea6f34d1ab35bdab1dc50947f80d4a87e54057d",
 }
 
 # Where each offline file comes from (for the "file is missing" message).

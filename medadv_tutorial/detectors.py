@@ -1,44 +1,66 @@
 """Detectors of adversarial examples, all behind one fit / score API.
 
-Every detector is fitted on features of *clean* images and then gives one score per
-image, **higher = more adversarial**::
+Every detector is fitted on *clean* data and then gives one score per image, **higher =
+more adversarial**::
 
     det = MGM(reg=1e-3).fit(clean_train)          # (N, d) penultimate features
     s = det.score(feats)                          # (N,) float64, on feats' device
     t = det.threshold(0.95)                       # keeps 95% of the clean training scores
     flagged = det.predict(feats)                  # (N,) bool: s > t
 
-Features are torch tensors of shape ``(N, d)`` on any device (the ensembles take one
-such tensor per layer, as a dict ``{layer: (N, d_l)}``, the format of
-``Classifier.forward_features``).  Scores are ``torch.float64`` tensors of shape ``(N,)``
-on the device of the features.  Scoring an unfitted detector raises
-:class:`NotFittedError`.
+The contract
+------------
+Every detector has the same two calls::
+
+    det.fit(clean, labels=None, *, adv_features=None, clean_val_features=None)   # -> det
+    det.score(x, labels=None)                                                    # -> (N,) float64
+
+and declares what they take in its class attribute ``inputs``, an :class:`Inputs`:
+
+* ``view``: ``"penultimate"``, features of one layer, a tensor ``(N, d)``; ``"layers"``,
+  features of several layers, a dict ``{layer: (N, d_l)}`` (the format of
+  ``Classifier.forward_features``); ``"images"``, model inputs ``(N, C, H, W)`` (the
+  detector holds the model);
+* ``fit_labels``: ``fit`` reads the *true* classes ``labels`` of the clean rows;
+* ``score_labels="predicted"``: ``score`` reads the classes the classifier *predicts*;
+* ``adversarial``: ``fit`` also takes ``adv_features`` (same view), features of a
+  *training* attack's images -- never the images the detector is evaluated on -- and
+  optionally ``clean_val_features``, held-out clean rows for the negative class.
+
+Labels a detector does not declare are accepted and ignored; ``adv_features`` is refused
+by the detectors that do not declare it.  :class:`~medadv_tutorial.suite.DetectorSuite`
+feeds each detector from this declaration alone.  Scores are ``torch.float64`` tensors
+of shape ``(N,)`` on the device of the input.  A detector is fitted once the attributes
+its ``fit`` sets (names ending in ``_``) exist; using an unfitted one raises
+:class:`NotFittedError` (:func:`check_is_fitted`).
 
 The detectors
 -------------
-=========  ====================  ===========================================================
-name       class                 idea (paper)
-=========  ====================  ===========================================================
-MGM        :class:`MGM`          one Gaussian over clean features, -log density (Li & Zhu 2020)
-MAHA       :class:`Mahalanobis`  min class-conditional Mahalanobis distance, tied covariance
-                                 (Lee et al. 2018), one layer
-MAHA-LR    :class:`MahaEnsemble` per-layer MAHA scores -> logistic regression (Lee et al.)
-KD         :class:`KD`           -log Gaussian kernel density of the predicted class
-                                 (Feinman et al. 2017)
-LID        :class:`LID`          local intrinsic dimensionality, MLE over k-NN (Ma et al. 2018)
-LID-LR     :class:`LIDDetector`  per-layer LID -> logistic regression (Ma et al. 2018)
-BU         :class:`BU`           MC-dropout variance of the softmax (Feinman et al. 2017);
-                                 scores *images* through a model
-OCSVM      :class:`OCSVM`        one-class SVM on standardised features (scikit-learn)
-ISO        :class:`ISO`          Isolation Forest on standardised features (scikit-learn)
-DNN        :class:`DNNDetector`  small MLP trained on clean vs adversarial features
-=========  ====================  ===========================================================
+=========  =====================  ============================  ================================================
+name       class                  inputs (view; labels; sets)   idea (paper)
+=========  =====================  ============================  ================================================
+MGM        :class:`MGM`           one layer                     one Gaussian over clean features, -log density
+                                                                (Li & Zhu 2020)
+MAHA       :class:`Mahalanobis`   one layer; true labels        min class-conditional Mahalanobis distance,
+                                                                tied covariance (Lee et al. 2018)
+MAHA-LR    :class:`MahaEnsemble`  layers; true labels; + adv    per-layer MAHA scores -> logistic regression
+                                                                (Lee et al.)
+KD         :class:`KD`            one layer; true + predicted   -log Gaussian kernel density of the predicted
+                                                                class (Feinman et al. 2017)
+LID        :class:`LID`           one layer                     local intrinsic dimensionality, MLE over k-NN
+                                                                (Ma et al. 2018)
+LID-LR     :class:`LIDDetector`   layers; + adv                 per-layer LID -> logistic regression (Ma et al.)
+BU         :class:`BU`            images                        MC-dropout variance of the softmax
+                                                                (Feinman et al. 2017)
+OCSVM      :class:`OCSVM`         one layer                     one-class SVM on standardised features
+ISO        :class:`ISO`           one layer                     Isolation Forest on standardised features
+DNN        :class:`DNNDetector`   one layer; + adv              small MLP trained on clean vs adversarial
+                                                                features
+=========  =====================  ============================  ================================================
 
-:data:`DETECTORS` maps these names to the classes.  Each class says what it needs:
-``supervised`` (fit also takes ``adv_features``: features of adversarial or noisy images
-from a *training* attack, never the images the detector is evaluated on),
-``uses_labels`` (class labels at fit time) and ``input_kind`` (``"features"``,
-``"layers"`` or ``"images"``).
+:class:`TwoSided` wraps any of them (same ``inputs``) and flags scores far from the clean
+median on either side.  The book's line-up, with its settings and the rows each detector
+is fitted on, is the table of :mod:`medadv_tutorial.suite`.
 
 The threshold rule
 ------------------
@@ -60,12 +82,18 @@ GPU kernels
 -----------
 MGM, MAHA, KD and LID run in torch, in float64, on the features' device (on Apple MPS,
 which has no float64, they compute on the CPU and return to MPS); their scores are
-differentiable with respect to the features.  OCSVM, ISO and the logistic regressions of
+differentiable with respect to the features.  MGM and MAHA (and the layers of MAHA-LR)
+take their Gaussian maths from :mod:`medadv_tutorial.gaussian`, as the outlier statistics
+and HFC do: the covariance gets the *relative* ridge ``reg * trace(cov) / d`` (``reg``
+times the mean feature variance, default ``1e-3``; scale free, so one value suits every
+layer), is factorised once by Cholesky, and every distance is one matrix product.  OCSVM, ISO and the logistic regressions of
 the ensembles use scikit-learn on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
@@ -75,6 +103,8 @@ from torch import nn
 
 from .checks import (check_features, check_finite, check_images, check_int, check_labels, check_real, check_seed,
                      describe, eval_mode)
+from .gaussian import (LOG_2PI, gaussian_log_prob, half_log_det_precision, log_density, mahalanobis_sq,
+                       precision_cholesky, regularised_cholesky, residuals, whitening)
 from .models import Classifier
 from .metrics import quantile_threshold
 
@@ -82,10 +112,10 @@ _check_features = check_features
 
 __all__ = [
     "BU",
-    "DETECTORS",
     "DNNDetector",
     "Detector",
     "ISO",
+    "Inputs",
     "KD",
     "LID",
     "LIDDetector",
@@ -95,17 +125,85 @@ __all__ = [
     "Mahalanobis",
     "NotFittedError",
     "OCSVM",
+    "TwoSided",
+    "check_is_fitted",
     "gaussian_kde_log_density",
     "lid_mle",
     "mc_dropout_variance",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _CHUNK_ELEMENTS = 1 << 24  # pairwise-distance blocks of at most 16M entries (128 MB in float64)
 
 
 class NotFittedError(RuntimeError, ValueError):
     """Raised when a detector is used (score, threshold, predict) before :meth:`Detector.fit`."""
+
+
+_VIEWS = ("penultimate", "layers", "images")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What a detector is fitted on and what it scores: the class attribute ``Detector.inputs``.
+
+    Attributes
+    ----------
+    view: what ``fit`` and ``score`` take --
+        ``"penultimate"``: features of one layer, a tensor ``(N, d)`` (the penultimate layer in
+        the book's line-up); ``"layers"``: features of several layers, a dict
+        ``{layer: (N, d_l)}``; ``"images"``: model inputs ``(N, C, H, W)`` in [0, 1] (the
+        detector holds the model).
+    fit_labels: ``fit(clean, labels)`` reads the *true* classes ``(N,)`` of the clean rows.
+    score_labels: ``None`` (``score`` reads no labels) or ``"predicted"``: ``score(x, labels)``
+        needs the classes the classifier *predicts* for the scored rows.
+    adversarial: ``fit`` also takes ``adv_features=`` (same view): features of a *training*
+        attack's images, the positive class of a supervised detector (and optionally
+        ``clean_val_features=``, held-out clean rows for its negative class).
+    """
+
+    view: str = "penultimate"
+    fit_labels: bool = False
+    score_labels: str | None = None
+    adversarial: bool = False
+
+    def __post_init__(self):
+        if self.view not in _VIEWS:
+            raise ValueError(f"view must be one of {_VIEWS}, got {self.view!r}")
+        if self.score_labels not in (None, "predicted"):
+            raise ValueError(f"score_labels must be None or 'predicted', got {self.score_labels!r}")
+        for name in ("fit_labels", "adversarial"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {describe(getattr(self, name))}")
+
+    def fit_call(self) -> str:
+        """The fit call this declaration asks for, as text (for error messages)."""
+        x = "clean_images" if self.view == "images" else "clean_features"
+        return (f".fit({x}{', labels' if self.fit_labels else ''}"
+                f"{', adv_features=...' if self.adversarial else ''})")
+
+
+def _fitted_attributes(detector, *, with_none: bool = False) -> list[str]:
+    """Names of the attributes that ``fit`` sets: public names ending in ``_`` (scikit-learn's convention).
+
+    An attribute set to ``None`` (a constructor's "not fitted yet") counts only with ``with_none``.
+    """
+    return [k for k, v in vars(detector).items()
+            if k.endswith("_") and not k.startswith("_") and (with_none or v is not None)]
+
+
+def check_is_fitted(detector, method: str) -> None:
+    """Raise :class:`NotFittedError` unless ``detector`` holds fitted state (scikit-learn style).
+
+    A detector is fitted when the attributes its ``fit`` sets -- names ending in an
+    underscore, such as ``reference_scores_`` or ``mean_`` -- exist (``None`` counts as
+    absent); :meth:`Detector.fit` removes them first and again when it fails, so a failed
+    fit leaves no half state.
+    ``method`` names the call that needed the fit (``"score"``, ``"threshold"``, ...).
+    """
+    if not _fitted_attributes(detector):
+        inputs = getattr(detector, "inputs", Inputs())
+        raise NotFittedError(f"{type(detector).__name__} is not fitted yet: call {inputs.fit_call()} "
+                             f"before .{method}()")
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,22 +278,36 @@ def _out(s: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class Detector:
-    """Base class: ``fit(clean_features, labels=None)`` -> ``score(features)`` -> threshold / predict.
+    """Base class: ``fit(clean, labels=None)`` -> ``score(x, labels=None)`` -> threshold / predict.
 
-    Subclasses implement ``_fit(x, labels)``, ``_score(x, labels)`` and optionally
-    ``_training_scores(x, labels)`` (default: ``_score`` on the training features).
+    Every detector has the same two calls::
 
-    Attributes after fit
-    --------------------
+        fit(clean, labels=None, *, adv_features=None, clean_val_features=None) -> self
+        score(x, labels=None) -> (N,) float64, higher = more adversarial
+
+    and declares in its class attribute ``inputs`` (:class:`Inputs`) what they take: the
+    view (features of one layer, a dict of layers, or images), whether ``fit`` reads the
+    true ``labels``, whether ``score`` reads *predicted* labels, and whether ``fit`` needs a
+    second, adversarial set (``adv_features``, only accepted then).  Labels a detector does
+    not declare are accepted and ignored.
+
+    Subclasses set ``inputs`` and implement ``_fit(x, labels)``, ``_score(x, labels)`` and
+    optionally ``_training_scores(x, labels)`` (default: ``_score`` on the training rows);
+    the supervised ones override :meth:`fit` inside ``with self._fitting():``.
+
+    Fitted state lives in attributes whose names end in ``_`` (scikit-learn's convention,
+    see :func:`check_is_fitted`); every detector has the two below after fit.
+
+    Attributes
+    ----------
     reference_scores_: (N_ref,) float64 clean scores the threshold is taken from (the
         training features, or the set passed to :meth:`calibrate`).
-    n_features_in_: feature dimension ``d`` seen at fit (a dict for layered detectors).
+    n_features_in_: feature dimension ``d`` seen at fit (a dict for layered detectors,
+        the image shape for image detectors).
     """
 
     name = "detector"
-    supervised = False  #: fit needs ``adv_features`` (adversarial/noisy features, label 1)
-    uses_labels = False  #: fit uses class labels (``labels``); score may need predicted classes
-    input_kind = "features"  #: "features" (N, d), "layers" {layer: (N, d_l)} or "images"
+    inputs = Inputs()  #: what fit and score take (one layer's features, no labels, clean only)
 
     # -- helpers subclasses can override ----------------------------------------------
     def _validate(self, x, name: str, fitting: bool):
@@ -218,40 +330,68 @@ class Detector:
     def _params(self) -> dict:
         return {}
 
-    # -- public API -----------------------------------------------------------------------
+    # -- fitted state -----------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
-        return getattr(self, "reference_scores_", None) is not None
+        """True once :meth:`fit` has completed (its ``..._`` attributes exist)."""
+        return bool(_fitted_attributes(self))
 
     def _check_fitted(self, what: str) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call .fit(clean_features"
-                                 f"{', labels' if self.uses_labels else ''}) before .{what}()")
+        check_is_fitted(self, what)
 
-    def fit(self, clean_features, labels=None):
-        """Fit on clean features (N, d); ``labels`` (N,) int class indices where used. Returns self."""
-        x = self._validate(clean_features, "clean_features", fitting=True)
-        y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
-        self.reference_scores_ = None
-        self._fit(x, y)
-        return self._finish_fit(x, y)
+    @contextlib.contextmanager
+    def _fitting(self):
+        """Remove the fitted state, run the body (a fit), and remove it again if the body fails."""
+        self._forget()
+        try:
+            yield
+        except BaseException:
+            self._forget()
+            raise
+
+    def _forget(self) -> None:
+        for k in _fitted_attributes(self, with_none=True):
+            delattr(self, k)
+
+    def _check_fit_sets(self, adv_features, clean_val_features) -> None:
+        """``adv_features`` is required by adversarial detectors and refused by the others."""
+        who = type(self).__name__
+        if self.inputs.adversarial:
+            if adv_features is None:
+                raise TypeError(f"{who} is trained on clean against adversarial features: fit needs "
+                                "adv_features=... (features of a training attack, never the evaluated images)")
+        elif adv_features is not None or clean_val_features is not None:
+            raise TypeError(f"{who} is fitted on clean rows only (inputs.adversarial is False): it takes no "
+                            "adv_features or clean_val_features")
+
+    # -- public API -----------------------------------------------------------------------
+    def fit(self, clean_features, labels=None, *, adv_features=None, clean_val_features=None):
+        """Fit on clean rows (the view of ``inputs``); ``labels`` (N,) their true classes. Returns self.
+
+        ``adv_features`` / ``clean_val_features``: only for detectors whose ``inputs`` are
+        ``adversarial`` (see their ``fit``).
+        """
+        self._check_fit_sets(adv_features, clean_val_features)
+        with self._fitting():
+            x = self._validate(clean_features, "clean_features", fitting=True)
+            y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
+            self._fit(x, y)
+            self._finish_fit(x, y)
+        return self
 
     def _finish_fit(self, x, y):
+        """Record ``n_features_in_`` and the clean reference scores (scores of the training rows)."""
         self.n_features_in_ = self._dim(x)
-        self.reference_scores_ = torch.ones(1)  # mark fitted for the scoring below
-        try:
-            with torch.no_grad():
-                self.reference_scores_ = self._training_scores(x, y).detach().to(torch.float64)
-        except BaseException:
-            self.reference_scores_ = None
-            raise
+        with torch.no_grad():
+            self.reference_scores_ = self._training_scores(x, y).detach().to(torch.float64)
         return self
 
     def score(self, features, labels=None) -> torch.Tensor:
         """Scores (N,) float64 on the features' device; higher = more adversarial.
 
-        ``labels`` (N,) are the classes the classifier *predicts* for these images; only
-        detectors with ``uses_labels`` read them (KD needs them), the others ignore them.
+        ``features``: what ``inputs.view`` says.  ``labels`` (N,) are the classes the
+        classifier *predicts* for these rows; detectors whose ``inputs.score_labels`` is
+        ``"predicted"`` read them (KD needs them), the others ignore them.
         """
         self._check_fitted("score")
         x = self._validate(features, "features", fitting=False)
@@ -295,77 +435,61 @@ class Detector:
 # ---------------------------------------------------------------------------------------
 
 
-def _regularised_cholesky(cov: torch.Tensor, reg: float, n: int, who: str) -> torch.Tensor:
-    """Lower Cholesky factor R of ``cov + reg * I`` (float64), or a ValueError explaining ``reg``.
-
-    A covariance estimated from ``n <= d`` samples, or from features with duplicated or
-    constant columns, is singular; ``reg * I`` makes it positive definite.  Besides a
-    failed factorisation, a pivot ``R_ii**2`` below ``1e-10 * max(diag)`` counts as failure:
-    float64 rounding can let a singular matrix through with meaningless tiny pivots.
-    """
-    d = cov.shape[0]
-    if not bool(torch.isfinite(cov).all()):
-        raise ValueError(f"{who}: clean_features are too large: their covariance overflows float64; rescale the "
-                         "features (a larger reg cannot help)")
-    sigma = cov + reg * torch.eye(d, dtype=cov.dtype, device=cov.device)
-    R, info = torch.linalg.cholesky_ex(sigma)
-    diag = torch.diagonal(sigma)
-    pivots = torch.diagonal(R) ** 2
-    scale = float(diag.max()) if d else 1.0
-    bad = int(info) != 0 or not bool(torch.isfinite(R).all()) or float(pivots.min()) <= 1e-10 * max(scale, 1e-300)
-    if bad:
-        mean_var = float(torch.diagonal(cov).mean())
-        suggest = max(1e-3 * mean_var, 1e-8 * float(torch.diagonal(cov).max()), 1e-12)
-        why = f"n={n} samples <= d={d} dimensions" if n <= d else "correlated, duplicated or constant features"
-        raise ValueError(
-            f"{who}: the clean feature covariance (d={d}) is singular or nearly so ({why}), and reg={reg:g} "
-            f"is too small to make Sigma = cov + reg*I positive definite (Cholesky failed). "
-            f"Use a larger reg, e.g. reg={suggest:.3g} (1e-3 x the mean feature variance {mean_var:.3g})."
-        )
-    return R
-
-
 class _GaussianBase(Detector):
-    def __init__(self, reg: float = 1e-3, relative_reg: bool = False):
+    """MGM and MAHA: one Gaussian covariance, regularised and factorised once at fit (float64).
+
+    ``reg`` is the relative ridge of :mod:`medadv_tutorial.gaussian`:
+    ``Sigma = cov + ridge_ I`` with ``ridge_ = reg * trace(cov) / d`` (``reg`` times the mean
+    feature variance), so one value suits features of any scale.
+    """
+
+    def __init__(self, reg: float = 1e-3):
         self.reg = check_real(reg, "reg", low=0.0)
-        self.relative_reg = bool(relative_reg)
         self.reference_scores_ = None
 
     def _params(self):
-        return {"reg": self.reg, "relative_reg": self.relative_reg}
+        return {"reg": self.reg}
 
-    def _effective_reg(self, cov: torch.Tensor) -> float:
-        return self.reg * float(torch.diagonal(cov).mean()) if self.relative_reg else self.reg
+    def _factorise(self, cov: torch.Tensor, n: int) -> None:
+        """Set ``ridge_``, ``covariance_``, ``cholesky_`` and ``precision_cholesky_`` from ``cov`` (d, d)."""
+        L, self.ridge_ = regularised_cholesky(cov, self.reg, n=n, name="clean_features", who=type(self).__name__)
+        self.cholesky_ = L
+        self.precision_cholesky_ = precision_cholesky(L)
+        self.covariance_ = cov + self.ridge_ * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
 
-    def _whiten(self, x: torch.Tensor) -> torch.Tensor:
-        """z = R^-1 (x - shift)^T, shape (d, N), with the fitted factor (float64, compute device)."""
-        dev = _compute_device(x.device)
-        R = _on(self.cholesky_, dev)
-        return torch.linalg.solve_triangular(R, _f64(x).T, upper=False)
+    def _loo_precision(self, factor: float, n: int) -> torch.Tensor:
+        """Upper precision factor of ``A = factor * cov + ridge_ I``: the leave-one-out fits keep the ridge."""
+        cov = self.covariance_ - self.ridge_ * torch.eye(self.covariance_.shape[0], dtype=self.covariance_.dtype,
+                                                         device=self.covariance_.device)
+        L, _ = regularised_cholesky(factor * cov, self.reg, ridge=self.ridge_, n=n, name="clean_features",
+                                    who=type(self).__name__)
+        return precision_cholesky(L)
 
 
 class MGM(_GaussianBase):
     """Multivariate Gaussian model of clean features (Li & Zhu, ISBI 2020).
 
-    Fit: ``mu`` = mean of the clean features, ``Sigma = cov + reg * I`` with ``cov`` the
-    unbiased sample covariance (divisor N - 1, as ``numpy.cov``) and ``reg`` the
-    regularisation lambda (absolute; with ``relative_reg=True`` it is multiplied by the
-    mean feature variance ``trace(cov) / d``, which makes it scale free).  With the
-    Cholesky factor ``Sigma = R R^T``::
+    Fit: ``mu`` = mean of the clean features, ``Sigma = cov + lambda I`` with ``cov`` the
+    unbiased sample covariance (divisor N - 1, as ``numpy.cov``) and the ridge
+    ``lambda = reg * trace(cov) / d``: ``reg`` is *relative* (a multiple of the mean feature
+    variance, scale free; see :mod:`medadv_tutorial.gaussian`).  With the upper precision
+    factor ``U = L^-T`` of ``Sigma = L L^T``::
 
-        log p(y) = -1/2 [ 2 sum_i log R_ii + ||R^-1 (y - mu)||^2 + d log(2 pi) ]
+        log p(y) = sum_i log U_ii - 1/2 [ ||(y - mu)^T U||^2 + d log(2 pi) ]
 
-    and the score is ``-log p(y)`` (a real number, unbounded; larger = less typical).
-    Everything runs in float64 with one batched ``solve_triangular``.  Training scores
-    (for the threshold) are exact leave-one-out scores with the same lambda.
+    and the score is ``-log p(y)`` (a real number, unbounded; larger = less typical),
+    computed by :func:`medadv_tutorial.gaussian.gaussian_log_prob` in float64 (one matrix
+    product).  Training scores (for the threshold) are exact leave-one-out scores with
+    the same ``lambda`` (the ridge of the full fit).
 
     ``labels`` are accepted and ignored (one Gaussian for all classes, as in the paper).
 
     Raises ``ValueError`` at fit when ``reg`` is too small for a singular covariance
     (``d >= N``, duplicated or constant features), suggesting a value.
 
-    Attributes: ``mean_`` (d,), ``covariance_`` (d, d) = cov + reg I, ``cholesky_`` (d, d)
-    lower factor R, ``reg_`` the lambda used; all float64.
+    Attributes: ``mean_`` (d,), ``covariance_`` (d, d) = cov + ``ridge_`` I, ``cholesky_`` (d, d)
+    lower factor L, ``precision_cholesky_`` (d, d) upper factor U, ``ridge_`` the lambda
+    used (absolute, squared feature units); all float64.
     """
 
     name = "MGM"
@@ -377,12 +501,8 @@ class MGM(_GaussianBase):
         x64 = _f64(x.detach())
         mu = x64.mean(0)
         xc = x64 - mu
-        cov = xc.T @ xc / (n - 1)
-        self.reg_ = self._effective_reg(cov)
-        self.cholesky_ = _regularised_cholesky(cov, self.reg_, n, "MGM")
+        self._factorise(xc.T @ xc / (n - 1), n)
         self.mean_ = mu
-        self.covariance_ = cov + self.reg_ * torch.eye(d, dtype=cov.dtype, device=cov.device)
-        self._half_logdet = torch.log(torch.diagonal(self.cholesky_)).sum()
 
     def log_density(self, features) -> torch.Tensor:
         """log p(features) under the fitted Gaussian: (N,) float64 on the features' device."""
@@ -392,11 +512,7 @@ class MGM(_GaussianBase):
 
     def _log_density(self, x):
         dev = _compute_device(x.device)
-        R = _on(self.cholesky_, dev)
-        z = torch.linalg.solve_triangular(R, (_f64(x) - _on(self.mean_, dev)).T, upper=False)  # (d, N)
-        maha = (z * z).sum(0)
-        d = x.shape[1]
-        return -0.5 * (2.0 * _on(self._half_logdet, dev) + maha + d * _LOG_2PI)
+        return gaussian_log_prob(_f64(x), _on(self.mean_, dev)[None], _on(self.precision_cholesky_, dev))[:, 0]
 
     def _score(self, x, labels):
         return -self._log_density(x)
@@ -405,7 +521,7 @@ class MGM(_GaussianBase):
         """Leave-one-out -log p of each training point, exact and in closed form.
 
         Without point i (u = x_i - mu): mu_(i) = mu - u/(n-1) and
-        ``Sigma_(i) = cov_(i) + reg I = A - c u u^T`` with ``A = (n-1)/(n-2) cov + reg I``
+        ``Sigma_(i) = cov_(i) + lambda I = A - c u u^T`` with ``A = (n-1)/(n-2) cov + lambda I``
         and ``c = n / ((n-1)(n-2))``; Sherman-Morrison and the determinant lemma give
         ``||x_i - mu_(i)||^2_Sigma_(i) = (n/(n-1))^2 a / (1 - c a)`` and
         ``log det Sigma_(i) = log det A + log(1 - c a)`` with ``a = u^T A^-1 u``.
@@ -413,17 +529,12 @@ class MGM(_GaussianBase):
         n, d = x.shape
         if n < 3:
             return self._score(x, labels)
-        x64 = _f64(x)
-        u = x64 - self.mean_
-        eye = torch.eye(d, dtype=x64.dtype, device=x64.device)
-        cov = self.covariance_ - self.reg_ * eye
-        R_A = _regularised_cholesky((n - 1) / (n - 2) * cov, self.reg_, n, "MGM")
-        zu = torch.linalg.solve_triangular(R_A, u.T, upper=False)
-        a = (zu * zu).sum(0)
+        U_A = self._loo_precision((n - 1) / (n - 2), n)
+        a = mahalanobis_sq(_f64(x), self.mean_[None], U_A)[:, 0]
         one_minus = (1.0 - n / ((n - 1) * (n - 2)) * a).clamp_min(torch.finfo(torch.float64).tiny)
         maha = (n / (n - 1)) ** 2 * a / one_minus
-        logdet = 2.0 * torch.log(torch.diagonal(R_A)).sum() + torch.log(one_minus)
-        return 0.5 * (logdet + maha + d * _LOG_2PI)
+        half_log_det = half_log_det_precision(U_A) - 0.5 * torch.log(one_minus)  # -1/2 log det Sigma_(i)
+        return -log_density(maha, half_log_det, d)
 
 
 class Mahalanobis(_GaussianBase):
@@ -432,25 +543,26 @@ class Mahalanobis(_GaussianBase):
     Fit: one mean ``mu_c`` per class and a *tied* covariance shared by all classes,
     ``cov = 1/N sum_c sum_{i in c} (x_i - mu_c)(x_i - mu_c)^T`` (the maximum-likelihood
     pooled covariance, as Lee et al.'s code with ``sklearn.covariance.EmpiricalCovariance``),
-    regularised to ``Sigma = cov + reg * I`` (see :class:`MGM` for ``reg`` and
-    ``relative_reg``).  Score::
+    regularised to ``Sigma = cov + lambda I`` with the relative ridge
+    ``lambda = reg * trace(cov) / d`` (as :class:`MGM`).  Score::
 
         M(y) = min_c (y - mu_c)^T Sigma^-1 (y - mu_c)
 
     the *squared* Mahalanobis distance to the closest class mean (Lee et al.'s confidence
-    score with the sign flipped), in ``[0, inf)``.  ``labels`` at fit are the true classes
-    of the clean features; ``labels=None`` treats them as one class (then MAHA is MGM
-    without the log-determinant, with the 1/N covariance); with labels every class needs
-    >= 2 points.  Training scores (for the threshold) are exact leave-one-out scores.
-    Lee et al.'s input pre-processing (a small gradient step on the image) is not part of
-    this detector.
+    score with the sign flipped), in ``[0, inf)``, by
+    :func:`medadv_tutorial.gaussian.mahalanobis_sq` (one matrix product for all classes).
+    ``labels`` at fit are the true classes of the clean features; ``labels=None`` treats
+    them as one class (then MAHA is MGM without the log-determinant, with the 1/N
+    covariance); with labels every class needs >= 2 points.  Training scores (for the
+    threshold) are exact leave-one-out scores with the same ``lambda``.  Lee et al.'s
+    input pre-processing (a small gradient step on the image) is not part of this detector.
 
-    Attributes: ``classes_`` (C,) int64, ``means_`` (C, d), ``covariance_`` (d, d) = cov + reg I,
-    ``cholesky_`` (d, d), ``reg_``; float64.
+    Attributes: ``classes_`` (C,) int64, ``means_`` (C, d), ``covariance_`` (d, d) = cov + ``ridge_`` I,
+    ``cholesky_`` (d, d), ``precision_cholesky_`` (d, d), ``ridge_``; float64.
     """
 
     name = "MAHA"
-    uses_labels = True
+    inputs = Inputs(fit_labels=True)
 
     def _fit(self, x, labels):
         n, d = x.shape
@@ -468,14 +580,10 @@ class Mahalanobis(_GaussianBase):
                              f"{dict(zip(classes.tolist(), counts.long().tolist()))}")
         means = torch.zeros(C, d, dtype=x64.dtype, device=x64.device).index_add_(0, inverse, x64) / counts[:, None]
         xc = x64 - means[inverse]
-        cov = xc.T @ xc / n
-        self.reg_ = self._effective_reg(cov)
-        self.cholesky_ = _regularised_cholesky(cov, self.reg_, n, "Mahalanobis")
+        self._factorise(xc.T @ xc / n, n)
         self.classes_ = classes
         self.means_ = means
         self._counts = counts
-        self.covariance_ = cov + self.reg_ * torch.eye(d, dtype=cov.dtype, device=cov.device)
-        self._white_means = torch.linalg.solve_triangular(self.cholesky_, means.T, upper=False)  # (d, C)
 
     def class_distances(self, features) -> torch.Tensor:
         """Squared Mahalanobis distances to every class mean: (N, C) float64 (columns follow ``classes_``)."""
@@ -484,9 +592,8 @@ class Mahalanobis(_GaussianBase):
         return _out(self._distances(x), x.device)
 
     def _distances(self, x):
-        z = self._whiten(x)  # (d, N)
-        M = _on(self._white_means, z.device)
-        return torch.stack([((z - M[:, c : c + 1]) ** 2).sum(0) for c in range(M.shape[1])], dim=1)
+        dev = _compute_device(x.device)
+        return mahalanobis_sq(_f64(x), _on(self.means_, dev), _on(self.precision_cholesky_, dev))
 
     def _score(self, x, labels):
         return self._distances(x).min(dim=1).values
@@ -496,8 +603,10 @@ class Mahalanobis(_GaussianBase):
 
         Without point i of class k (u = x_i - mu_k, n_k points, N in all): the other
         class means stay, mu_k(i) = mu_k - u/(n_k-1), and
-        ``Sigma_(i) = A - c_i u u^T`` with ``A = N/(N-1) cov + reg I`` and
-        ``c_i = n_k / ((n_k-1)(N-1))``; Sherman-Morrison gives every class distance.
+        ``Sigma_(i) = A - c_i u u^T`` with ``A = N/(N-1) cov + lambda I`` and
+        ``c_i = n_k / ((n_k-1)(N-1))``; Sherman-Morrison gives every class distance,
+        ``||v||^2_A + c_i (v^T A^-1 u)^2 / (1 - c_i a)`` for ``v = x_i - mu_j``, ``a = u^T A^-1 u``
+        (and ``(n_k/(n_k-1))^2 a / (1 - c_i a)`` for the own class).
         """
         n, d = x.shape
         if n < 3:
@@ -505,21 +614,15 @@ class Mahalanobis(_GaussianBase):
         x64 = _f64(x)
         inv = (torch.zeros(n, dtype=torch.int64, device=x64.device) if labels is None
                else torch.searchsorted(self.classes_, labels.to(x64.device)))
-        eye = torch.eye(d, dtype=x64.dtype, device=x64.device)
-        cov = self.covariance_ - self.reg_ * eye
-        R_A = _regularised_cholesky(n / (n - 1) * cov, self.reg_, n, "Mahalanobis")
-        zx = torch.linalg.solve_triangular(R_A, x64.T, upper=False)  # (d, N)
-        zm = torch.linalg.solve_triangular(R_A, self.means_.T, upper=False)  # (d, C)
-        zu = zx - zm[:, inv]
-        a = (zu * zu).sum(0)
+        U_A = self._loo_precision(n / (n - 1), n)
+        y = residuals(x64, whitening(self.means_, U_A))  # (N, C, d): (x_i - mu_j)^T U_A
+        zu = y[torch.arange(n, device=x64.device), inv]  # (N, d): (x_i - mu_k)^T U_A
+        a = (zu * zu).sum(-1)
         nk = self._counts[inv]
         c = nk / ((nk - 1.0) * (n - 1))
         one_minus = (1.0 - c * a).clamp_min(torch.finfo(torch.float64).tiny)
-        cols = []
-        for k in range(zm.shape[1]):
-            zv = zx - zm[:, k : k + 1]
-            cols.append((zv * zv).sum(0) + c * (zv * zu).sum(0) ** 2 / one_minus)
-        dist = torch.stack(cols, dim=1)
+        cross = (y * zu[:, None, :]).sum(-1)  # (N, C)
+        dist = (y * y).sum(-1) + c[:, None] * cross ** 2 / one_minus[:, None]
         own = (nk / (nk - 1.0)) ** 2 * a / one_minus
         dist = dist.scatter(1, inv[:, None], own[:, None])
         return dist.min(dim=1).values
@@ -582,7 +685,7 @@ def _kde_log_density(features, train, bandwidth, exclude_self=False):
             d2 = d2.index_put((idx - i, idx), torch.tensor(float("inf"), dtype=d2.dtype, device=d2.device))
         out.append(torch.logsumexp(-d2 / (2.0 * bandwidth**2), dim=1))
     n_eff = n - 1 if exclude_self else n
-    return torch.cat(out) - (math.log(n_eff) + 0.5 * d * _LOG_2PI + d * math.log(bandwidth))
+    return torch.cat(out) - (math.log(n_eff) + 0.5 * d * LOG_2PI + d * math.log(bandwidth))
 
 
 class KD(Detector):
@@ -614,11 +717,10 @@ class KD(Detector):
     """
 
     name = "KD"
-    uses_labels = True
+    inputs = Inputs(fit_labels=True, score_labels="predicted")
 
     def __init__(self, bandwidth: float = 1.0):
         self.bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True)
-        self.reference_scores_ = None
 
     def _params(self):
         return {"bandwidth": self.bandwidth}
@@ -760,7 +862,6 @@ class LID(Detector):
         if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         self.k = k
-        self.reference_scores_ = None
 
     def _params(self):
         return {"k": self.k}
@@ -791,19 +892,20 @@ class _LayerLR(Detector):
     (label 0) against ``adv_features`` (label 1).  Score: the regression's log-odds.
     """
 
-    supervised = True
-    input_kind = "layers"
+    inputs = Inputs(view="layers", adversarial=True)
 
     def __init__(self, C: float = 1.0, seed: int = 0):
         self.C = check_real(C, "C (inverse regularisation of the logistic regression)", low=0.0, low_open=True)
         self.seed = check_seed(seed)
-        self.reference_scores_ = None
 
     def _validate(self, x, name, fitting):
         return _check_layers(x, name, None if fitting else self.n_features_in_)
 
     def _make_base(self) -> Detector:
         raise NotImplementedError
+
+    def _check_clean(self, x: dict) -> None:
+        """Hook: refuse clean training features the per-layer detectors cannot be fitted on."""
 
     def _layer_scores(self, x: dict, labels, training: bool) -> np.ndarray:
         cols = []
@@ -812,7 +914,7 @@ class _LayerLR(Detector):
             cols.append(s.detach().cpu().numpy())
         return np.stack(cols, axis=1)
 
-    def fit(self, clean_features, labels=None, *, adv_features, clean_val_features=None):
+    def fit(self, clean_features, labels=None, *, adv_features=None, clean_val_features=None):
         """Fit the per-layer detectors and the logistic regression. Returns self.
 
         Parameters
@@ -833,31 +935,36 @@ class _LayerLR(Detector):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        x = self._validate(clean_features, "clean_features", fitting=True)
-        dims = self._dim(x)
-        y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
-        adv = _check_layers(adv_features, "adv_features", dims)
-        self.reference_scores_ = None
-        self.layer_detectors_ = {}
-        for k, v in x.items():
-            det = self._make_base()
-            det._fit(v, y)
-            det.n_features_in_ = v.shape[1]
-            det.reference_scores_ = torch.ones(1)  # fitted; its own threshold is not used
-            self.layer_detectors_[k] = det
-        with torch.no_grad():
-            s_clean = self._layer_scores(x, y, training=True)
-            if clean_val_features is not None:
-                s_neg = self._layer_scores(_check_layers(clean_val_features, "clean_val_features", dims), None, False)
-            else:
-                s_neg = s_clean
-            s_adv = self._layer_scores(adv, None, training=False)
-        self.regression_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=1000,
-                                                                               random_state=self.seed))
-        target = np.r_[np.zeros(len(s_neg)), np.ones(len(s_adv))]
-        self.regression_.fit(np.concatenate([s_neg, s_adv]), target)
-        self.n_features_in_ = dims
-        self.reference_scores_ = torch.as_tensor(self.regression_.decision_function(s_clean), dtype=torch.float64)
+        self._check_fit_sets(adv_features, clean_val_features)
+        with self._fitting():
+            x = self._validate(clean_features, "clean_features", fitting=True)
+            self._check_clean(x)
+            dims = self._dim(x)
+            y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
+            adv = _check_layers(adv_features, "adv_features", dims)
+            self.layer_detectors_ = {}
+            for k, v in x.items():
+                det = self._make_base()
+                det._fit(v, y)
+                det.n_features_in_ = v.shape[1]
+                self.layer_detectors_[k] = det
+            with torch.no_grad():
+                s_clean = self._layer_scores(x, y, training=True)
+                if clean_val_features is not None:
+                    s_neg = self._layer_scores(_check_layers(clean_val_features, "clean_val_features", dims), None,
+                                               False)
+                else:
+                    s_neg = s_clean
+                s_adv = self._layer_scores(adv, None, training=False)
+            for j, det in enumerate(self.layer_detectors_.values()):
+                det.reference_scores_ = torch.from_numpy(s_clean[:, j].copy())  # its own clean training scores
+            self.regression_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=1000,
+                                                                                   random_state=self.seed))
+            target = np.r_[np.zeros(len(s_neg)), np.ones(len(s_adv))]
+            self.regression_.fit(np.concatenate([s_neg, s_adv]), target)
+            self.n_features_in_ = dims
+            self.reference_scores_ = torch.as_tensor(self.regression_.decision_function(s_clean),
+                                                     dtype=torch.float64)
         return self
 
     def _score(self, x, labels):
@@ -883,24 +990,24 @@ class MahaEnsemble(_LayerLR):
 
     Parameters
     ----------
-    reg, relative_reg: covariance regularisation of every layer (default: relative,
-        ``1e-3 x`` the layer's mean feature variance, since layers differ in scale).
+    reg: relative ridge of every layer's covariance (``reg`` times the layer's mean feature
+        variance, as :class:`Mahalanobis`; one value suits layers of different scales).
     C: inverse L2 strength of the logistic regression.  seed: its random_state.
     """
 
     name = "MAHA-LR"
-    uses_labels = True
+    inputs = Inputs(view="layers", fit_labels=True, adversarial=True)
 
-    def __init__(self, reg: float = 1e-3, relative_reg: bool = True, C: float = 1.0, seed: int = 0):
+    def __init__(self, reg: float = 1e-3, C: float = 1.0, seed: int = 0):
         super().__init__(C=C, seed=seed)
-        Mahalanobis(reg, relative_reg)  # validate now
-        self.reg, self.relative_reg = float(reg), bool(relative_reg)
+        Mahalanobis(reg)  # validate now
+        self.reg = float(reg)
 
     def _params(self):
-        return {"reg": self.reg, "relative_reg": self.relative_reg, "C": self.C, "seed": self.seed}
+        return {"reg": self.reg, "C": self.C, "seed": self.seed}
 
     def _make_base(self):
-        return Mahalanobis(self.reg, self.relative_reg)
+        return Mahalanobis(self.reg)
 
 
 class LIDDetector(_LayerLR):
@@ -930,15 +1037,11 @@ class LIDDetector(_LayerLR):
     def _make_base(self):
         return LID(self.k)
 
-    def fit(self, clean_features, labels=None, *, adv_features, clean_val_features=None):
-        x = _check_layers(clean_features, "clean_features")
+    def _check_clean(self, x):
         n = self._n_rows(x)
         if n < self.k + 1:
             raise ValueError(f"LIDDetector with k={self.k} needs at least k+1={self.k + 1} clean reference "
                              f"features, got {n}")
-        return super().fit(x, labels, adv_features=adv_features, clean_val_features=clean_val_features)
-
-    fit.__doc__ = _LayerLR.fit.__doc__
 
 
 # ---------------------------------------------------------------------------------------
@@ -949,7 +1052,6 @@ class LIDDetector(_LayerLR):
 class _SklearnOneClass(Detector):
     def __init__(self, seed: int = 0):
         self.seed = check_seed(seed)
-        self.reference_scores_ = None
 
     def _estimator(self):
         raise NotImplementedError
@@ -1039,7 +1141,7 @@ class DNNDetector(Detector):
     """
 
     name = "DNN"
-    supervised = True
+    inputs = Inputs(adversarial=True)
 
     def __init__(self, hidden: int = 128, epochs: int = 20, lr: float = 1e-3, batch_size: int = 128,
                  weight_decay: float = 1e-4, seed: int = 0):
@@ -1047,7 +1149,6 @@ class DNNDetector(Detector):
         self.lr = check_real(lr, "lr", low=0.0, low_open=True)
         self.batch_size = check_int(batch_size, "batch_size")
         self.weight_decay, self.seed = check_real(weight_decay, "weight_decay", low=0.0), check_seed(seed)
-        self.reference_scores_ = None
 
     def _params(self):
         return {"hidden": self.hidden, "epochs": self.epochs, "lr": self.lr, "seed": self.seed}
@@ -1063,40 +1164,48 @@ class DNNDetector(Detector):
             self._layer_dims = {k: v.shape[1] for k, v in layers.items()}
         return torch.cat(list(layers.values()), dim=1)
 
-    def fit(self, clean_features, labels=None, *, adv_features):
-        """Train on clean (label 0) vs ``adv_features`` (label 1), same layout (N, d) or {layer: ...}."""
-        self._layer_dims = None
-        self.reference_scores_ = None
-        x = self._validate(clean_features, "clean_features", fitting=True)
-        self.n_features_in_ = x.shape[1]
-        a = self._validate(adv_features, "adv_features", fitting=False)
-        dev = x.device
-        x, a = x.detach().float(), a.detach().to(dev).float()
-        data = torch.cat([x, a])
-        target = torch.cat([torch.zeros(len(x), device=dev), torch.ones(len(a), device=dev)])
-        self.mean_ = data.mean(0)
-        self.std_ = data.std(0).clamp_min(1e-6)
-        data = (data - self.mean_) / self.std_
-        devices = [dev] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
-            net = nn.Sequential(nn.Linear(data.shape[1], self.hidden), nn.ReLU(),
-                                nn.Linear(self.hidden, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)).to(dev)
-        gen = torch.Generator().manual_seed(self.seed)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(len(x) / len(a), device=dev))
-        net.train()
-        with torch.enable_grad():
-            for _ in range(self.epochs):
-                perm = torch.randperm(len(data), generator=gen).to(dev)
-                for i in range(0, len(data), self.batch_size):
-                    idx = perm[i : i + self.batch_size]
-                    opt.zero_grad(set_to_none=True)
-                    loss_fn(net(data[idx]).squeeze(1), target[idx]).backward()
-                    opt.step()
-        net.eval().requires_grad_(False)
-        self.net_ = net
-        return self._finish_fit(x, None)
+    def fit(self, clean_features, labels=None, *, adv_features=None, clean_val_features=None):
+        """Train on clean (label 0) vs ``adv_features`` (label 1), same layout (N, d) or {layer: ...}.
+
+        ``clean_val_features``: other clean rows to use as label 0 instead of
+        ``clean_features`` (whose scores stay the threshold's reference).  Returns self.
+        """
+        self._check_fit_sets(adv_features, clean_val_features)
+        with self._fitting():
+            self._layer_dims = None
+            x = self._validate(clean_features, "clean_features", fitting=True)
+            self.n_features_in_ = x.shape[1]
+            a = self._validate(adv_features, "adv_features", fitting=False)
+            neg = x if clean_val_features is None else self._validate(clean_val_features, "clean_val_features",
+                                                                      fitting=False)
+            dev = x.device
+            x, a, neg = x.detach().float(), a.detach().to(dev).float(), neg.detach().to(dev).float()
+            data = torch.cat([neg, a])
+            target = torch.cat([torch.zeros(len(neg), device=dev), torch.ones(len(a), device=dev)])
+            self.mean_ = data.mean(0)
+            self.std_ = data.std(0).clamp_min(1e-6)
+            data = (data - self.mean_) / self.std_
+            devices = [dev] if dev.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                net = nn.Sequential(nn.Linear(data.shape[1], self.hidden), nn.ReLU(),
+                                    nn.Linear(self.hidden, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)).to(dev)
+            gen = torch.Generator().manual_seed(self.seed)
+            opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(len(neg) / len(a), device=dev))
+            net.train()
+            with torch.enable_grad():
+                for _ in range(self.epochs):
+                    perm = torch.randperm(len(data), generator=gen).to(dev)
+                    for i in range(0, len(data), self.batch_size):
+                        idx = perm[i : i + self.batch_size]
+                        opt.zero_grad(set_to_none=True)
+                        loss_fn(net(data[idx]).squeeze(1), target[idx]).backward()
+                        opt.step()
+            net.eval().requires_grad_(False)
+            self.net_ = net
+            self._finish_fit(x, None)
+        return self
 
     def _score(self, x, labels):
         dev = self.mean_.device
@@ -1178,14 +1287,13 @@ class BU(Detector):
     """
 
     name = "BU"
-    input_kind = "images"
+    inputs = Inputs(view="images")
 
     def __init__(self, model: nn.Module, n_samples: int = 20, batch_size: int = 256, seed: int = 0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module with dropout, got {type(model).__name__}")
         self.model, self.n_samples = model, check_int(n_samples, "n_samples", 2)
         self.batch_size, self.seed = check_int(batch_size, "batch_size"), None if seed is None else check_seed(seed)
-        self.reference_scores_ = None
 
     def _params(self):
         return {"n_samples": self.n_samples, "seed": self.seed}
@@ -1208,17 +1316,64 @@ class BU(Detector):
 
 
 # ---------------------------------------------------------------------------------------
+# two-sided detection
+# ---------------------------------------------------------------------------------------
 
-DETECTORS: dict[str, type[Detector]] = {
-    "MGM": MGM,
-    "MAHA": Mahalanobis,
-    "MAHA-LR": MahaEnsemble,
-    "KD": KD,
-    "LID": LID,
-    "LID-LR": LIDDetector,
-    "BU": BU,
-    "OCSVM": OCSVM,
-    "ISO": ISO,
-    "DNN": DNNDetector,
-}
-"""Detector name (as in the chapters' tables) -> class."""
+
+class TwoSided(Detector):
+    r"""Two-sided version of any detector: flags scores far from the clean median, on either side.
+
+    .. math:: s_2(x) = |s(x) - m|, \qquad m = \mathrm{median}\{s(x_i) : x_i \text{ clean reference}\}
+
+    An attack that *over-hides* (HFC with a large :math:`\lambda`) can make its
+    features more typical than clean ones -- scores *below* the clean range -- which a
+    one-sided threshold never flags.  The median and the threshold come from clean
+    scores only: the wrapped detector's ``reference_scores_`` (its clean training
+    scores), or the held-out clean set given to :meth:`calibrate`.
+
+    ``TwoSided(fitted_detector)`` is ready to use; ``TwoSided(detector).fit(...)`` fits
+    the wrapped detector first (same arguments).  Its ``inputs`` are the wrapped
+    detector's: it is fitted on and scores what that detector is.  Scores are float64
+    ``(N,)`` >= 0; ``threshold``, ``predict`` as for every detector.
+
+    Attributes after fit: ``center_`` the clean median :math:`m`, ``reference_scores_``
+    the clean :math:`|s - m|`, ``n_features_in_`` the wrapped detector's.
+    """
+
+    def __init__(self, detector: Detector):
+        if not isinstance(detector, Detector):
+            raise TypeError(f"detector must be a Detector, got {type(detector).__name__}")
+        self.detector = detector
+        self.name = f"{detector.name} (two-sided)"
+        self.inputs = detector.inputs
+        if detector.is_fitted:
+            self._set_reference(detector.reference_scores_)
+
+    def __repr__(self) -> str:
+        return f"TwoSided({self.detector!r})"
+
+    def _set_reference(self, clean_scores: torch.Tensor) -> None:
+        s = clean_scores.detach().to(torch.float64)
+        self.center_ = float(torch.quantile(s.cpu(), 0.5))
+        self.reference_scores_ = (s - self.center_).abs()
+        self.n_features_in_ = self.detector.n_features_in_
+
+    def fit(self, clean_features, labels=None, *, adv_features=None, clean_val_features=None) -> "TwoSided":
+        """Fit the wrapped detector (same arguments), then take the median of its clean scores."""
+        with self._fitting():
+            self.detector.fit(clean_features, labels, adv_features=adv_features,
+                              clean_val_features=clean_val_features)
+            self._set_reference(self.detector.reference_scores_)
+        return self
+
+    def score(self, features, labels=None) -> torch.Tensor:
+        """``|s(features) - median|``, ``(N,)`` float64 on the features' device."""
+        self._check_fitted("score")
+        return (self.detector.score(features, labels) - self.center_).abs()
+
+    def calibrate(self, clean_features, labels=None) -> "TwoSided":
+        """Median and threshold from held-out clean features instead of the training scores."""
+        self._check_fitted("calibrate")
+        with torch.no_grad():
+            self._set_reference(self.detector.score(clean_features, labels))
+        return self

@@ -62,8 +62,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import gaussian
 from .io import atomic_torch_save
-from .attacks import PGD, Attack, _batches, _n_images, _progress, _resolve_forward
+from .attacks import PGD, Attack
+from .batching import iter_batches, model_device, n_images, resolve_forward
+from .progress import progress as progress_bar
 from .checks import (CorruptFileError, as_labels, check_features, check_finite, check_images, check_input_dtype,
                      check_device, check_int, check_labels, check_model, check_real, check_seed, describe, eval_mode)
 
@@ -254,14 +257,6 @@ def feature_cache_path(cache_key: str) -> Path:
     return folder / f"{cache_key}.pt"
 
 
-def _model_device(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 def extract_features(
     model,
     data,
@@ -315,7 +310,7 @@ def extract_features(
         layers = list(names)
 
     path = feature_cache_path(cache_key) if cache_key is not None else None
-    n_expected = _n_images(data)
+    n_expected = n_images(data)
     if path is not None and path.is_file():
         try:
             cached = FeatureSet.load(path)
@@ -328,16 +323,16 @@ def extract_features(
             warnings.warn(f"feature cache {path} does not match the request (layers or size); recomputing",
                           stacklevel=2)
 
-    model_device = _model_device(model)
-    device = model_device if device is None else check_device(device)
-    if device != model_device:
-        raise ValueError(f"device={device} but the model's parameters are on {model_device}; move the model")
+    on = model_device(model) or torch.device("cpu")
+    device = on if device is None else check_device(device)
+    if device != on:
+        raise ValueError(f"device={device} but the model's parameters are on {on}; move the model")
 
-    it, total = _batches(data, batch_size)
+    it, total = iter_batches(data, batch_size)
     out: OrderedDict[str, list[torch.Tensor]] | None = None
     labels, logits_all = [], []
     with eval_mode(model), torch.no_grad():
-        for xb, yb in _progress(it, total, progress, "features"):
+        for xb, yb in progress_bar(it, total=total, enabled=progress, desc="features"):
             xb = check_images(xb.to(device), "the images of data")
             check_input_dtype(model, xb, "the images of data")
             logits, feats = model.forward_features(xb, layers=layers)
@@ -363,8 +358,10 @@ def extract_features(
 def mahalanobis(feats: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor, squared: bool = False) -> torch.Tensor:
     r"""Mahalanobis distance :math:`\sqrt{(h - \mu)^\top \Sigma^{-1} (h - \mu)}` of every row.
 
-    Computed as :math:`\|L^{-1}(h - \mu)\|_2` with the lower Cholesky factor
-    :math:`\Sigma = L L^\top` and a triangular solve (no explicit inverse), in float64.
+    Computed in float64 by the package's Gaussian kernel
+    (:func:`medadv_tutorial.gaussian.mahalanobis_sq`): with the lower Cholesky factor
+    :math:`\Sigma = L L^\top`, the distance is :math:`\|(h - \mu)^\top U\|_2` with
+    :math:`U = L^{-\top}` (one triangular solve, no general inverse).
 
     Parameters
     ----------
@@ -385,14 +382,13 @@ def mahalanobis(feats: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor, squ
     if not (bool((torch.diagonal(chol) > 0).all()) and bool(torch.isfinite(chol).all())
             and torch.equal(chol, chol.tril())):
         raise ValueError("chol must be a lower Cholesky factor: lower-triangular and finite, with a positive diagonal")
-    return _mahalanobis(feats, mean, chol, squared)
-
-
-def _mahalanobis(feats, mean, chol, squared):
-    """:func:`mahalanobis` without the checks (callers have validated their inputs)."""
-    diff = feats.to(torch.float64) - mean.to(device=feats.device, dtype=torch.float64)
-    z = torch.linalg.solve_triangular(chol.to(device=feats.device, dtype=torch.float64), diff.T, upper=False)
-    sq = (z * z).sum(dim=0)
+    x = feats.to(torch.float64)
+    U = gaussian.precision_cholesky(chol.to(device=x.device, dtype=torch.float64))
+    m = mean.to(device=x.device, dtype=torch.float64)
+    if m.ndim == 1:
+        sq = gaussian.mahalanobis_sq(x, m[None], U)[:, 0]
+    else:  # one mean per row: the distance of h - mu to 0
+        sq = gaussian.mahalanobis_sq(x - m, torch.zeros_like(m[:1]), U)[:, 0]
     return sq if squared else sq.sqrt()
 
 
@@ -410,10 +406,13 @@ class ClassGaussian:
 
     Fit with :meth:`fit`.  The covariance is the maximum-likelihood estimate (pooled
     within-class scatter over ``N`` when ``shared``, per class over ``n_c`` otherwise)
-    plus a ridge :math:`\lambda\,\bar\sigma^2 I`, where :math:`\bar\sigma^2 =
-    \mathrm{tr}(\Sigma)/d` is the average variance: ``reg`` is *relative*, so the same
-    value suits layers whose features have very different scales, and makes the
-    covariance invertible when ``d`` exceeds the number of samples (penultimate features).
+    plus a ridge :math:`\texttt{reg}\,\bar\sigma^2 I`, where :math:`\bar\sigma^2 =
+    \mathrm{tr}(\Sigma)/d` is the average variance: ``reg`` is *relative* (the ridge of
+    every Gaussian of the package, :func:`medadv_tutorial.gaussian.regularised_cholesky`),
+    so the same value suits layers whose features have very different scales, and makes
+    the covariance invertible when ``d`` exceeds the number of samples (penultimate
+    features).  Distances come from :func:`medadv_tutorial.gaussian.mahalanobis_sq` in
+    float64.
 
     Attributes
     ----------
@@ -421,6 +420,7 @@ class ClassGaussian:
     chol: ``(d, d)`` (shared) or ``(K, d, d)`` (per class) float64 lower Cholesky factors.
     counts: ``(K,)`` training samples per class.
     shared, reg: the settings used.
+    precision_cholesky: the upper precision factors :math:`L^{-\top}` of ``chol`` (derived).
     """
 
     means: torch.Tensor
@@ -428,6 +428,10 @@ class ClassGaussian:
     counts: torch.Tensor
     shared: bool = True
     reg: float = 1e-3
+    precision_cholesky: torch.Tensor = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.precision_cholesky = gaussian.precision_cholesky(self.chol)
 
     @classmethod
     def fit(cls, feats: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None, *,
@@ -453,24 +457,12 @@ class ClassGaussian:
         means = torch.zeros(k, d, dtype=torch.float64, device=feats.device).index_add_(0, labels, x)
         means /= counts[:, None].to(torch.float64)
         centred = x - means[labels]
-        eye = torch.eye(d, dtype=torch.float64, device=feats.device)
-
-        def factor(cov, what):
-            if not bool(torch.isfinite(cov).all()):
-                raise ValueError(f"feats are too large: the covariance of {what} overflows float64 (|feats| up to "
-                                 f"{float(feats.abs().max()):.3g}); rescale the features")
-            scale = max(float(torch.diagonal(cov).mean()), 1e-12)
-            cov = cov + reg * scale * eye
-            chol, info = torch.linalg.cholesky_ex(cov)
-            if int(info) != 0:
-                raise ValueError(f"the covariance of {what} is not positive definite; increase reg (now {reg})")
-            return chol
-
         if shared:
-            chol = factor(centred.T @ centred / n, "the pooled classes")
+            chol = gaussian.regularised_cholesky(centred.T @ centred / n, reg, n=n, name="feats")[0]
         else:
-            chol = torch.stack([factor(centred[labels == c].T @ centred[labels == c] / int(counts[c]),
-                                       f"class {c}") for c in range(k)])
+            chol = torch.stack([gaussian.regularised_cholesky(
+                centred[labels == c].T @ centred[labels == c] / int(counts[c]), reg, n=int(counts[c]),
+                name=f"class {c}'s feats")[0] for c in range(k)])
         return cls(means, chol, counts.cpu(), shared, float(reg))
 
     @property
@@ -481,29 +473,31 @@ class ClassGaussian:
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def _chol(self, c: int) -> torch.Tensor:
-        return self.chol if self.shared else self.chol[c]
-
     def distance(self, feats: torch.Tensor, classes: torch.Tensor, squared: bool = False) -> torch.Tensor:
         """``(N,)`` float64 distance of each row of ``feats`` ``(N, d)`` to the Gaussian of its
         class ``classes`` ``(N,)``."""
         self._check(feats)
         classes = _as_classes(classes, feats.shape[0], "classes", self.num_classes).to(feats.device)
-        means = self.means.to(feats.device)
-        if self.shared:
-            return _mahalanobis(feats, means[classes], self.chol, squared)
-        out = torch.empty(feats.shape[0], dtype=torch.float64, device=feats.device)
-        for c in classes.unique().tolist():
-            m = classes == c
-            out[m] = _mahalanobis(feats[m], means[c], self.chol[c], squared)
-        return out
+        x = feats.to(torch.float64)
+        if self.shared:  # one tied factor: the distances to every class cost one product
+            sq = self._squared(x).gather(1, classes[:, None])[:, 0]
+        else:
+            means, U = self.means.to(x.device), self.precision_cholesky.to(x.device)
+            sq = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+            for c in classes.unique().tolist():
+                m = classes == c
+                sq[m] = gaussian.mahalanobis_sq(x[m], means[c : c + 1], U[c : c + 1])[:, 0]
+        return sq if squared else sq.sqrt()
 
     def distances(self, feats: torch.Tensor, squared: bool = False) -> torch.Tensor:
         """``(N, K)`` float64 distances of every row to every class."""
         self._check(feats)
-        means = self.means.to(feats.device)
-        return torch.stack([_mahalanobis(feats, means[c], self._chol(c), squared)
-                            for c in range(self.num_classes)], dim=1)
+        sq = self._squared(feats.to(torch.float64))
+        return sq if squared else sq.sqrt()
+
+    def _squared(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` squared distances of float64 rows ``x`` to every class: one kernel call."""
+        return gaussian.mahalanobis_sq(x, self.means.to(x.device), self.precision_cholesky.to(x.device))
 
     def _check(self, feats):
         if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[1] != self.dim:
@@ -830,7 +824,7 @@ def pgd_feature_trajectory(
     forward = attack.forward if attack.forward is not None else _forward_penultimate
     recorder = _Recorder(attack.extra_loss)
     x_adv = attack.replace(extra_loss=recorder, forward=forward)(model, x, y)
-    run = _resolve_forward(model, forward)
+    run = resolve_forward(model, forward)
     with eval_mode(model), torch.no_grad():
         h_last = _penultimate(run(x_adv)[1]).detach()
         h_clean = _penultimate(run(x)[1]).detach() if attack.random_start else recorder.steps[0]

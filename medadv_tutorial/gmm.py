@@ -24,7 +24,9 @@ The model
 With the *precision Cholesky factor* :math:`U_k` (upper triangular,
 :math:`U_k U_k^\top = \Sigma_k^{-1}`, scikit-learn's ``precisions_cholesky_``) the
 Mahalanobis term is :math:`\|(x - \mu_k)^\top U_k\|^2` and
-:math:`-\tfrac12 \log\det\Sigma_k = \sum_i \log (U_k)_{ii}`.
+:math:`-\tfrac12 \log\det\Sigma_k = \sum_i \log (U_k)_{ii}`.  Both come from
+:mod:`medadv_tutorial.gaussian` (``mahalanobis_sq`` and ``gaussian_log_prob`` are
+re-exported here): one matrix product for all components.
 
 EM
 --
@@ -60,6 +62,7 @@ import numpy as np
 import torch
 
 from .checks import check_int, check_seed
+from .gaussian import gaussian_log_prob, mahalanobis_sq, precision_cholesky
 
 __all__ = [
     "GaussianMixture",
@@ -71,7 +74,6 @@ __all__ = [
     "precision_cholesky_from_precision",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _INIT_PARAMS = ("kmeans", "k-means++", "random")
 _BATCH_BYTES = 1 << 28  # components per batch in the M step: at most ~256 MB of (K, N, d) temporaries
 
@@ -94,54 +96,7 @@ def _compute_device(device: torch.device, dtype: torch.dtype) -> torch.device:
 
 
 # ------------------------------------------------------------------------------- kernels
-
-
-def mahalanobis_sq(X: torch.Tensor, means: torch.Tensor, precisions_cholesky: torch.Tensor,
-                   *, flat_cholesky: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Squared Mahalanobis distances :math:`\|(x_n - \mu_k)^\top U_k\|^2`, shape ``(N, K)``.
-
-    ``X`` (N, d), ``means`` (K, d), ``precisions_cholesky`` (K, d, d) upper factors
-    :math:`U_k` with :math:`U_k U_k^\top = \Sigma_k^{-1}`.  Differentiable in ``X``.
-
-    Computed as one matrix product for all components,
-    :math:`[\tilde x U_1, \dots, \tilde x U_K] - [\tilde\mu_1 U_1, \dots]` with
-    :math:`\tilde x = x - c`, :math:`\tilde\mu_k = \mu_k - c` and :math:`c` the mean of the
-    component means (centring keeps the subtraction accurate when the features sit far
-    from the origin).  ``flat_cholesky`` may pass the precomputed ``(d, K d)`` matrix
-    ``precisions_cholesky.permute(1, 0, 2).reshape(d, K * d)`` (saves a copy per call).
-    """
-    _check_shapes(X, means, precisions_cholesky)
-    K, d = means.shape
-    c = means.mean(0)
-    flat = flat_cholesky if flat_cholesky is not None else precisions_cholesky.permute(1, 0, 2).reshape(d, K * d)
-    mu_u = torch.matmul((means - c).unsqueeze(1), precisions_cholesky).squeeze(1)  # (K, d)
-    y = ((X - c) @ flat).view(X.shape[0], K, d).sub_(mu_u)  # in place: mm's backward does not need its output
-    if y.requires_grad:
-        return (y * y).sum(-1)
-    return torch.linalg.vector_norm(y, dim=-1).square_()  # one pass, no (N, K, d) temporary
-
-
-def _check_shapes(X, means, precisions_cholesky) -> None:
-    """Shapes only (no device synchronisation: these kernels run inside EM and attack loops)."""
-    if not all(isinstance(t, torch.Tensor) for t in (X, means, precisions_cholesky)) or means.ndim != 2:
-        raise TypeError("X, means and precisions_cholesky must be tensors (N, d), (K, d) and (K, d, d)")
-    K, d = means.shape
-    if X.ndim != 2 or X.shape[1] != d:
-        raise ValueError(f"X must have shape (N, {d}) like means (K, d) = {tuple(means.shape)}, got {tuple(X.shape)}")
-    if precisions_cholesky.shape != (K, d, d):
-        raise ValueError(f"precisions_cholesky must have shape ({K}, {d}, {d}), got "
-                         f"{tuple(precisions_cholesky.shape)}")
-
-
-def gaussian_log_prob(X: torch.Tensor, means: torch.Tensor, precisions_cholesky: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log \mathcal N(x_n \mid \mu_k, \Sigma_k)` for every sample and component, ``(N, K)``.
-
-    Arguments as :func:`mahalanobis_sq`; add :math:`\log \pi_k` for the weighted log
-    probability.
-    """
-    d = X.shape[1]
-    log_det = torch.log(torch.diagonal(precisions_cholesky, dim1=-2, dim2=-1)).sum(-1)  # (K,) = -1/2 log det Sigma
-    return -0.5 * (d * _LOG_2PI + mahalanobis_sq(X, means, precisions_cholesky)) + log_det
+# The Gaussian kernels (mahalanobis_sq, gaussian_log_prob) live in medadv_tutorial.gaussian.
 
 
 def precision_cholesky_from_covariance(covariances: torch.Tensor) -> torch.Tensor:
@@ -156,8 +111,7 @@ def precision_cholesky_from_covariance(covariances: torch.Tensor) -> torch.Tenso
     L, info = torch.linalg.cholesky_ex(covariances)
     if bool((info != 0).any()):
         raise ValueError(_fail_message(covariances.dtype))
-    eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
-    return torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).transpose(-1, -2)
+    return precision_cholesky(L)
 
 
 def precision_cholesky_from_precision(precisions: torch.Tensor) -> torch.Tensor:
@@ -289,12 +243,20 @@ class GaussianMixture:
     dtype: torch dtype of the computation and of the fitted parameters.
     warn: emit :class:`ConvergenceWarning` when EM does not converge.
 
-    Attributes after :meth:`fit` (torch tensors on the device of ``X``, in ``dtype``)
-    -----------------------------------------------------------------------------------
-    weights_ (K,), means_ (K, d), covariances_ (K, d, d) (including ``reg_covar``),
-    precisions_cholesky_ (K, d, d) upper triangular, precisions_ (K, d, d);
-    converged_ (bool), n_iter_ (int), lower_bound_ (float, the average log-likelihood of
-    the last E step), lower_bounds_ (list of floats, one per iteration), n_features_in_.
+    The attributes are set by :meth:`fit` (tensors on the device of ``X``, in ``dtype``).
+
+    Attributes
+    ----------
+    weights_: (K,).
+    means_: (K, d).
+    covariances_: (K, d, d), including ``reg_covar``.
+    precisions_cholesky_: (K, d, d), upper triangular.
+    precisions_: (K, d, d).
+    converged_: bool.
+    n_iter_: int.
+    lower_bound_: float, the average log-likelihood of the last E step.
+    lower_bounds_: list of floats, one per iteration.
+    n_features_in_: int, ``d``.
     """
 
     def __init__(

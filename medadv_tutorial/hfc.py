@@ -52,16 +52,10 @@ targeted, with a forward pass that exposes the constrained layers and this extra
     attack = PGD_HFC(hfc, eps=2/255, steps=20, lam=1.0)
     result = run_attack(attack, model, test_set, targets=other_class)   # binary: 1 - y
 
-Competing adaptive attacks on the same loop
--------------------------------------------
-* :class:`DetectorAwareLoss`: subtract a differentiable detector score (``MGM``,
-  ``MAHA``, ``KD`` from :mod:`medadv_tutorial.detectors`) computed on one layer: the
-  attacker who knows *the* detector (Carlini & Wagner's adaptive attack).
-* :class:`FeatureMatchLoss`: pull the features toward those of a guide image of the
-  target class (Sabour et al., ICLR 2016).
-
-And, for chapter 5's *over-hiding* analysis, :class:`TwoSided` turns any fitted detector
-into a two-sided one: HFC can push features to be *more* typical than clean ones.
+The rival adaptive attacks of chapter 5 (detector-aware, feature matching) run on the same
+loop and :class:`LayerForward`; they live in :mod:`medadv_tutorial.adaptive`.  The
+two-sided detectors of its *over-hiding* analysis are
+:class:`medadv_tutorial.detectors.TwoSided`.
 
 Conventions: features are ``(N, C_l)`` float tensors (the pooled taps of
 :meth:`~medadv_tutorial.models.Classifier.forward_features`); energies are computed in
@@ -73,19 +67,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from . import cache as result_cache
 from .io import atomic_torch_save
+from .progress import progress as progress_bar
 from .attacks import BIM, MIM, PGD
-from .checks import (CorruptFileError, check_device, check_features, check_finite, check_int, check_real, check_seed,
-                     describe)
-from .detectors import Detector, NotFittedError
-from .gmm import GaussianMixture, mahalanobis_sq
+from .checks import CorruptFileError, check_device, check_features, check_finite, check_int, check_real, check_seed
+from .gaussian import half_log_det_precision, log_density, mahalanobis_sq, sample_ridge, whitened_sq, whitening
+from .gmm import GaussianMixture
 
 __all__ = [
     "Mixture",
@@ -100,14 +94,8 @@ __all__ = [
     "PGD_HFC",
     "MIM_HFC",
     "other_class",
-    "DetectorAwareLoss",
-    "FeatureMatchLoss",
-    "PGD_DetectorAware",
-    "PGD_FeatureMatch",
-    "TwoSided",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 HFC_FORMAT = 1
 """Version of the files written by :meth:`HFCModel.save`."""
 
@@ -147,13 +135,13 @@ class Mixture:
     @property
     def half_log_det_precision(self) -> torch.Tensor:
         r"""``(K,)`` :math:`\sum_i \log (U_k)_{ii} = -\tfrac12 \log\det\Sigma_k`."""
-        return torch.log(torch.diagonal(self.precisions_cholesky, dim1=-2, dim2=-1)).sum(-1)
+        return half_log_det_precision(self.precisions_cholesky)
 
     def weighted_log_prob(self, h: torch.Tensor) -> torch.Tensor:
         r"""``(N, K)`` :math:`\log\pi_k + \log\mathcal N(h \mid \mu_k, \Sigma_k)` (differentiable)."""
         p = self._cast(h)
         maha = mahalanobis_sq(h, p.means, p.precisions_cholesky)
-        return p.log_weights + p.half_log_det_precision - 0.5 * (self.dim * _LOG_2PI + maha)
+        return log_density(maha, p.log_weights + p.half_log_det_precision, self.dim)
 
     def _cast(self, ref: torch.Tensor) -> "Mixture":
         return Mixture(*(t.to(ref.device, ref.dtype) for t in (self.means, self.precisions_cholesky,
@@ -168,22 +156,18 @@ class _Compiled:
     """The mixtures of one layer for one or several classes, cast to one (device, dtype).
 
     Everything the energy needs is precomputed: with the classes' components stacked
-    (M = n_classes * K of them), a common centre ``c`` (the mean of the means),
-    ``flat = [U_1, ..., U_M]`` (C, M C) and ``mu_u[m] = (mu_m - c) U_m``, the whitened
-    residuals of every component are one matrix product ``(h - c) @ flat - mu_u``.
+    (M = n_classes * K of them), ``white`` is their :class:`~medadv_tutorial.gaussian.Whitening`
+    (computed in float64, then cast), so that the whitened residuals of every component are
+    one matrix product (:func:`~medadv_tutorial.gaussian.whitened_sq`).
     """
 
-    __slots__ = ("n_classes", "K", "C", "center", "flat", "mu_u", "bias")
+    __slots__ = ("n_classes", "K", "C", "white", "bias")
 
     def __init__(self, mixtures: Sequence[Mixture], device, dtype):
         means = torch.cat([m.means for m in mixtures])  # (M, C), float64
         U = torch.cat([m.precisions_cholesky for m in mixtures])  # (M, C, C)
         self.n_classes, self.K, self.C = len(mixtures), mixtures[0].n_components, means.shape[1]
-        center = means.mean(0)
-        mu_u = torch.matmul((means - center).unsqueeze(1), U).squeeze(1)
-        self.center = center.to(device, dtype)
-        self.mu_u = mu_u.to(device, dtype)
-        self.flat = U.permute(1, 0, 2).reshape(self.C, -1).to(device, dtype).contiguous()
+        self.white = whitening(means, U).to(device, dtype)
         # log pi_k - 1/2 log det Sigma_k: the part of the weighted log-probability the argmax needs
         self.bias = torch.stack([m.log_weights + m.half_log_det_precision for m in mixtures]).to(device, dtype)
 
@@ -257,15 +241,28 @@ class HFCModel:
                         self.info)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
-        """Write the model to ``path`` atomically (``torch.save`` of plain tensors and numbers)."""
-        path = Path(path)
-        blob = {"format": HFC_FORMAT, "layers": self.layers, "classes": self.classes,
+    def state(self) -> dict:
+        """The model as plain tensors, lists, numbers and strings (what :meth:`save` writes and
+        ``torch.load(weights_only=True)`` reads back exactly)."""
+        return {"format": HFC_FORMAT, "layers": self.layers, "classes": self.classes,
                 "mixtures": {f"{l}|{c}": {"means": m.means.cpu(), "precisions_cholesky": m.precisions_cholesky.cpu(),
                                           "log_weights": m.log_weights.cpu()}
                              for l, per in self.mixtures.items() for c, m in per.items()},
                 "info": {f"{l}|{c}": dict(v) for (l, c), v in self.info.items()}}
-        atomic_torch_save(blob, path)
+
+    @classmethod
+    def from_state(cls, blob) -> "HFCModel":
+        """The model of a :meth:`state` dict (``ValueError`` when it is not one)."""
+        if not isinstance(blob, dict) or blob.get("format") != HFC_FORMAT:
+            raise ValueError(f"not an HFC model of format {HFC_FORMAT}")
+        mixtures = OrderedDict((l, OrderedDict((c, Mixture(**blob["mixtures"][f"{l}|{c}"]))
+                                               for c in blob["classes"])) for l in blob["layers"])
+        info = {(k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1])): v for k, v in blob.get("info", {}).items()}
+        return cls(mixtures, info)
+
+    def save(self, path) -> None:
+        """Write the model to ``path`` atomically (``torch.save`` of :meth:`state`)."""
+        atomic_torch_save(self.state(), Path(path))
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "HFCModel":
@@ -274,13 +271,7 @@ class HFCModel:
         Raises :class:`~medadv_tutorial.checks.CorruptFileError` naming the file when it cannot be read.
         """
         try:
-            blob = torch.load(path, map_location=map_location, weights_only=True)
-            if not isinstance(blob, dict) or blob.get("format") != HFC_FORMAT:
-                raise ValueError(f"not an HFC model file of format {HFC_FORMAT}")
-            mixtures = OrderedDict((l, OrderedDict((c, Mixture(**blob["mixtures"][f"{l}|{c}"]))
-                                                   for c in blob["classes"])) for l in blob["layers"])
-            info = {(k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1])): v for k, v in blob.get("info", {}).items()}
-            return cls(mixtures, info)
+            return cls.from_state(torch.load(path, map_location=map_location, weights_only=True))
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any decoding error means the file is unusable
@@ -291,21 +282,12 @@ class HFCModel:
 # =========================================================================== fitting
 
 
-def _progress(it, enabled: bool, total: int, desc: str):
-    if not enabled:
-        return it
-    from .progress import tqdm
-
-    return tqdm(it, total=total, desc=desc)
-
-
 def fit_hfc_mixtures(
     clean_train,
     layers: Sequence[str] | None = None,
     *,
     n_components: int = 2,
-    reg_covar: float = 1e-3,
-    relative_reg: bool = True,
+    reg: float = 1e-3,
     exclude_wider_than: int | None = None,
     classes: Sequence[int] | None = None,
     tol: float = 1e-3,
@@ -316,6 +298,7 @@ def fit_hfc_mixtures(
     device=None,
     dtype: torch.dtype = torch.float64,
     progress: bool = False,
+    cache: bool = False,
 ) -> HFCModel:
     r"""Fit one Gaussian mixture per (layer, class) on clean training features.
 
@@ -326,12 +309,11 @@ def fit_hfc_mixtures(
     layers: layers to constrain (default: every layer of ``clean_train``), kept in
         ``clean_train``'s shallow-to-deep order.
     n_components: K, components per mixture (the paper uses a few; 2 by default).
-    reg_covar: added to every covariance's diagonal.  With ``relative_reg`` (default) it
-        is multiplied by the mean per-channel variance of that layer's class features, so
-        one value fits layers of any scale; otherwise it is absolute.  It matters when a
-        class has fewer images than channels (the covariance is then singular): the
-        energy of a move outside the span of the clean features is ~ 1 / reg.
-    relative_reg: see ``reg_covar``.
+    reg: the relative ridge of every covariance (:mod:`~medadv_tutorial.gaussian`): ``reg`` times
+        the mean per-channel variance of that layer's class features is added to its diagonal
+        (the mixtures' absolute ``reg_covar``), so one value fits layers of any scale.  It
+        matters when a class has fewer images than channels (the covariance is then singular):
+        the energy of a move outside the span of the clean features is ~ 1 / reg.
     exclude_wider_than: drop layers with more than this many channels (the authors'
         code skips layers wider than 512: their mixtures need many images and much time).
     classes: the classes to model (default: every class in ``clean_train.labels``).
@@ -339,6 +321,9 @@ def fit_hfc_mixtures(
         :class:`~medadv_tutorial.gmm.GaussianMixture`.
     device: where to run EM (default: the features' device; a GPU makes this fast).
     progress: show a tqdm bar over (layer, class) pairs.
+    cache: read the mixtures from the result cache when the same features, labels and settings
+        were fitted before (:mod:`~medadv_tutorial.cache`: content keys, sha256-checked; EM is
+        deterministic, so a cached model is bit-identical to a fitted one), else fit and store them.
 
     Returns
     -------
@@ -371,7 +356,7 @@ def fit_hfc_mixtures(
         chosen = [l for l in chosen if feats[l].shape[1] <= exclude_wider_than]
     if not chosen:
         raise ValueError(f"no layer left to constrain (layers={layers}, exclude_wider_than={exclude_wider_than})")
-    reg_covar = check_real(reg_covar, "reg_covar", low=0.0)
+    reg = check_real(reg, "reg (relative ridge)", low=0.0)
     for l in chosen:
         check_features(feats[l], f"clean_train.feats[{l!r}]")
     labels = labels.long()
@@ -381,34 +366,48 @@ def fit_hfc_mixtures(
     if missing:
         raise ValueError(f"classes {missing} have no image in clean_train (labels present: {present})")
 
-    mixtures: OrderedDict[str, OrderedDict[int, Mixture]] = OrderedDict()
-    info = {}
     pairs = [(l, c) for l in chosen for c in classes]
-    for layer, c in _progress(pairs, progress, len(pairs), "HFC mixtures"):
-        x_all = feats[layer]
-        dev = check_device(device) if device is not None else x_all.device
-        x = x_all[(labels == c).to(x_all.device)].to(dev, dtype)
-        if x.shape[0] < max(2, n_components):
-            raise ValueError(f"class {c} has {x.shape[0]} clean training images; layer {layer!r} needs at least "
-                             f"max(2, n_components={n_components})")
-        reg = float(reg_covar)
-        if relative_reg:
-            reg *= max(float(x.var(0, unbiased=False).mean()), 1e-12)
-            if not math.isfinite(reg):
-                raise ValueError(f"clean_train.feats[{layer!r}] is too large: the variance of class {c}'s features "
-                                 "overflows; rescale the features (a larger reg_covar cannot help)")
-        gmm = GaussianMixture(n_components, reg_covar=reg, tol=tol, max_iter=max_iter, n_init=n_init,
-                              init_params=init_params, seed=seed, dtype=dtype, warn=False)
-        try:
-            gmm.fit(x)
-        except ValueError as err:
-            raise ValueError(f"layer {layer!r}, class {c}: {err} (reg_covar={reg:.3g})") from err
-        mixtures.setdefault(layer, OrderedDict())[c] = Mixture(
-            gmm.means_.to(torch.float64), gmm.precisions_cholesky_.to(torch.float64),
-            torch.log(gmm.weights_).to(torch.float64))
-        info[(layer, c)] = {"reg_covar": reg, "n_samples": int(x.shape[0]), "converged": bool(gmm.converged_),
-                            "n_iter": int(gmm.n_iter_), "lower_bound": float(gmm.lower_bound_)}
-    return HFCModel(mixtures, info)
+    settings = dict(n_components=n_components, reg=reg, tol=tol, max_iter=max_iter, n_init=n_init,
+                    init_params=init_params, seed=seed, dtype=dtype)
+
+    def fit() -> HFCModel:
+        mixtures: OrderedDict[str, OrderedDict[int, Mixture]] = OrderedDict()
+        info = {}
+        for layer, c in progress_bar(pairs, enabled=progress, desc="HFC mixtures"):
+            mixtures.setdefault(layer, OrderedDict())[c], info[(layer, c)] = _fit_one(
+                feats[layer], labels, layer, c, device, **settings)
+        return HFCModel(mixtures, info)
+
+    if not cache:
+        return fit()
+    dev = check_device(device) if device is not None else feats[chosen[0]].device
+    key = dict(feats={l: feats[l] for l in chosen}, labels=labels, classes=classes, device=str(dev), **settings)
+    state, _ = result_cache.cached_tensors("hfc_mixtures", key, lambda: fit().state())
+    return HFCModel.from_state(state).to(dev)
+
+
+def _fit_one(x_all, labels, layer, c, device, *, n_components, reg, tol, max_iter, n_init, init_params, seed,
+             dtype) -> tuple[Mixture, dict]:
+    """The mixture of class ``c`` in one layer, and its fit record."""
+    dev = check_device(device) if device is not None else x_all.device
+    x = x_all[(labels == c).to(x_all.device)].to(dev, dtype)
+    if x.shape[0] < max(2, n_components):
+        raise ValueError(f"class {c} has {x.shape[0]} clean training images; layer {layer!r} needs at least "
+                         f"max(2, n_components={n_components})")
+    try:
+        reg_covar = sample_ridge(x, reg)
+    except ValueError as err:
+        raise ValueError(f"clean_train.feats[{layer!r}], class {c}: {err}") from err
+    gmm = GaussianMixture(n_components, reg_covar=reg_covar, tol=tol, max_iter=max_iter, n_init=n_init,
+                          init_params=init_params, seed=seed, dtype=dtype, warn=False)
+    try:
+        gmm.fit(x)
+    except ValueError as err:
+        raise ValueError(f"layer {layer!r}, class {c}: {err} (reg_covar={reg_covar:.3g})") from err
+    mixture = Mixture(gmm.means_.to(torch.float64), gmm.precisions_cholesky_.to(torch.float64),
+                      torch.log(gmm.weights_).to(torch.float64))
+    return mixture, {"reg_covar": reg_covar, "n_samples": int(x.shape[0]), "converged": bool(gmm.converged_),
+                     "n_iter": int(gmm.n_iter_), "lower_bound": float(gmm.lower_bound_)}
 
 
 # =========================================================================== the energy
@@ -467,8 +466,8 @@ def _layer_energy(h: torch.Tensor, comp: _Compiled, pos: torch.Tensor | None = N
     With several classes in ``comp``, row i uses class ``pos[i]`` (an index into them).
     """
     n = h.shape[0]
-    y = ((h - comp.center) @ comp.flat).view(n, -1, comp.C).sub_(comp.mu_u)  # in place: mm keeps no output
-    maha = (y * y).sum(-1).view(n, comp.n_classes, comp.K)
+    # exact_sum: the same squared norms with and without autograd (hfc_components = the attack's choice)
+    maha = whitened_sq(h, comp.white, exact_sum=True).view(n, comp.n_classes, comp.K)
     if comp.n_classes == 1:
         maha, bias = maha[:, 0], comp.bias[0]
     else:
@@ -674,202 +673,3 @@ def other_class(y: torch.Tensor) -> torch.Tensor:
                          "explicit targets (a tensor) or another callable")
     return 1 - y.long()
 
-
-# ----------------------------------------------------------------- competing adaptive attacks
-
-
-class DetectorAwareLoss:
-    r"""Extra term: a differentiable detector score on one layer (the detector-aware attack).
-
-    ``fn(x_adv, logits, aux) = lam * score(aux[layer])``, subtracted by the loop, so
-    the attack lowers the detector's score while it reaches the target: the adaptive
-    attacker who knows the detector.
-
-    Parameters
-    ----------
-    detector: a *fitted* detector of :mod:`medadv_tutorial.detectors` whose scores are
-        differentiable torch (``MGM``, ``MAHA``, ``KD``, ``LID``), or any callable
-        ``score(feats (N, C)) -> (N,)`` (higher = more adversarial).
-    layer: the feature tap the detector reads (``"penultimate"``).
-    lam: weight :math:`\lambda >= 0`.  Detector scores have their own scale (an MGM
-        score is a negative log-density of order the feature dimension): choose ``lam``
-        relative to the cross-entropy, e.g. ``1 / C``.
-    labels: for detectors that read class labels (KD: the *predicted* class):
-        ``"target"`` (the class the attack steers to, default) or ``"predicted"`` (the
-        current prediction at every step).
-    """
-
-    def __init__(self, detector, layer: str = "penultimate", lam: float = 1.0, labels: str = "target"):
-        if isinstance(detector, Detector):
-            if not detector.is_fitted:
-                raise NotFittedError(f"{type(detector).__name__} is not fitted: fit it on clean features first")
-        elif not callable(detector):
-            raise TypeError(f"detector must be a fitted Detector or a callable, got {type(detector).__name__}")
-        if labels not in ("target", "predicted"):
-            raise ValueError(f"labels must be 'target' or 'predicted', got {labels!r}")
-        if not isinstance(layer, str):
-            raise TypeError(f"layer must be one tap name such as 'penultimate', got {describe(layer)}")
-        self.detector, self.layer, self.lam, self.labels = detector, layer, check_real(lam, "lam", low=0.0), labels
-
-    def __repr__(self) -> str:
-        name = getattr(self.detector, "name", getattr(self.detector, "__name__", type(self.detector).__name__))
-        return f"DetectorAwareLoss({name}, layer={self.layer!r}, lam={self.lam:g})"
-
-    def _score(self, h, labels):
-        det = self.detector
-        if isinstance(det, Detector):
-            return det.score(h, labels if det.uses_labels else None)
-        return det(h)
-
-    def bind(self, x: torch.Tensor, y: torch.Tensor):
-        y = y.to(x.device).long()
-
-        def detector_term(x_adv, logits, aux):
-            if not isinstance(aux, Mapping) or self.layer not in aux:
-                raise KeyError(f"the attack's forward must return aux[{self.layer!r}]; "
-                               f"use forward=LayerForward([{self.layer!r}])")
-            labels = y if self.labels == "target" else logits.detach().argmax(1)
-            return (self.lam * self._score(aux[self.layer], labels)).to(logits.dtype)
-
-        return detector_term
-
-
-class FeatureMatchLoss:
-    r"""Extra term: squared distance of the features to a guide of the target class (Sabour et al. 2016).
-
-    ``fn(x_adv, logits, aux) = lam * sum_l ||aux[l] - g_l||^2 / C_l`` where ``g`` are
-    the clean features of a guide image of the target class (``guide="random"``: one
-    clean training image of that class per attacked image, drawn with ``seed``) or the
-    class mean of the clean features (``guide="mean"``).
-
-    Parameters
-    ----------
-    clean_train: :class:`~medadv_tutorial.features.FeatureSet` of clean training images.
-    layers: the layers to match (default ``["penultimate"]``).
-    lam: weight >= 0.
-    """
-
-    def __init__(self, clean_train, layers: Sequence[str] = ("penultimate",), lam: float = 1.0,
-                 guide: str = "random", seed: int = 0):
-        if guide not in ("random", "mean"):
-            raise ValueError(f"guide must be 'random' or 'mean', got {guide!r}")
-        if not isinstance(getattr(clean_train, "feats", None), Mapping):
-            raise TypeError(f"clean_train must be a FeatureSet (from extract_features), got "
-                            f"{type(clean_train).__name__}")
-        lam, seed = check_real(lam, "lam", low=0.0), check_seed(seed)
-        if isinstance(layers, str):
-            layers = [layers]
-        unknown = [l for l in layers if l not in clean_train.feats]
-        if unknown:
-            raise KeyError(f"layers {unknown} are not in clean_train; it has {list(clean_train.feats)}")
-        self.layers, self.lam, self.guide, self.seed = list(layers), float(lam), guide, seed
-        labels = clean_train.labels.long().cpu()
-        self.classes = sorted(int(c) for c in torch.unique(labels))
-        self._rows = {c: torch.nonzero(labels == c).squeeze(1) for c in self.classes}
-        self._feats = {l: clean_train.feats[l].detach().cpu() for l in self.layers}
-        self._gen = torch.Generator().manual_seed(seed)
-
-    def __repr__(self) -> str:
-        return f"FeatureMatchLoss(layers={self.layers}, lam={self.lam:g}, guide={self.guide!r})"
-
-    def guides(self, y: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        """Guide features ``{layer: (N, C_l)}`` for target classes ``y`` (CPU)."""
-        y = y.long().cpu()
-        unknown = sorted({int(c) for c in y} - set(self.classes))
-        if unknown:
-            raise ValueError(f"no clean training image of classes {unknown}")
-        if self.guide == "mean":
-            return OrderedDict((l, torch.stack([self._feats[l][self._rows[int(c)]].mean(0) for c in y]))
-                               for l in self.layers)
-        pick = torch.stack([self._rows[int(c)][torch.randint(len(self._rows[int(c)]), (1,), generator=self._gen)][0]
-                            for c in y]) if len(y) else torch.zeros(0, dtype=torch.long)
-        return OrderedDict((l, self._feats[l][pick]) for l in self.layers)
-
-    def bind(self, x: torch.Tensor, y: torch.Tensor):
-        g = {l: v.to(x.device) for l, v in self.guides(y).items()}
-
-        def feature_match_term(x_adv, logits, aux):
-            total = 0.0
-            for l in self.layers:
-                h = aux[l]
-                total = total + ((h - g[l].to(h.dtype)) ** 2).mean(1)
-            return (self.lam * total).to(logits.dtype)
-
-        return feature_match_term
-
-
-def PGD_DetectorAware(detector, eps: float, *, layer: str = "penultimate", lam: float = 1.0,
-                      labels: str = "target", **kwargs) -> PGD:
-    """Targeted PGD that also lowers ``detector``'s score on ``layer`` (see :class:`DetectorAwareLoss`)."""
-    return PGD(eps, targeted=True, extra_loss=DetectorAwareLoss(detector, layer, lam, labels),
-               forward=LayerForward([layer]), **kwargs)
-
-
-def PGD_FeatureMatch(clean_train, eps: float, *, layers: Sequence[str] = ("penultimate",), lam: float = 1.0,
-                     guide: str = "random", guide_seed: int = 0, **kwargs) -> PGD:
-    """Targeted PGD that also pulls ``layers`` toward a guide of the target class (see :class:`FeatureMatchLoss`).
-
-    ``guide_seed`` seeds the choice of guide images; ``kwargs`` go to
-    :class:`~medadv_tutorial.attacks.PGD` (``seed`` there seeds the random start).
-    """
-    loss = FeatureMatchLoss(clean_train, layers, lam, guide, guide_seed)
-    return PGD(eps, targeted=True, extra_loss=loss, forward=LayerForward(loss.layers), **kwargs)
-
-
-# =========================================================================== two-sided detection
-
-
-class TwoSided(Detector):
-    r"""Two-sided version of any detector: flags scores far from the clean median, on either side.
-
-    .. math:: s_2(x) = |s(x) - m|, \qquad m = \mathrm{median}\{s(x_i) : x_i \text{ clean reference}\}
-
-    An attack that *over-hides* (HFC with a large :math:`\lambda`) can make its
-    features more typical than clean ones -- scores *below* the clean range -- which a
-    one-sided threshold never flags.  The median and the threshold come from clean
-    scores only: the wrapped detector's ``reference_scores_`` (its clean training
-    scores), or the held-out clean set given to :meth:`calibrate`.
-
-    ``TwoSided(fitted_detector)`` is ready to use; ``TwoSided(detector).fit(clean, labels)``
-    fits the wrapped detector first.  Scores are float64 ``(N,)`` >= 0; ``threshold``,
-    ``predict`` as for every detector.
-    """
-
-    def __init__(self, detector: Detector):
-        if not isinstance(detector, Detector):
-            raise TypeError(f"detector must be a Detector, got {type(detector).__name__}")
-        self.detector = detector
-        self.name = f"{detector.name} (two-sided)"
-        self.uses_labels, self.input_kind, self.supervised = detector.uses_labels, detector.input_kind, \
-            detector.supervised
-        self.reference_scores_ = None
-        self.center_ = None
-        if detector.is_fitted:
-            self._set_reference(detector.reference_scores_)
-
-    def __repr__(self) -> str:
-        return f"TwoSided({self.detector!r})"
-
-    def _set_reference(self, clean_scores: torch.Tensor) -> None:
-        s = clean_scores.detach().to(torch.float64)
-        self.center_ = float(torch.quantile(s.cpu(), 0.5))
-        self.reference_scores_ = (s - self.center_).abs()
-
-    def fit(self, clean_features, labels=None, **kwargs) -> "TwoSided":
-        """Fit the wrapped detector on clean features, then take the median of its clean scores."""
-        self.detector.fit(clean_features, labels, **kwargs)
-        self._set_reference(self.detector.reference_scores_)
-        self.n_features_in_ = getattr(self.detector, "n_features_in_", None)
-        return self
-
-    def score(self, features, labels=None) -> torch.Tensor:
-        """``|s(features) - median|``, ``(N,)`` float64 on the features' device."""
-        self._check_fitted("score")
-        return (self.detector.score(features, labels) - self.center_).abs()
-
-    def calibrate(self, clean_features, labels=None) -> "TwoSided":
-        """Median and threshold from held-out clean features instead of the training scores."""
-        self._check_fitted("calibrate")
-        with torch.no_grad():
-            self._set_reference(self.detector.score(clean_features, labels))
-        return self

@@ -16,22 +16,32 @@ threshold, and a threshold taken as a quantile of clean scores follows
 
 :func:`followup_auroc` is the metric of Li & Zhu (ISBI 2020): the *classifier's* AUROC on
 the images that the detector lets through.
+
+How precise is a number measured on a few hundred images?  :func:`rate_interval` (a success
+rate, a TPR, an accuracy) and :func:`auroc_interval` return the estimate with a percentile
+bootstrap 95% interval over the images, as an :class:`Interval` that prints as a table cell::
+
+    f"{rate_interval(result.success)}"      # '0.93 [0.89, 0.96]'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 
-from .checks import check_real
+from .checks import check_int, check_real, check_seed
 
 __all__ = [
+    "Interval",
     "auroc",
+    "auroc_interval",
     "f1_at_threshold",
     "followup_auroc",
     "quantile_threshold",
+    "rate_interval",
     "roc_curve",
     "tpr_at_tnr",
 ]
@@ -230,3 +240,179 @@ def followup_auroc(classifier_probs, labels, accepted_mask) -> float:
         if pos.any() and not pos.all():
             per_class.append(roc_auc_score(pos.astype(np.int64), p[:, c]))
     return float(np.mean(per_class)) if per_class else float("nan")
+
+
+# ----------------------------------------------------------------------- bootstrap intervals
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A point estimate with its percentile-bootstrap interval.
+
+    Unpacks as ``estimate, low, high = interval``; formats as a table cell, the format
+    applying to each of the three numbers (default ``.2f``)::
+
+        f"{iv}"        # '0.93 [0.89, 0.96]'
+        f"{iv:.0%}"    # '93% [89%, 96%]'
+
+    Attributes
+    ----------
+    estimate: the statistic on the images as they are (not the bootstrap mean).
+    low, high: the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the bootstrap
+        replicates (``low <= high``; the estimate usually, not always, lies between them).
+    level: the nominal coverage, e.g. 0.95.
+    n_boot: number of bootstrap replicates.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.95
+    n_boot: int = 2000
+
+    def __iter__(self):
+        return iter((self.estimate, self.low, self.high))
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or ".2f"
+        return f"{self.estimate:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+    def __str__(self) -> str:
+        return format(self, "")
+
+    @property
+    def half_width(self) -> float:
+        """``(high - low) / 2``."""
+        return (self.high - self.low) / 2
+
+
+def _check_bootstrap(n_boot, level, seed) -> tuple[int, float, int]:
+    n_boot = check_int(n_boot, "n_boot (bootstrap replicates)", 1)
+    level = check_real(level, "level", low=0.0, low_open=True, high=1.0, hint=" (a coverage in (0, 1), e.g. 0.95)")
+    if level == 1.0:
+        raise ValueError("level must be < 1 (a coverage in (0, 1), e.g. 0.95), got 1")
+    return n_boot, level, check_seed(seed)
+
+
+def _percentile_interval(estimate: float, replicates: np.ndarray, level: float, n_boot: int) -> Interval:
+    low, high = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(estimate), float(low), float(high), level, n_boot)
+
+
+def _as_outcomes(values, name: str) -> np.ndarray:
+    """``values`` (tensor / array / list of shape (n,), entries 0/1 or bool) -> bool numpy array."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as err:  # pragma: no cover - ragged input
+        raise TypeError(f"{name} must be a 1-D array of per-image outcomes (bool or 0/1), got "
+                        f"{type(values).__name__} ({err})") from err
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of per-image outcomes with shape (n,), got shape {arr.shape}")
+    if arr.dtype != np.bool_:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise TypeError(f"{name} must hold bool or 0/1 per-image outcomes, got dtype {arr.dtype}")
+        bad = ~np.isin(arr, (0, 1))
+        if bad.any():
+            raise ValueError(f"{name} must hold bool or 0/1 per-image outcomes, got {int(bad.sum())} other "
+                             f"value(s), e.g. {arr[bad][0]!r}")
+        arr = arr.astype(bool)
+    return arr
+
+
+def rate_interval(successes, among=None, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+    """A rate over images (success rate, TPR, accuracy) with its percentile bootstrap interval.
+
+    The images are resampled with replacement ``n_boot`` times and the rate recomputed; the
+    interval runs between the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those
+    replicates.  A resample of ``n`` images with ``k`` successes has ``Binomial(n, k / n)``
+    successes, so the replicates are drawn as such (the same distribution as resampling the
+    images, in ``O(n_boot)``).  For large ``n`` the interval approaches the Wilson score
+    interval.  When every (or no) image succeeds it collapses to that single value, although
+    the true rate may differ: with ``n`` successes out of ``n``, the exact 95% lower bound is
+    about ``1 - 3/n`` (the "rule of three").
+
+    Parameters
+    ----------
+    successes: (N,) bool or 0/1 per image, tensor / array / list: the outcome of each image
+        (e.g. ``AttackResult.success``, or ``scores_adv > threshold`` for a TPR).  From a count
+        ``k`` of ``n`` alone: ``rate_interval(torch.arange(n) < k)``.
+    among: optional (N,) bool mask of the images the rate is taken over (e.g. the images
+        classified correctly when clean, ``result.pred_clean == result.y``); default all N.
+    n_boot: bootstrap replicates, >= 1.  level: coverage in (0, 1).  seed: seeds the resampling.
+
+    Returns an :class:`Interval` with ``estimate = k / n``.
+    """
+    s = _as_outcomes(successes, "successes")
+    if among is not None:
+        m = _as_outcomes(among, "among")
+        if len(m) != len(s):
+            raise ValueError(f"among must have one entry per image of successes: successes has {len(s)}, "
+                             f"among has {len(m)}")
+        s = s[m]
+    if len(s) == 0:
+        raise ValueError("successes is empty" + (" after the among mask" if among is not None else "")
+                         + ": a rate needs at least one image")
+    n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
+    n, k = len(s), int(s.sum())
+    replicates = np.random.default_rng(seed).binomial(n, k / n, size=n_boot) / n
+    return _percentile_interval(k / n, replicates, level, n_boot)
+
+
+_BOOT_CHUNK = 2**22
+"""Resample counts held at once by :func:`auroc_interval` (about 32 MB per int64 array)."""
+
+
+def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """(n_boot, n) int64: how often each of n items is drawn in each of n_boot resamples of size n."""
+    picks = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+    return np.bincount(picks.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+
+
+def _weighted_auroc(c: np.ndarray, a: np.ndarray, w_clean: np.ndarray, w_adv: np.ndarray) -> np.ndarray:
+    """AUROC of each weighted resample: ``w_clean`` (B, n_clean), ``w_adv`` (B, n_adv) counts -> (B,).
+
+    The Mann-Whitney form ``sum_ij w_i v_j [H(a_j - c_i)] / (sum w)(sum v)`` with ``H`` = 1 above,
+    1/2 at ties: for each adversarial score the weighted count of clean scores below (and tied)
+    is read off a cumulative sum over the sorted clean scores, in O(B (n_clean + n_adv)).
+    """
+    order = np.argsort(c, kind="stable")
+    cs = c[order]
+    cum = np.zeros((w_clean.shape[0], len(c) + 1))
+    np.cumsum(w_clean[:, order], axis=1, out=cum[:, 1:])
+    lo, hi = np.searchsorted(cs, a, "left"), np.searchsorted(cs, a, "right")
+    below, tied = cum[:, lo], cum[:, hi] - cum[:, lo]
+    u = (w_adv * (below + 0.5 * tied)).sum(1)
+    return u / (w_clean.sum(1) * w_adv.sum(1))
+
+
+def auroc_interval(scores_clean, scores_adv, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+    """:func:`auroc` with its stratified percentile bootstrap interval.
+
+    Each of the ``n_boot`` replicates resamples the clean images and, independently, the
+    adversarial images with replacement (so every replicate keeps ``n_clean`` clean and
+    ``n_adv`` adversarial images) and recomputes the AUROC (ties count one half, as in
+    :func:`auroc`); the interval runs between the ``(1 - level) / 2`` and ``(1 + level) / 2``
+    quantiles of the replicates.  Vectorised (2 x 200 images and 2000 replicates take tens of
+    milliseconds), in chunks of replicates that bound the memory for large sets.
+
+    Parameters
+    ----------
+    scores_clean: (n_clean,) clean scores.  scores_adv: (n_adv,) adversarial scores
+        (tensors / arrays / lists; higher = more adversarial; +-inf allowed, NaN not).
+    n_boot: bootstrap replicates, >= 1.  level: coverage in (0, 1).  seed: seeds the resampling.
+
+    Returns an :class:`Interval` whose ``estimate`` is :func:`auroc` of the given scores.
+    """
+    c = _as_1d(scores_clean, "scores_clean")
+    a = _as_1d(scores_adv, "scores_adv")
+    n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
+    c, a = _finite_for_ranking(c, a)
+    rng = np.random.default_rng(seed)
+    # replicates in chunks of about _BOOT_CHUNK counts, so that memory stays bounded for large sets
+    per_chunk = max(1, _BOOT_CHUNK // (len(c) + len(a)))
+    replicates = np.concatenate([
+        _weighted_auroc(c, a, _resample_counts(rng, len(c), b), _resample_counts(rng, len(a), b))
+        for b in (min(per_chunk, n_boot - start) for start in range(0, n_boot, per_chunk))])
+    return _percentile_interval(auroc(c, a), replicates, level, n_boot)

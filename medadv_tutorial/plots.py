@@ -1,10 +1,19 @@
-"""Figures used across chapters (matplotlib; each function returns the Figure)."""
+"""Figures used across chapters (matplotlib; each function returns the Figure).
+
+Every text in a figure is at least :data:`MIN_FONT` pt and every figure at most 10 in wide, so
+that at the book's 72 dpi (720 px) it is shown at its size, not scaled down, in the page column.
+"""
 
 from __future__ import annotations
+
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+MIN_FONT = 9
+"""Smallest font size (pt) of any text in the package's figures."""
 
 
 def to_display(img: torch.Tensor) -> np.ndarray:
@@ -39,7 +48,7 @@ def sample_grid(dataset, n_per_class: int = 4, seed: int = 0, title: str | None 
                 img, _ = dataset[int(pick[j])]
                 ax.imshow(to_display(img), cmap="gray", vmin=0, vmax=1)
             if j == 0:
-                ax.set_title(name, fontsize=8, loc="left")
+                ax.set_title(name, fontsize=MIN_FONT, loc="left")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -55,7 +64,7 @@ def training_curves(records: dict[str, dict], smooth: int = 10):
     from .checks import check_int
 
     smooth = check_int(smooth, "smooth (batches averaged)")
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     kernel = np.ones(smooth) / smooth
     for name, rec in records.items():
         loss = np.asarray(rec["history"]["step_loss"])
@@ -66,9 +75,11 @@ def training_curves(records: dict[str, dict], smooth: int = 10):
         ax_a.plot(steps, np.convolve(acc, kernel[:k] * smooth / k, mode="valid"), label=name)
     ax_l.set(xlabel="training step (batch)", ylabel="cross-entropy", title="training loss")
     ax_a.set(xlabel="training step (batch)", ylabel="accuracy", title="training accuracy", ylim=(0, 1.02))
-    ax_a.legend(fontsize=8)
     for ax in (ax_l, ax_a):
         ax.grid(alpha=0.3)
+    # one legend beside the panels: inside, it would cover the curves' ends
+    fig.legend(*ax_a.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
+               fontsize=MIN_FONT, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -87,9 +98,14 @@ def confusion_matrices(records: dict[str, dict]):
                 if show_text:
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center",
                             color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=9)
-        short = [c if len(c) <= 10 else c[:9] + "." for c in classes]
-        ax.set_xticks(range(k), short, rotation=45 if k > 2 else 0, ha="right" if k > 2 else "center", fontsize=7)
-        ax.set_yticks(range(k), short, fontsize=7)
+        # long names wrap onto two lines instead of being cut
+        wrapped = [textwrap.fill(c, 10, break_long_words=False) for c in classes]
+        if k > 2:  # vertical names: at 45 degrees, ten of them overlap
+            ax.set_xticks(range(k), wrapped, rotation=90, ha="right", va="center", rotation_mode="anchor",
+                          fontsize=MIN_FONT)
+        else:
+            ax.set_xticks(range(k), wrapped, fontsize=MIN_FONT)
+        ax.set_yticks(range(k), wrapped, fontsize=MIN_FONT)
         ax.set(xlabel="predicted", ylabel="true", title=name)
     fig.tight_layout()
     return fig

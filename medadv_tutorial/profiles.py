@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import torch
 
 PROFILE_ENV = "MEDADV_PROFILE"
 
@@ -186,12 +185,3 @@ def get_profile(name: str | None = None) -> Profile:
 def as_profile(profile: Profile | str | None) -> Profile:
     """``profile`` itself, or :func:`get_profile` of a name (``None``: the active profile)."""
     return profile if isinstance(profile, Profile) else get_profile(profile)
-
-
-def default_device() -> torch.device:
-    """CUDA if available, then Apple MPS, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import NamedTuple, Sequence
+
+
+class Table(NamedTuple):
+    """A table as plain data: ``rows`` (lists of cell values) and their ``headers``.
+
+    ``show_table(*table)`` displays it (it unpacks as ``rows, headers``).
+    """
+
+    rows: list
+    headers: list
 
 
 def _fmt(v, digits: int) -> str:
@@ -45,3 +56,62 @@ def show_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2
         display(Markdown(text))
     except ImportError:  # pragma: no cover - outside IPython
         print(text)
+
+
+def interval_cell(interval, digits: int = 2) -> str:
+    """A table cell ``"0.93 [0.89, 0.96]"``: an estimate and its interval, rounded to ``digits``.
+
+    ``interval`` is a :class:`medadv_tutorial.metrics.Interval` (from ``metrics.rate_interval``
+    or ``metrics.auroc_interval``) or any ``(estimate, low, high)`` triple of numbers; the cell
+    goes into the rows of :func:`show_table` like any other value.
+    """
+    from .checks import check_int
+
+    digits = check_int(digits, "digits", 0)
+    try:
+        estimate, low, high = (float(v) for v in interval)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"interval must be a metrics.Interval or an (estimate, low, high) triple of numbers, "
+                        f"got {interval!r}") from err
+    return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+# ------------------------------------------------------------------ numbers in the prose
+
+
+def span(values, digits: int = 2) -> str:
+    """``"0.54–0.64"`` (smallest–largest, rounded to ``digits``), one number when both round
+    alike, ``"n/a"`` for no values: a range quoted in the prose."""
+    from .checks import check_int
+
+    digits = check_int(digits, "digits", 0)
+    values = [float(v) for v in values]
+    if any(math.isnan(v) for v in values):
+        raise ValueError(f"values must be numbers, not NaN, got {values}")
+    if not values:
+        return "n/a"
+    lo, hi = (f"{v:.{digits}f}" for v in (min(values), max(values)))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def and_join(items) -> str:
+    """``"a, b and c"`` for the prose; ``"a"`` for one item, ``"none"`` for no items."""
+    if isinstance(items, (str, bytes)):
+        raise TypeError(f"items must be a list of strings, got the string {items!r}")
+    items = [str(i) for i in items]
+    if not items:
+        return "none"
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def auc_se(n: int) -> float:
+    """Standard error of an AUROC near 0.5 with ``n`` clean and ``n`` adversarial images.
+
+    Hanley & McNeil (1982) at AUROC = 0.5: ``sqrt((2n + 1) / (12 n^2))``; about ``0.075`` for
+    ``n = 30``.  The prose uses it to say how far apart two AUROCs on small sets may lie by
+    sampling alone.
+    """
+    from .checks import check_int
+
+    n = check_int(n, "n (images per class)")
+    return math.sqrt((2 * n + 1) / (12 * n * n))

@@ -3,7 +3,7 @@ r"""The stress test: how far can a tiny perturbation move a model's internal fea
 Two views of vulnerability, compared across data sets on the same backbone:
 
 * **decision vulnerability** (Ma et al.): attack success rate versus the budget eps,
-  see :func:`medadv_tutorial.attacks.success_curve`;
+  see :func:`medadv_tutorial.attacks.success_rate` (one attack over several budgets);
 * **representation vulnerability** (the HFC paper's stress test, this module): inside an
   L-inf ball of radius eps, push the pooled features of a layer as far as possible in
   one direction -- maximise, then minimise, their mean activation -- and measure the
@@ -146,7 +146,7 @@ def stress_test(
     Returns ``{layer: {"max": D_max, "min": D_min, "mean": (D_max + D_min) / 2}}`` with the
     mean deviations :math:`D` defined in the module docstring.
     """
-    from .progress import tqdm
+    from .progress import progress as progress_bar
 
     check_images(x, "x", ndim=(4,))
     ref = x if reference is None else check_images(reference, "reference", ndim=(4,))
@@ -165,7 +165,7 @@ def stress_test(
     clean = pooled_features(model, x, layers)
     out: dict[str, dict[str, float]] = {}
     jobs = [(layer, d) for layer in layers for d in (+1, -1)]
-    for layer, d in tqdm(jobs, desc=f"stress test eps={eps * 255:.2g}/255", disable=not progress, leave=False):
+    for layer, d in progress_bar(jobs, desc=f"stress test eps={eps * 255:.2g}/255", enabled=progress, leave=False):
         devs = []
         for i in range(0, len(x), batch_size):
             xa = push_features(model, x[i : i + batch_size], layer, eps=eps, direction=d, steps=steps, seed=seed + i)

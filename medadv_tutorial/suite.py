@@ -16,28 +16,43 @@ Usage::
 
     suite = DetectorSuite.fit(model, train, fs_train, eps=1/255, n_fgsm=2 * profile.n_attack)
     scores = suite.score(fs, images)          # {detector name: (N,) float64}, high = adversarial
+
+The line-up table
+-----------------
+:data:`LINE_UP` is the one ordered table of the line-up: detector name -> :class:`Entry`
+(how to build the detector from a :class:`FitContext`, and which rows it is fitted on, a
+function of the same context returning :class:`FitRows`).  :data:`DETECTOR_NAMES` is its
+keys.  Each detector declares its inputs (:class:`~medadv_tutorial.detectors.Inputs`:
+one layer, several layers or images; true labels at fit; predicted labels at score; an
+adversarial set at fit), and the suite feeds it from that declaration alone: the
+penultimate features, the :data:`ENSEMBLE_LAYERS` or the images of a
+:class:`~medadv_tutorial.features.FeatureSet`, its true labels (fit) or predicted
+classes (score).  Adding a detector is one row and its class::
+
+    LINE_UP["L2"] = Entry(lambda c: L2Norm(), clean_train)
+
+:meth:`DetectorSuite.fit` draws every random choice from one seeded generator, in a
+fixed order: the supervised detectors' training images first, then the rows of the
+table in order (only LID's reference batch, :func:`random_500`, draws).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 
-from . import attacks, detectors, features, metrics, training
+from . import attacks, detectors, features, training
 from .checks import check_eps, check_features, check_int, check_real, check_seed
-from .hfc import TwoSided
 
-__all__ = ["ENSEMBLE_LAYERS", "DETECTOR_NAMES", "kd_bandwidth", "DetectorSuite", "AttackEvaluation",
-           "evaluate_attack"]
+__all__ = ["ENSEMBLE_LAYERS", "LINE_UP", "DETECTOR_NAMES", "Entry", "FitContext", "FitRows", "clean_train",
+           "random_500", "clean_train_vs_fgsm", "first_500_vs_fgsm", "fgsm_pairs", "kd_bandwidth", "DetectorSuite"]
 
 ENSEMBLE_LAYERS = ("block3", "block8", "block13", "penultimate")
 """Layers of the MAHA-LR and LID-LR ensembles."""
-
-DETECTOR_NAMES = ("MGM", "MAHA", "KD", "LID", "ISO", "OCSVM", "MAHA-LR", "LID-LR", "DNN", "BU")
-"""The detectors of :class:`DetectorSuite`, in the order of the book's tables."""
 
 
 def kd_bandwidth(feats: torch.Tensor, n: int = 500) -> float:
@@ -59,13 +74,146 @@ def kd_bandwidth(feats: torch.Tensor, n: int = 500) -> float:
     return bandwidth
 
 
+@dataclasses.dataclass(frozen=True)
+class FitContext:
+    """What the line-up is built and fitted from; :meth:`DetectorSuite.fit` makes it.
+
+    Attributes
+    ----------
+    train: clean training features (every layer of ``layers``); ``train.labels`` (N,) their
+        true classes (also :attr:`labels`).
+    clean, adv: the supervised detectors' training pairs: features of the correctly
+        classified images among ``n_fgsm`` seeded training images, and of their FGSM versions
+        (same rows, same order).
+    images, adv_images: those images ``(N_s, C, H, W)`` in [0, 1], clean and under FGSM.
+    model: the classifier under attack.
+    generator: the seeded CPU generator, after the draw of the supervised images; the
+        rows functions that draw (:func:`random_500`) draw from it, in table order.
+    seed, reg, k, layers: the settings of :meth:`DetectorSuite.fit`.
+    """
+
+    train: features.FeatureSet
+    clean: features.FeatureSet
+    adv: features.FeatureSet
+    images: torch.Tensor
+    adv_images: torch.Tensor
+    model: torch.nn.Module
+    generator: torch.Generator
+    seed: int
+    reg: float
+    k: int
+    layers: tuple
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(N,) true classes of the clean training features."""
+        return self.train.labels
+
+
+@dataclasses.dataclass(frozen=True)
+class FitRows:
+    """The rows a detector is fitted on (the suite takes from them what the detector's ``inputs`` ask).
+
+    clean: clean features (the true labels of fit are ``clean.labels``); images: their
+    images, for image detectors.  adv / adv_images: a training attack's features / images,
+    for detectors with ``inputs.adversarial``; clean_val: held-out clean features for the
+    negative class of a supervised detector (its ``clean_val_features``), or None.
+    """
+
+    clean: features.FeatureSet
+    images: torch.Tensor | None = None
+    adv: features.FeatureSet | None = None
+    adv_images: torch.Tensor | None = None
+    clean_val: features.FeatureSet | None = None
+
+
+def clean_train(c: FitContext) -> FitRows:
+    """Every clean training row."""
+    return FitRows(c.train)
+
+
+def random_500(c: FitContext) -> FitRows:
+    """500 clean training rows drawn at random from the seeded generator (LID's reference batch)."""
+    return FitRows(c.train.subset(torch.randperm(len(c.train), generator=c.generator)[:500]))
+
+
+def clean_train_vs_fgsm(c: FitContext) -> FitRows:
+    """Every clean training row against the FGSM pairs (their clean halves as held-out negatives)."""
+    return FitRows(c.train, adv=c.adv, adv_images=c.adv_images, clean_val=c.clean)
+
+
+def first_500_vs_fgsm(c: FitContext) -> FitRows:
+    """The first 500 clean training rows against the FGSM pairs (their clean halves as negatives)."""
+    return FitRows(c.train.subset(torch.arange(min(500, len(c.train)))), adv=c.adv, adv_images=c.adv_images,
+                   clean_val=c.clean)
+
+
+def fgsm_pairs(c: FitContext) -> FitRows:
+    """The supervised detectors' training images: clean rows (with their images) against their FGSM versions."""
+    return FitRows(c.clean, images=c.images, adv=c.adv, adv_images=c.adv_images)
+
+
+class Entry(NamedTuple):
+    """One row of :data:`LINE_UP`: how to build the detector, and what it is fitted on."""
+
+    build: Callable[[FitContext], detectors.Detector]
+    fit_on: Callable[[FitContext], FitRows]
+
+
+LINE_UP: "OrderedDict[str, Entry]" = OrderedDict([
+    # name      how to build it (c: the FitContext)                                        fitted on
+    ("MGM",     Entry(lambda c: detectors.MGM(reg=c.reg),                                  clean_train)),
+    ("MAHA",    Entry(lambda c: detectors.Mahalanobis(reg=c.reg),                          clean_train)),
+    ("KD",      Entry(lambda c: detectors.KD(bandwidth=kd_bandwidth(c.train.penultimate)), clean_train)),
+    ("LID",     Entry(lambda c: detectors.LID(k=c.k),                                      random_500)),
+    ("ISO",     Entry(lambda c: detectors.ISO(seed=c.seed),                                clean_train)),
+    ("OCSVM",   Entry(lambda c: detectors.OCSVM(),                                         clean_train)),
+    ("MAHA-LR", Entry(lambda c: detectors.MahaEnsemble(),                                  clean_train_vs_fgsm)),
+    ("LID-LR",  Entry(lambda c: detectors.LIDDetector(k=c.k),                              first_500_vs_fgsm)),
+    ("DNN",     Entry(lambda c: detectors.DNNDetector(seed=c.seed),                        fgsm_pairs)),
+    ("BU",      Entry(lambda c: detectors.BU(c.model, n_samples=10, seed=c.seed),          fgsm_pairs)),
+])
+"""The line-up, in the order of the book's tables (and of fitting): name -> :class:`Entry`."""
+
+DETECTOR_NAMES = tuple(LINE_UP)
+"""The detectors of :class:`DetectorSuite`, in the order of the book's tables."""
+
+
+def _view(name: str, det: detectors.Detector, fs: features.FeatureSet, images, layers):
+    """What ``det`` reads of a feature set (and its images), by its declared ``inputs.view``."""
+    view = det.inputs.view
+    if view == "images":
+        if images is None:
+            raise ValueError(f"{name} scores images: pass the images the features were computed from")
+        return images
+    if view == "layers":
+        return {l: fs[l] for l in layers}
+    return fs.penultimate
+
+
+def _fit(name: str, det: detectors.Detector, rows: FitRows, layers) -> detectors.Detector:
+    """Fit ``det`` on ``rows``, passing what its ``inputs`` declare."""
+    inputs = det.inputs
+    labels = rows.clean.labels if inputs.fit_labels else None
+    sets = {}
+    if inputs.adversarial:
+        if rows.adv is None:
+            raise ValueError(f"{name} is trained on clean against adversarial features, but the rows it is fitted on "
+                             "hold no adversarial set (FitRows.adv)")
+        sets["adv_features"] = _view(name, det, rows.adv, rows.adv_images, layers)
+        if rows.clean_val is not None:
+            sets["clean_val_features"] = _view(name, det, rows.clean_val, None, layers)
+    return det.fit(_view(name, det, rows.clean, rows.images, layers), labels, **sets)
+
+
 class DetectorSuite:
-    """Ten fitted detectors and the rule for feeding each its input.
+    """The fitted line-up, each detector fed what its ``inputs`` declare.
 
     Build it with :meth:`fit`; ``detectors`` is an ordered ``{name: Detector}`` with the names
-    of :data:`DETECTOR_NAMES`.  :meth:`score` returns every detector's scores (float64
-    ``(N,)`` on the CPU, higher = more adversarial) for a :class:`~medadv_tutorial.features.FeatureSet`
-    and the images it was computed from (``BU`` needs the images; the others the features).
+    of :data:`LINE_UP`.  :meth:`score` returns every detector's scores (float64 ``(N,)`` on
+    the CPU, higher = more adversarial) for a :class:`~medadv_tutorial.features.FeatureSet`
+    and the images it was computed from (image detectors such as ``BU`` need the images,
+    the others the features: the penultimate layer, or ``layers`` for the ensembles).
     """
 
     def __init__(self, dets: Mapping[str, detectors.Detector], layers=ENSEMBLE_LAYERS):
@@ -88,8 +236,13 @@ class DetectorSuite:
         eps: budget of the FGSM images the supervised detectors are trained on.
         n_fgsm: the supervised detectors use the correctly classified images among a seeded
             random ``n_fgsm`` training images, clean and under FGSM.
-        seed: seed of those choices (one generator, drawn in a fixed order).
-        reg, k: MGM / MAHA ridge and the LID neighbourhood size.
+        seed: seed of those choices (one generator, drawn in a fixed order: the ``n_fgsm``
+            images first, then the rows of :data:`LINE_UP` in order).
+        reg, k: the MGM / MAHA relative ridge (see :mod:`~medadv_tutorial.gaussian`) and the LID
+            neighbourhood size.
+
+        Every detector of :data:`LINE_UP` is built from one :class:`FitContext` and fitted,
+        in table order, on its rows, with what its ``inputs`` declare.
         """
         if not isinstance(fs_train, features.FeatureSet):
             raise TypeError(f"fs_train must be a FeatureSet (from extract_features), got {type(fs_train).__name__}")
@@ -106,53 +259,39 @@ class DetectorSuite:
         x_tr_adv = attacks.run_attack(attacks.FGSM(eps), model, (x_tr, y_tr), progress=False).x_adv
         fs_tr_clean = features.extract_features(model, (x_tr, y_tr), progress=False)
         fs_tr_adv = features.extract_features(model, (x_tr_adv, y_tr), progress=False)
-
-        pen = fs_train.penultimate
-        pick = lambda fs: {l: fs[l] for l in layers}  # noqa: E731
+        ctx = FitContext(train=fs_train, clean=fs_tr_clean, adv=fs_tr_adv, images=x_tr, adv_images=x_tr_adv,
+                         model=model, generator=g, seed=seed, reg=reg, k=k, layers=tuple(layers))
         dets = OrderedDict()
-        dets["MGM"] = detectors.MGM(reg=reg).fit(pen)
-        dets["MAHA"] = detectors.Mahalanobis(reg=reg).fit(pen, fs_train.labels)
-        dets["KD"] = detectors.KD(bandwidth=kd_bandwidth(pen)).fit(pen, fs_train.labels)
-        dets["LID"] = detectors.LID(k=k).fit(pen[torch.randperm(len(pen), generator=g)[:500]])
-        dets["ISO"] = detectors.ISO(seed=seed).fit(pen)
-        dets["OCSVM"] = detectors.OCSVM().fit(pen)
-        dets["MAHA-LR"] = detectors.MahaEnsemble().fit(
-            pick(fs_train), fs_train.labels, adv_features=pick(fs_tr_adv), clean_val_features=pick(fs_tr_clean))
-        dets["LID-LR"] = detectors.LIDDetector(k=k).fit(
-            {l: fs_train[l][:500] for l in layers}, adv_features=pick(fs_tr_adv), clean_val_features=pick(fs_tr_clean))
-        dets["DNN"] = detectors.DNNDetector(seed=seed).fit(fs_tr_clean.penultimate, adv_features=fs_tr_adv.penultimate)
-        dets["BU"] = detectors.BU(model, n_samples=10, seed=seed).fit(x_tr)
+        for name, entry in LINE_UP.items():
+            det = entry.build(ctx)
+            dets[name] = _fit(name, det, entry.fit_on(ctx), ctx.layers)
         return cls(dets, layers)
 
     def with_two_sided(self, names=("MGM", "MAHA")) -> "DetectorSuite":
-        """A suite with, in addition, :class:`~medadv_tutorial.hfc.TwoSided` versions of ``names``
+        """A suite with, in addition, :class:`~medadv_tutorial.detectors.TwoSided` versions of ``names``
         (called ``"<name> two-sided"``; median and threshold from the clean training scores)."""
         dets = OrderedDict(self.detectors)
         unknown = [n for n in names if n not in self.detectors]
         if isinstance(names, str) or unknown:
             raise KeyError(f"names must list detectors of the suite {list(self.detectors)}, got {names!r}")
         for n in names:
-            dets[f"{n} two-sided"] = TwoSided(self.detectors[n])
+            dets[f"{n} two-sided"] = detectors.TwoSided(self.detectors[n])
         return DetectorSuite(dets, self.layers)
 
     def score_one(self, name: str, fs: features.FeatureSet, images: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of detector ``name`` for the features ``fs`` (and ``images``, for BU)."""
+        """Scores of detector ``name`` for the features ``fs`` (and ``images``, for image detectors such as BU).
+
+        The detector reads what its ``inputs`` declare: ``fs.penultimate``, the suite's
+        ``layers`` of ``fs`` or ``images``, and ``fs.predictions`` if it scores with predicted
+        labels.  Returns ``(N,)`` float64 on the CPU.
+        """
         if not isinstance(name, str) or name not in self.detectors:
             raise KeyError(f"unknown detector {name!r}; the suite has {list(self.detectors)}")
         if not isinstance(fs, features.FeatureSet):
             raise TypeError(f"fs must be a FeatureSet (from extract_features), got {type(fs).__name__}")
         det = self.detectors[name]
-        base = det.detector if isinstance(det, TwoSided) else det
-        if isinstance(base, detectors.BU):
-            if images is None:
-                raise ValueError("BU scores images: pass the images the features were computed from")
-            s = det.score(images)
-        elif base.input_kind == "layers":
-            s = det.score({l: fs[l] for l in self.layers})
-        elif isinstance(base, detectors.KD):
-            s = det.score(fs.penultimate, fs.predictions)
-        else:
-            s = det.score(fs.penultimate)
+        labels = fs.predictions if det.inputs.score_labels == "predicted" else None
+        s = det.score(_view(name, det, fs, images, self.layers), labels)
         return s.detach().to("cpu", torch.float64)
 
     def score(self, fs: features.FeatureSet, images: torch.Tensor | None = None, names=None) -> "OrderedDict[str, torch.Tensor]":
@@ -160,50 +299,3 @@ class DetectorSuite:
         names = list(self.detectors) if names is None else list(names)
         return OrderedDict((n, self.score_one(n, fs, images)) for n in names)
 
-
-@dataclasses.dataclass
-class AttackEvaluation:
-    """One attack run on one image set, scored by a :class:`DetectorSuite`.
-
-    ``x_adv`` ``(N, C, H, W)``, ``fs`` their features, ``success`` the fraction reaching the
-    goal (target class for targeted attacks, any wrong class otherwise), ``seconds`` the
-    attack's wall time, ``scores`` / ``auroc`` / ``tpr90`` per detector (clean images of the
-    same set as negatives, adversarial ones as positives; TPR at 90% TNR).
-    """
-
-    name: str
-    x_adv: torch.Tensor
-    fs: features.FeatureSet
-    success: float
-    seconds: float
-    scores: "OrderedDict[str, torch.Tensor]"
-    auroc: "OrderedDict[str, float]"
-    tpr90: "OrderedDict[str, float]"
-
-
-def evaluate_attack(name: str, attack, model, x: torch.Tensor, y: torch.Tensor, suite: DetectorSuite,
-                    clean_scores: Mapping[str, torch.Tensor], *, targets: torch.Tensor | None = None,
-                    batch_size: int | None = None, cache: bool = True) -> AttackEvaluation:
-    """Run ``attack`` on ``(x, y)`` and score the result with every detector of ``suite``.
-
-    ``clean_scores``: ``suite.score(fs_clean, x)`` of the same clean images.  For a targeted
-    attack pass ``targets`` ``(N,)``; success then means reaching them.  ``cache``: read the
-    adversarial images of a run computed before from the result cache (bit-identical; see
-    :func:`~medadv_tutorial.attacks.run_attack`); ``seconds`` is then the computed run's.
-    """
-    if not isinstance(clean_scores, Mapping):
-        raise TypeError(f"clean_scores must be a mapping {{detector name: (N,) scores}} (suite.score(fs_clean, x)), "
-                        f"got {type(clean_scores).__name__}")
-    missing = [n for n in suite.detectors if n not in clean_scores]
-    if missing:
-        raise KeyError(f"clean_scores lacks {missing}: compute them with suite.score(fs_clean, x)")
-    res = attacks.run_attack(attack, model, (x, y), batch_size=batch_size, progress=False, targets=targets,
-                             cache=cache)
-    seconds = res.seconds
-    fs = features.extract_features(model, (res.x_adv, y), progress=False)
-    pred = fs.predictions
-    success = float((pred == targets).float().mean()) if targets is not None else float((pred != y).float().mean())
-    scores = suite.score(fs, res.x_adv)
-    auroc = OrderedDict((n, metrics.auroc(clean_scores[n], s)) for n, s in scores.items())
-    tpr = OrderedDict((n, metrics.tpr_at_tnr(clean_scores[n], s, 0.90)) for n, s in scores.items())
-    return AttackEvaluation(name, res.x_adv, fs, success, seconds, scores, auroc, tpr)

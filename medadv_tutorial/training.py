@@ -8,7 +8,6 @@ checkpoint is absent -- so every chapter also runs on its own in a fresh runtime
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -19,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from .io import atomic_torch_save
-from .progress import tqdm
 
 from .checks import (CorruptFileError, as_labels, check_device, check_images, check_input_dtype, check_int,
                      check_labels, check_real, check_seed, describe, eval_mode)
 from .models import Classifier, build_model
-from .profiles import Profile, as_profile, get_profile
+from .io import atomic_torch_save
+from .profiles import Profile, as_profile
+from .progress import progress as progress_bar
 
 CKPT_FORMAT = 1
 
@@ -102,7 +101,7 @@ def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool 
         raise ValueError("data is empty: no image to predict")
     probs, labels = [], []
     with eval_mode(model):
-        for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        for x, y in progress_bar(loader, desc="predict", enabled=progress, leave=False):
             x = check_images(x.to(device), "the images of data")
             check_input_dtype(model, x, "the images of data")
             logits = model(x)
@@ -181,7 +180,7 @@ def fit(
     model.train()
     for epoch in range(1, epochs + 1):
         tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch}/{epochs}", enabled=progress, leave=False)
         for x, y in bar:
             x, y = check_images(x.to(device), "the images of train_data"), as_labels(y)
             check_input_dtype(model, x, "the images of train_data")
@@ -207,7 +206,8 @@ def fit(
             tot_n += len(x)
             history["step_loss"].append(loss_value)
             history["step_accuracy"].append(correct / len(x))
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
+            if progress:
+                bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
         history["epochs"].append({"epoch": epoch, "loss": tot_loss / tot_n, "accuracy": tot_correct / tot_n})
     model.eval()
     return history

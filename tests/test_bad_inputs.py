@@ -24,8 +24,8 @@ import pytest
 import torch
 from torch import nn
 
-from medadv_tutorial import attacks, data, detectors, features, gmm, hfc, metrics, models, plots, profiles, report
-from medadv_tutorial import stress, suite, training
+from medadv_tutorial import adaptive, attacks, data, detectors, features, gmm, hfc, metrics, models, plots, profiles
+from medadv_tutorial import report, stress, suite, training
 from medadv_tutorial.attacks import BIM, CWLinf, FGSM, MIM, PGD
 from medadv_tutorial.checks import CorruptFileError
 from medadv_tutorial.data import DataIntegrityError
@@ -356,6 +356,14 @@ CASES = {
     "MahaEnsemble C=0": (lambda: detectors.MahaEnsemble(C=0), ValueError, r"\bC \(.*\) must be > 0"),
     "threshold quantile=1.5": (lambda: fitted(detectors.MGM()).threshold(1.5), ValueError, r"\bquantile must be <= 1"),
     "score before fit": (lambda: detectors.MGM().score(F), detectors.NotFittedError, r"MGM is not fitted yet"),
+    "MGM.fit adv_features": (lambda: detectors.MGM().fit(F, adv_features=F), TypeError,
+                             r"MGM is fitted on clean rows only.*takes no adv_features"),
+    "DNNDetector.fit no adv_features": (lambda: detectors.DNNDetector().fit(F), TypeError,
+                                        r"DNNDetector is trained on clean against adversarial features: fit needs "
+                                        r"adv_features="),
+    "Inputs view=pixels": (lambda: detectors.Inputs(view="pixels"), ValueError, r"\bview must be one of"),
+    "Inputs score_labels=true": (lambda: detectors.Inputs(score_labels="true"), ValueError,
+                                 r"\bscore_labels must be None or 'predicted'"),
     # ---- suite
     "kd_bandwidth duplicate rows": (lambda: suite.kd_bandwidth(F[:2].repeat(10, 1)), ValueError,
                                     r"\bfeats: the median nearest-neighbour distance .* is 0"),
@@ -384,7 +392,7 @@ CASES = {
     "fit_hfc_mixtures NaN features": (lambda: hfc.fit_hfc_mixtures(fs_of(nan_at(F))), ValueError,
                                       r"clean_train\.feats\['penultimate'\] contains NaN"),
     "fit_hfc_mixtures huge features": (lambda: hfc.fit_hfc_mixtures(fs_of(F * 1e200, dtype=torch.float64)), ValueError,
-                                       r"clean_train\.feats\['block1'\] is too large"),
+                                       r"clean_train\.feats\['block1'\], class 0: the features are too large"),
     "fit_hfc_mixtures n_components=0": (lambda: hfc.fit_hfc_mixtures(fs_of(), n_components=0), ValueError,
                                         r"\bn_components must be an int >= 1"),
     "PGD_HFC(hfc, 8)": (lambda: hfc.PGD_HFC(hfc_model(), 8), ValueError, r"\beps\b.*did you mean 8/255"),
@@ -394,7 +402,12 @@ CASES = {
     "hfc_energy lam=-1": (lambda: hfc.hfc_energy({"block1": F[:, :3], "penultimate": F}, LAB, hfc_model(), lam=-1),
                           ValueError, r"\blam must be >= 0"),
     "HFCLoss lam=nan": (lambda: hfc.HFCLoss(hfc_model(), lam=float("nan")), ValueError, r"\blam must be a finite"),
-    "FeatureMatchLoss lam=-1": (lambda: hfc.FeatureMatchLoss(fs_of(), lam=-1), ValueError, r"\blam must be >= 0"),
+    "FeatureMatchLoss lam=-1": (lambda: adaptive.FeatureMatchLoss(fs_of(), lam=-1), ValueError,
+                                r"\blam must be >= 0"),
+    "DetectorAwareLoss unfitted MGM": (lambda: adaptive.DetectorAwareLoss(detectors.MGM()), detectors.NotFittedError,
+                                       r"MGM is not fitted yet: call \.fit\(clean_features\) before \.score\(\)"),
+    "DetectorAwareLoss image detector": (lambda: adaptive.DetectorAwareLoss(detectors.BU(MODEL, n_samples=2).fit(X)),
+                                         ValueError, r"\bdetector must score the features of one layer.*'images'"),
     "other_class label 2": (lambda: hfc.other_class(torch.tensor([0, 2])), ValueError, r"\by \(the labels\) must be 0"),
     # ---- report, plots
     "markdown_table row not a list": (lambda: report.markdown_table([1, 2], ["a"]), TypeError,

@@ -8,6 +8,9 @@ distribution (AUROC 0.5 +- 0.07).  (LID with k = 20 is the weakest on a pure mea
 AUROC 0.95 at length 8, 0.99 at length 10.)
 """
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -52,26 +55,33 @@ def _layers(x):
     return {"low": x[:, :8], "high": x[:, 8:]}
 
 
+MAKE = {
+    "MGM": lambda: D.MGM(), "MAHA": lambda: D.Mahalanobis(), "KD": lambda: D.KD(bandwidth=1.0),
+    "LID": lambda: D.LID(k=20), "OCSVM": lambda: D.OCSVM(), "ISO": lambda: D.ISO(),
+    "MAHA-LR": lambda: D.MahaEnsemble(), "LID-LR": lambda: D.LIDDetector(k=20),
+    "DNN": lambda: D.DNNDetector(epochs=5),
+}
+
+
+def _view(det, x):
+    """What ``det`` reads, by its declared inputs: the features, or their two halves as layers."""
+    return _layers(x) if det.inputs.view == "layers" else x
+
+
 def _scores(name, data, kind):
-    """Fit detector ``name`` and score the clean test set and the evaluated 'attack' set."""
+    """Fit detector ``name`` and score the clean test set and the evaluated 'attack' set.
+
+    Every detector is fed from its ``inputs`` alone (labels are passed to all: the ones
+    that do not declare them ignore them).
+    """
     adv_train, _, adv, y_adv = data[kind]
-    det = {
-        "MGM": lambda: D.MGM(), "MAHA": lambda: D.Mahalanobis(), "KD": lambda: D.KD(bandwidth=1.0),
-        "LID": lambda: D.LID(k=20), "OCSVM": lambda: D.OCSVM(), "ISO": lambda: D.ISO(),
-        "MAHA-LR": lambda: D.MahaEnsemble(), "LID-LR": lambda: D.LIDDetector(k=20),
-        "DNN": lambda: D.DNNDetector(epochs=5),
-    }[name]()
-    if name in ("MAHA-LR", "LID-LR"):
-        det.fit(_layers(data["train"]), data["y_train"], adv_features=_layers(adv_train))
-        return det, det.score(_layers(data["test"])), det.score(_layers(adv))
-    if name == "DNN":
-        det.fit(data["train"], adv_features=adv_train)
-    else:
-        det.fit(data["train"], data["y_train"])
-    return det, det.score(data["test"], data["y_test"]), det.score(adv, y_adv)
+    det = MAKE[name]()
+    sets = {"adv_features": _view(det, adv_train)} if det.inputs.adversarial else {}
+    det.fit(_view(det, data["train"]), data["y_train"], **sets)
+    return det, det.score(_view(det, data["test"]), data["y_test"]), det.score(_view(det, adv), y_adv)
 
 
-FEATURE_DETECTORS = ["MGM", "MAHA", "KD", "LID", "OCSVM", "ISO", "MAHA-LR", "LID-LR", "DNN"]
+FEATURE_DETECTORS = list(MAKE)
 
 
 @pytest.mark.parametrize("name", FEATURE_DETECTORS)
@@ -96,15 +106,35 @@ def test_threshold_keeps_95_percent_of_held_out_clean(name, data):
     assert abs(kept - 0.95) <= 0.02, kept
 
 
-def test_registry_names_and_flags():
-    assert set(D.DETECTORS) == {"MGM", "MAHA", "MAHA-LR", "KD", "LID", "LID-LR", "BU", "OCSVM", "ISO", "DNN"}
+def test_each_detector_declares_its_inputs():
+    I = D.Inputs  # noqa: E741
+    for cls in (D.MGM, D.LID, D.OCSVM, D.ISO):
+        assert cls.inputs == I(view="penultimate", fit_labels=False, score_labels=None, adversarial=False)
+    assert D.Mahalanobis.inputs == I(fit_labels=True)  # true labels at fit, none at score
+    assert D.KD.inputs == I(fit_labels=True, score_labels="predicted")
+    assert D.MahaEnsemble.inputs == I(view="layers", fit_labels=True, adversarial=True)
+    assert D.LIDDetector.inputs == I(view="layers", adversarial=True)
+    assert D.DNNDetector.inputs == I(adversarial=True)
+    assert D.BU.inputs == I(view="images")
+    assert D.TwoSided(D.KD()).inputs == D.KD.inputs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        D.KD.inputs.view = "layers"
+    assert D.KD.inputs.fit_call() == ".fit(clean_features, labels)"
+    assert D.MahaEnsemble.inputs.fit_call() == ".fit(clean_features, labels, adv_features=...)"
     assert D.MAHA is D.Mahalanobis
-    assert {k for k, c in D.DETECTORS.items() if c.supervised} == {"MAHA-LR", "LID-LR", "DNN"}
-    assert D.DETECTORS["BU"].input_kind == "images"
-    assert repr(D.MGM(reg=0.5)) == "MGM(reg=0.5, relative_reg=False)"
+
+
+def test_repr_lists_the_parameters():
+    assert repr(D.MGM(reg=0.5)) == "MGM(reg=0.5)"
+    assert repr(D.MahaEnsemble()) == "MahaEnsemble(reg=0.001, C=1.0, seed=0)"
 
 
 # ---- MGM and Mahalanobis: exact values -------------------------------------------------
+
+
+def _ridge(cov, reg):
+    """The relative ridge: reg times the mean variance trace(cov) / d."""
+    return reg * np.trace(cov) / cov.shape[0]
 
 
 def test_mgm_log_density_equals_scipy():
@@ -112,21 +142,31 @@ def test_mgm_log_density_equals_scipy():
     x = x.double()
     det = D.MGM(reg=1e-3).fit(x)
     xn = x.numpy()
-    ref = scipy.stats.multivariate_normal(xn.mean(0), np.cov(xn, rowvar=False) + 1e-3 * np.eye(DIM))
+    cov = np.cov(xn, rowvar=False)
+    assert det.ridge_ == pytest.approx(_ridge(cov, 1e-3), rel=1e-12)
+    ref = scipy.stats.multivariate_normal(xn.mean(0), cov + _ridge(cov, 1e-3) * np.eye(DIM))
     q, _ = _draw(50, 12, shift=True)
     np.testing.assert_allclose(det.log_density(q.double()).numpy(), ref.logpdf(q.double().numpy()), rtol=1e-11)
     np.testing.assert_allclose(det.score(q).numpy(), -ref.logpdf(q.double().numpy()), rtol=1e-6)
     torch.testing.assert_close(det.covariance_, torch.as_tensor(ref.cov), rtol=1e-12, atol=1e-12)
 
 
-def test_mgm_reg_zero_on_a_regular_covariance_and_relative_reg():
+def test_mgm_reg_zero_on_a_regular_covariance_and_the_ridge_is_relative():
     x, _ = _draw(300, 11)
     xn = x.double().numpy()
     det = D.MGM(reg=0.0).fit(x.double())
+    assert det.ridge_ == 0.0
     ref = scipy.stats.multivariate_normal(xn.mean(0), np.cov(xn, rowvar=False))
     np.testing.assert_allclose(det.log_density(x.double()[:20]).numpy(), ref.logpdf(xn[:20]), rtol=1e-11)
-    rel = D.MGM(reg=1e-2, relative_reg=True).fit(x.double())
-    assert rel.reg_ == pytest.approx(1e-2 * np.cov(xn, rowvar=False).diagonal().mean())
+    # features scaled by s: the ridge scales by s^2, MAHA's distances do not move, MGM's -log p moves by d log s
+    q = _draw(20, 12, shift=True)[0].double()
+    for s in (1e-3, 50.0):
+        mgm, mgm_s = D.MGM(reg=1e-2).fit(x.double()), D.MGM(reg=1e-2).fit(s * x.double())
+        assert mgm_s.ridge_ == pytest.approx(s * s * mgm.ridge_, rel=1e-12)
+        np.testing.assert_allclose(mgm_s.score(s * q).numpy(), mgm.score(q).numpy() + DIM * math.log(s), rtol=1e-10)
+        maha, maha_s = D.Mahalanobis(reg=1e-2).fit(x.double()), D.Mahalanobis(reg=1e-2).fit(s * x.double())
+        np.testing.assert_allclose(maha_s.score(s * q).numpy(), maha.score(q).numpy(), rtol=1e-10)
+        np.testing.assert_allclose(maha_s.reference_scores_.numpy(), maha.reference_scores_.numpy(), rtol=1e-9)
 
 
 def test_mgm_singular_covariance_is_regularised_and_too_small_reg_explains():
@@ -137,7 +177,8 @@ def test_mgm_singular_covariance_is_regularised_and_too_small_reg_explains():
     for x in (wide, dup):
         det = D.MGM(reg=1e-3).fit(x)
         xn = x.numpy()
-        ref = scipy.stats.multivariate_normal(xn.mean(0), np.cov(xn, rowvar=False) + 1e-3 * np.eye(x.shape[1]))
+        cov = np.cov(xn, rowvar=False)
+        ref = scipy.stats.multivariate_normal(xn.mean(0), cov + _ridge(cov, 1e-3) * np.eye(x.shape[1]))
         np.testing.assert_allclose(det.log_density(x).numpy(), ref.logpdf(xn), rtol=1e-9)
         for cls in (D.MGM, D.Mahalanobis):
             with pytest.raises(ValueError, match=r"reg=0 is too small.*Use a larger reg, e\.g\. reg=\d"):
@@ -145,15 +186,25 @@ def test_mgm_singular_covariance_is_regularised_and_too_small_reg_explains():
 
 
 def test_gaussian_training_scores_are_exact_leave_one_out():
+    # leave-one-out with the ridge lambda of the full fit: the Gaussian of the other N - 1
+    # points plus the same lambda I, computed here directly in numpy / scipy
     x, y = _draw(60, 19)
     x = x.double()
-    for make, lab in ((lambda: D.MGM(reg=0.05), None), (lambda: D.Mahalanobis(reg=0.05), y)):
-        det = make().fit(x, lab)
-        for i in (0, 7, 31):
-            keep = torch.arange(60) != i
-            other = make().fit(x[keep], None if lab is None else lab[keep])
-            expected = other.score(x[i : i + 1]).item()
-            assert det.reference_scores_[i].item() == pytest.approx(expected, rel=1e-9), (type(det), i)
+    xn, yn = x.numpy(), y.numpy()
+    mgm, maha = D.MGM(reg=0.05).fit(x), D.Mahalanobis(reg=0.05).fit(x, y)
+    for i in (0, 7, 31):
+        keep = np.arange(60) != i
+        o, oy = xn[keep], yn[keep]
+        ref = scipy.stats.multivariate_normal(o.mean(0), np.cov(o, rowvar=False) + mgm.ridge_ * np.eye(DIM))
+        assert mgm.reference_scores_[i].item() == pytest.approx(-ref.logpdf(xn[i]), rel=1e-9), i
+        means = np.stack([o[oy == c].mean(0) for c in (0, 1)])
+        sigma = (o - means[oy]).T @ (o - means[oy]) / len(o) + maha.ridge_ * np.eye(DIM)
+        d2 = [(xn[i] - m) @ np.linalg.solve(sigma, xn[i] - m) for m in means]
+        assert maha.reference_scores_[i].item() == pytest.approx(min(d2), rel=1e-9), i
+        # the same as a refit on the N - 1 points whose relative reg gives that lambda
+        other = D.MGM(reg=0.05 * mgm.ridge_ / _ridge(np.cov(o, rowvar=False), 0.05)).fit(x[keep])
+        assert other.ridge_ == pytest.approx(mgm.ridge_, rel=1e-12)
+        assert mgm.reference_scores_[i].item() == pytest.approx(other.score(x[i : i + 1]).item(), rel=1e-9), i
 
 
 @pytest.mark.parametrize("make", [D.MGM, D.Mahalanobis], ids=["MGM", "MAHA"])
@@ -174,7 +225,8 @@ def test_mahalanobis_equals_numpy_reference():
     xn, yn = x.numpy(), y.numpy()
     means = np.stack([xn[yn == c].mean(0) for c in (0, 1)])
     centred = xn - means[yn]
-    sigma = centred.T @ centred / len(xn) + 1e-2 * np.eye(DIM)
+    cov = centred.T @ centred / len(xn)
+    sigma = cov + _ridge(cov, 1e-2) * np.eye(DIM)
     q = _draw(30, 14, shift=True)[0].double().numpy()
     d2 = np.stack([np.einsum("ij,ij->i", q - m, np.linalg.solve(sigma, (q - m).T).T) for m in means], 1)
     np.testing.assert_allclose(det.class_distances(torch.as_tensor(q)).numpy(), d2, rtol=1e-10)
@@ -182,7 +234,7 @@ def test_mahalanobis_equals_numpy_reference():
     # without labels: one class, the plain Mahalanobis distance to the overall mean
     one = D.Mahalanobis(reg=1e-2).fit(x)
     c = xn - xn.mean(0)
-    s1 = c.T @ c / len(xn) + 1e-2 * np.eye(DIM)
+    s1 = c.T @ c / len(xn) + _ridge(c.T @ c / len(xn), 1e-2) * np.eye(DIM)
     np.testing.assert_allclose(one.score(torch.as_tensor(q)).numpy(),
                                np.einsum("ij,ij->i", q - xn.mean(0), np.linalg.solve(s1, (q - xn.mean(0)).T).T),
                                rtol=1e-10)
@@ -302,6 +354,20 @@ def test_dnn_detector_is_seeded_and_accepts_layers(data):
     torch.testing.assert_close(a.score(data["test"][:50]), b.score(_layers(data["test"][:50])))
     with pytest.raises(TypeError, match="fitted on one tensor"):
         a.score(_layers(data["test"]))
+    # clean_val_features: other clean rows as the negative class; the reference scores stay the training rows'
+    same = D.DNNDetector(epochs=2, seed=3).fit(data["train"], adv_features=data["shifted"][0],
+                                               clean_val_features=data["train"])
+    assert torch.equal(same.score(data["test"][:50]), a.score(data["test"][:50]))
+    other = D.DNNDetector(epochs=2, seed=3).fit(data["train"], adv_features=data["shifted"][0],
+                                                clean_val_features=data["test"])
+    assert other.reference_scores_.shape == (N_TRAIN,)
+    assert not torch.equal(other.score(data["test"][:50]), a.score(data["test"][:50]))
+
+
+def test_layer_detectors_keep_their_own_clean_training_scores(data):
+    ens = D.LIDDetector(k=20).fit(_layers(data["train"]), adv_features=_layers(data["shifted"][0]))
+    for layer, x in _layers(data["train"]).items():
+        assert torch.equal(ens.layer_detectors_[layer].reference_scores_, D.LID(k=20).fit(x).reference_scores_)
 
 
 # ---- API contract ----------------------------------------------------------------------
@@ -320,6 +386,38 @@ def test_scoring_before_fit_raises_not_fitted(det):
         with pytest.raises(D.NotFittedError, match=r"not fitted yet: call \.fit"):
             call()
     assert issubclass(D.NotFittedError, RuntimeError) and issubclass(D.NotFittedError, ValueError)
+
+
+def test_not_fitted_error_names_the_method_and_the_declared_fit_call():
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(DIM, 2))
+    for det, call in ((D.KD(), r"\.fit\(clean_features, labels\)"),
+                      (D.MahaEnsemble(), r"\.fit\(clean_features, labels, adv_features=\.\.\.\)"),
+                      (D.BU(model), r"\.fit\(clean_images\)")):
+        with pytest.raises(D.NotFittedError, match=rf"{type(det).__name__} is not fitted yet: call {call} "
+                                                   r"before \.threshold\(\)"):
+            det.threshold()
+    with pytest.raises(D.NotFittedError, match=r"MGM is not fitted yet: call \.fit\(clean_features\) before "
+                                               r"\.log_density\(\)"):
+        D.check_is_fitted(D.MGM(), "log_density")
+
+
+def test_fitted_state_is_the_trailing_underscore_attributes(data):
+    def fitted_attributes(det):
+        return [k for k, v in vars(det).items() if k.endswith("_") and v is not None]
+
+    det = D.KD(bandwidth=1.0)
+    assert not det.is_fitted and fitted_attributes(det) == []
+    det.fit(data["train"], data["y_train"])
+    assert det.is_fitted and {"classes_", "class_features_", "n_features_in_", "reference_scores_"} <= set(
+        fitted_attributes(det))
+    assert det.reference_scores_.shape == (N_TRAIN,)  # the clean training scores, never a placeholder
+    # a failed refit leaves neither half a fit nor the old one (KD needs 2 rows per class; _fit fails
+    # after it has set classes_)
+    with pytest.raises(ValueError, match="at least 2 clean training features per class"):
+        det.fit(data["train"][:3], torch.tensor([0, 0, 1]))
+    assert not det.is_fitted and fitted_attributes(det) == []
+    with pytest.raises(D.NotFittedError, match=r"before \.score\(\)"):
+        det.score(data["test"], data["y_test"])
 
 
 def test_inputs_are_validated_with_named_shapes(data):
@@ -359,6 +457,32 @@ def test_gpu_scores_match_cpu(data):
         gpu = det.score(data["test"].cuda(), data["y_test"].cuda())
         assert gpu.device.type == "cuda"
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-7, atol=1e-7)
+
+
+# ---- two-sided detection ---------------------------------------------------------------
+
+
+def test_two_sided_detector(data):
+    base = D.MGM().fit(data["train"])
+    two = D.TwoSided(base)
+    med = float(np.median(base.reference_scores_.numpy()))
+    assert two.center_ == pytest.approx(med)
+    feats = data["test"][:10]
+    torch.testing.assert_close(two.score(feats), (base.score(feats) - med).abs())
+    assert (two.reference_scores_ <= two.threshold(0.95)).double().mean() >= 0.95
+    # a feature at the mean (too typical: lowest MGM score) is flagged by the two-sided detector only
+    typical = data["train"].mean(0, keepdim=True)
+    assert not bool(base.predict(typical)[0]) and bool(two.predict(typical)[0])
+    assert D.TwoSided(D.MGM()).fit(data["train"]).center_ == pytest.approx(med)
+    two.calibrate(data["test"])
+    assert two.center_ == pytest.approx(float(np.median(base.score(data["test"]).numpy())))
+    # it declares, and is fitted on, what the wrapped detector is
+    with pytest.raises(D.NotFittedError, match=r"TwoSided is not fitted yet: call \.fit\(clean_features, labels\)"):
+        D.TwoSided(D.KD()).score(feats, data["y_test"][:10])
+    sup = D.TwoSided(D.LIDDetector(k=20)).fit(_layers(data["train"]), adv_features=_layers(data["shifted"][0]))
+    assert sup.inputs.view == "layers" and sup.reference_scores_.shape == (N_TRAIN,)
+    with pytest.raises(TypeError, match="Detector"):
+        D.TwoSided(base.score)
 
 
 # ---- BU: MC-dropout variance -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""medadv_tutorial.hfc: the Hierarchical Feature Constraint, its attacks and the competing adaptive attacks.
+"""medadv_tutorial.hfc: the Hierarchical Feature Constraint and its attacks; medadv_tutorial.adaptive: the rivals.
 
 The toy classifier: 8x8 grayscale images whose class is their mean brightness (0.47 vs
 0.53, pixel noise 0.1), two pooled softplus conv layers with fixed random filters
@@ -17,22 +17,19 @@ from scipy.stats import multivariate_normal
 from torch import nn
 from toys import lda_head
 
+from medadv_tutorial import cache
 from medadv_tutorial.attacks import BIM, MIM, PGD, run_attack
 from medadv_tutorial.detectors import MGM
 from medadv_tutorial.features import FeatureSet
 from medadv_tutorial.gmm import GaussianMixture
+from medadv_tutorial.adaptive import DetectorAwareLoss, FeatureMatchLoss, PGD_DetectorAware, PGD_FeatureMatch
 from medadv_tutorial.hfc import (
     BIM_HFC,
     MIM_HFC,
     PGD_HFC,
-    DetectorAwareLoss,
-    FeatureMatchLoss,
     HFCLoss,
     HFCModel,
     LayerForward,
-    PGD_DetectorAware,
-    PGD_FeatureMatch,
-    TwoSided,
     fit_hfc_mixtures,
     hfc_components,
     hfc_energy,
@@ -125,11 +122,11 @@ def test_fit_structure_and_layer_selection(setup):
         fit_hfc_mixtures(clean, exclude_wider_than=4)
 
 
-def test_mixture_is_the_em_fit_with_relative_reg(setup):
+def test_mixture_is_the_em_fit_with_the_relative_ridge(setup):
     clean, hfc = setup["clean"], setup["hfc"]
     x = clean["block1"][clean.labels == 0].double()
     reg = 1e-3 * float(x.var(0, unbiased=False).mean())
-    assert hfc.info[("block1", 0)]["reg_covar"] == pytest.approx(reg)
+    assert hfc.info[("block1", 0)]["reg_covar"] == reg  # the same formula: bit-identical
     gmm = GaussianMixture(2, reg_covar=reg, seed=0).fit(x)
     m = hfc.mixture("block1", 0)
     assert torch.allclose(m.means, gmm.means_) and torch.allclose(m.log_weights, gmm.weights_.log())
@@ -288,7 +285,7 @@ def test_run_attack_with_other_class(setup):
         other_class(torch.tensor([0, 2]))
 
 
-# --------------------------------------------------------------------------- competing adaptive attacks
+# --------------------------------------------------------------------------- rival adaptive attacks (adaptive.py)
 
 
 def test_detector_aware_attack_lowers_the_detector_score(setup):
@@ -341,25 +338,6 @@ def test_adaptive_attacks_are_reproducible_with_a_seed(setup, make):
     assert make(setup, EPS).seed == 0
 
 
-def test_two_sided_detector(setup):
-    clean = setup["clean"]
-    base = MGM(reg=1e-6).fit(clean.penultimate)
-    two = TwoSided(base)
-    med = float(np.median(base.reference_scores_.numpy()))
-    assert two.center_ == pytest.approx(med)
-    feats = clean.penultimate[:10]
-    assert torch.allclose(two.score(feats), (base.score(feats) - med).abs())
-    assert (two.reference_scores_ <= two.threshold(0.95)).double().mean() >= 0.95
-    # a feature at the mean (too typical: lowest MGM score) is flagged by the two-sided detector only
-    typical = base.mean_.float()[None]
-    assert not bool(base.predict(typical)[0]) and bool(two.predict(typical)[0])
-    refit = TwoSided(MGM(reg=1e-6)).fit(clean.penultimate)
-    assert refit.center_ == pytest.approx(med)
-    held_out = setup["clean"].penultimate[::2]
-    two.calibrate(held_out)
-    assert two.center_ == pytest.approx(float(np.median(base.score(held_out).numpy())))
-
-
 def test_save_and_load_roundtrip(setup, tmp_path):
     hfc = setup["hfc"]
     path = tmp_path / "hfc.pt"
@@ -383,3 +361,30 @@ def test_hfc_attack_cache_key_does_not_move_when_used(setup):
     assert cache.fingerprint(attack=att) == before
     assert cache.fingerprint(attack=PGD_HFC(fresh, EPS, lam=0.2, steps=2, seed=0)) != before
     assert cache.fingerprint(attack=PGD_HFC(setup["hfc"], EPS, lam=0.1, steps=2, seed=0)) == before  # same fit
+
+
+def test_mixture_cache_cold_and_warm_are_identical(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
+    monkeypatch.delenv("MEDADV_RESULT_CACHE", raising=False)
+    clean, fitted = setup["clean"], setup["hfc"]
+    cold = fit_hfc_mixtures(clean, n_components=2, cache=True)
+    stored = sorted((tmp_path / "results" / "hfc_mixtures").glob("*.pt"))
+    assert len(stored) == 1
+
+    def no_em(*args, **kwargs):
+        raise AssertionError("a warm cache must not run EM")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(GaussianMixture, "fit", no_em)
+        warm = fit_hfc_mixtures(clean, n_components=2, cache=True)
+        with pytest.raises(AssertionError, match="must not run EM"):  # other settings: another key
+            fit_hfc_mixtures(clean, n_components=2, reg=2e-3, cache=True)
+    for model in (cold, warm):
+        assert model.layers == fitted.layers and model.info == fitted.info
+        for l in fitted.layers:
+            for c in fitted.classes:
+                a, b = model.mixture(l, c), fitted.mixture(l, c)
+                assert all(torch.equal(getattr(a, f), getattr(b, f))
+                           for f in ("means", "precisions_cholesky", "log_weights"))
+    # a cached model gives the attack the same result-cache key as a fitted one
+    assert cache.fingerprint(warm) == cache.fingerprint(fitted)

@@ -15,6 +15,8 @@ from torch import nn
 from toys import lda_head
 
 from medadv_tutorial import metrics
+from medadv_tutorial import suite as S
+from medadv_tutorial.detectors import Detector, Inputs
 from medadv_tutorial.features import extract_features
 from medadv_tutorial.suite import DETECTOR_NAMES, ENSEMBLE_LAYERS, DetectorSuite, kd_bandwidth
 
@@ -85,7 +87,68 @@ def fitted():
     train = Pairs(x_train, y_train)
     fs_train = extract_features(model, train, progress=False)
     suite = DetectorSuite.fit(model, train, fs_train, eps=8 / 255, n_fgsm=200)
-    return dict(model=model, suite=suite, x=x_test, y=y_test, g=g)
+    return dict(model=model, suite=suite, x=x_test, y=y_test, g=g, train=train, fs_train=fs_train)
+
+
+class L2Norm(Detector):
+    """A toy detector: the L2 norm of the penultimate features (the default inputs: one layer, no labels)."""
+
+    name = "L2"
+
+    def _fit(self, x, labels):
+        self.mean_norm_ = x.double().norm(dim=1).mean()
+
+    def _score(self, x, labels):
+        return x.double().norm(dim=1)
+
+
+class Recorder(Detector):
+    """A toy detector that declares every input and records what it is given; scores 0."""
+
+    name = "rec"
+    inputs = Inputs(view="layers", fit_labels=True, score_labels="predicted", adversarial=True)
+
+    def fit(self, clean_features, labels=None, *, adv_features=None, clean_val_features=None):
+        self._check_fit_sets(adv_features, clean_val_features)
+        with self._fitting():
+            self.fit_args_ = (clean_features, labels, adv_features, clean_val_features)
+            self.n_features_in_ = {k: v.shape[1] for k, v in clean_features.items()}
+            self.reference_scores_ = torch.zeros(len(labels), dtype=torch.float64)
+        return self
+
+    def score(self, features, labels=None):
+        self._check_fitted("score")
+        self.score_args_ = (features, labels)
+        return torch.zeros(len(labels), dtype=torch.float64)
+
+
+def test_a_detector_joins_the_line_up_with_one_row(fitted, monkeypatch):
+    # One row each in the table, nothing else: the suite builds, fits and scores them from
+    # their declared inputs.
+    monkeypatch.setitem(S.LINE_UP, "L2", S.Entry(lambda c: L2Norm(), S.clean_train))
+    monkeypatch.setitem(S.LINE_UP, "rec", S.Entry(lambda c: Recorder(), S.first_500_vs_fgsm))
+    model, x, y, fs_train = fitted["model"], fitted["x"], fitted["y"], fitted["fs_train"]
+    grown = DetectorSuite.fit(model, fitted["train"], fs_train, eps=8 / 255, n_fgsm=200)
+    assert list(grown.detectors) == list(DETECTOR_NAMES) + ["L2", "rec"]
+    fs = extract_features(model, (x, y), progress=False)
+    scores = grown.score(fs, x)
+    torch.testing.assert_close(scores["L2"], fs.penultimate.double().norm(dim=1), rtol=0, atol=0)
+    l2 = grown.detectors["L2"]
+    assert l2.is_fitted and torch.equal(l2.reference_scores_, fs_train.penultimate.double().norm(dim=1))
+    assert "L2 two-sided" in grown.with_two_sided(["L2"]).score(fs, x)
+    # what the suite passed: the ensemble layers of the rows named in the table, their true
+    # labels, the FGSM pairs as adversarial and held-out clean sets; at score time the layers
+    # of the scored set and the classes the model predicts
+    clean, labels, adv, clean_val = grown.detectors["rec"].fit_args_
+    assert list(clean) == list(ENSEMBLE_LAYERS) and all(torch.equal(clean[l], fs_train[l][:500]) for l in clean)
+    assert torch.equal(labels, fs_train.labels[:500])
+    assert list(adv) == list(clean_val) == list(ENSEMBLE_LAYERS)
+    assert len(adv["penultimate"]) == len(clean_val["penultimate"]) > 0
+    feats, pred = grown.detectors["rec"].score_args_
+    assert all(torch.equal(feats[l], fs[l]) for l in ENSEMBLE_LAYERS) and torch.equal(pred, fs.predictions)
+    # the book's ten are untouched: the same random draws, bit for bit the same scores
+    before = fitted["suite"].score(fs, x)
+    assert all(torch.equal(before[n], scores[n]) for n in DETECTOR_NAMES)
 
 
 def test_kd_bandwidth_known_answer():
@@ -127,7 +190,7 @@ def test_suite_errors_name_what_is_missing(fitted):
 
 def test_two_sided_entries_and_evaluate_attack(fitted):
     from medadv_tutorial.attacks import PGD
-    from medadv_tutorial.suite import evaluate_attack
+    from medadv_tutorial.protocol import evaluate_attack
 
     base, model, x, y = fitted["suite"], fitted["model"], fitted["x"], fitted["y"]
     suite = base.with_two_sided(("MGM", "KD"))
@@ -142,7 +205,10 @@ def test_two_sided_entries_and_evaluate_attack(fitted):
         evaluate_attack("PGD", PGD(8 / 255, steps=5), model, x, y, suite, {"MGM": clean["MGM"]})
     ev = evaluate_attack("PGD", PGD(0.15, steps=10, seed=0), model, x, y, suite, clean)
     assert ev.x_adv.shape == x.shape and (ev.x_adv - x).abs().max() <= 0.15 + 1e-6
-    assert ev.success == float((ev.fs.predictions != y).float().mean()) and ev.success > 0.5
+    # success as attacks.AttackResult counts it: over the images the model gets right when clean
+    correct = model(x).argmax(1) == y
+    fooled = ev.fs.predictions != y
+    assert ev.success == pytest.approx(float((fooled & correct).sum() / correct.sum())) and ev.success > 0.5
     assert set(ev.auroc) == set(suite.detectors) and all(0.0 <= v <= 1.0 for v in ev.auroc.values())
     assert ev.auroc["MGM"] == metrics.auroc(clean["MGM"], ev.scores["MGM"]) and ev.seconds > 0
 
@@ -151,7 +217,7 @@ def test_evaluate_attack_cold_and_warm_cache_agree(fitted, tmp_path, monkeypatch
     # Caching must never change a number: the second call reads the adversarial images from the
     # cache and every score, AUROC, TPR and the recorded attack time equal the computed run's.
     from medadv_tutorial.attacks import PGD
-    from medadv_tutorial.suite import evaluate_attack
+    from medadv_tutorial.protocol import evaluate_attack
 
     monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
     suite, model, x, y = fitted["suite"].with_two_sided(), fitted["model"], fitted["x"], fitted["y"]

@@ -1,0 +1,394 @@
+"""medadv_tutorial.protocol: evaluation, weight sweep and selection rule, and the chapters' tables.
+
+The selection rule and the tables are tested on hand-made evaluations with known numbers;
+evaluate_attack and sweep_weight on a toy classifier whose decision is the mean brightness of
+a 4x4 image (class 1 above 0.5), so that an L-inf budget moves the decision by exactly eps and
+which images an attack fools is known beforehand.
+"""
+
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from medadv_tutorial import detectors, metrics, protocol
+from medadv_tutorial.attacks import PGD, run_attack
+from medadv_tutorial.features import FeatureSet, extract_features
+from medadv_tutorial.report import Table
+from medadv_tutorial.suite import DetectorSuite
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------- hand-made evaluations
+
+
+def ev(success, name="run", **auroc):
+    """An AttackEvaluation with the given success and AUROCs (TPR@90 = AUROC / 2; no images)."""
+    fs = FeatureSet(OrderedDict(penultimate=torch.zeros(1, 2)), torch.zeros(1, dtype=torch.long), torch.zeros(1, 2))
+    return protocol.AttackEvaluation(name, torch.zeros(1, 1, 2, 2), fs, success, 1.0,
+                                     OrderedDict((k, torch.zeros(1)) for k in auroc), OrderedDict(auroc),
+                                     OrderedDict((k, v / 2) for k, v in auroc.items()))
+
+
+def test_one_weight_qualifies():
+    sweep = {0.1: ev(0.90, MGM=0.2), 0.2: ev(0.96, MGM=0.7), 0.3: ev(0.50, MGM=0.1)}
+    s = protocol.select_weight(sweep, ["MGM"])
+    assert (s.weight, s.success, s.worst_auroc, s.qualified) == (0.2, 0.96, 0.7, True)
+    assert "0.2" in s.reason and "1 of 3" in s.reason and s.detectors == ("MGM",) and s.bar == 0.95
+
+
+def test_several_qualify_lowest_worst_case_over_detectors_wins():
+    # 0.1 hides best from MGM but KD still sees it (worst 0.8); 0.3's worst case is lower (0.6)
+    sweep = {0.1: ev(1.0, MGM=0.1, KD=0.8), 0.3: ev(0.97, MGM=0.6, KD=0.55), 1.0: ev(0.95, MGM=0.3, KD=0.7)}
+    s = protocol.select_weight(sweep, ["MGM", "KD"])
+    assert s.weight == 0.3 and s.worst_auroc == 0.6 and s.qualified
+    # judged by MGM alone the choice changes: the rule depends on the detector list only
+    assert protocol.select_weight(sweep, ["MGM"]).weight == 0.1
+
+
+def test_success_exactly_at_the_bar_qualifies_and_the_bar_is_a_parameter():
+    sweep = {0.1: ev(0.95, MGM=0.5), 0.2: ev(0.949, MGM=0.1)}
+    assert protocol.select_weight(sweep, ["MGM"]).weight == 0.1
+    assert protocol.select_weight(sweep, ["MGM"], bar=0.9).weight == 0.2
+
+
+def test_ties_go_to_the_first_weight_of_the_sweep():
+    sweep = {0.3: ev(1.0, MGM=0.4), 0.1: ev(1.0, MGM=0.4), 0.2: ev(1.0, MGM=0.5)}
+    assert protocol.select_weight(sweep, ["MGM"]).weight == 0.3
+
+
+def test_none_qualifies_falls_back_to_most_successful_then_stealthiest():
+    sweep = {0.1: ev(0.80, MGM=0.2), 0.2: ev(0.90, MGM=0.6), 0.3: ev(0.90, MGM=0.4), 0.4: ev(0.5, MGM=0.0)}
+    s = protocol.select_weight(sweep, ["MGM"])
+    assert (s.weight, s.success, s.worst_auroc, s.qualified) == (0.3, 0.90, 0.4, False)
+    assert s.reason.startswith("no weight reaches success >= 95%") and "0.3" in s.reason
+
+
+def test_nan_success_never_qualifies_and_ranks_last_in_the_fallback():
+    sweep = {0.1: ev(float("nan"), MGM=0.0), 0.2: ev(0.1, MGM=0.9)}
+    s = protocol.select_weight(sweep, ["MGM"])
+    assert s.weight == 0.2 and not s.qualified
+    only_nan = protocol.select_weight({0.1: ev(float("nan"), MGM=0.3)}, ["MGM"])
+    assert only_nan.weight == 0.1 and not only_nan.qualified and math.isnan(only_nan.success)
+
+
+def test_weights_restrict_the_candidates():
+    # the baseline at 0 (plain targeted PGD) is shown in the sweep but is no candidate
+    sweep = {0.0: ev(1.0, MGM=1.0), 0.01: ev(1.0, MGM=0.3), 1.0: ev(1.0, MGM=0.1)}
+    assert protocol.select_weight(sweep, ["MGM"], weights=[0.0, 0.01]).weight == 0.01
+    assert protocol.select_weight(sweep, ["MGM"], weights=[1.0]).weight == 1.0
+
+
+def test_tuple_weights():
+    sweep = {(0.001, 4): ev(1.0, MGM=0.5), (0.001, 2): ev(1.0, MGM=0.4)}
+    s = protocol.select_weight(sweep, ["MGM"])
+    assert s.weight == (0.001, 2) and "(0.001, 2)" in s.reason
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: protocol.select_weight({}, ["MGM"]), ValueError, "sweep is empty"),
+    (lambda: protocol.select_weight({0.1: ev(1.0, MGM=0.5)}, []), ValueError, "detectors is empty"),
+    (lambda: protocol.select_weight({0.1: ev(1.0, MGM=0.5)}, ["KD"]), KeyError, r"unknown detector.*KD.*MGM"),
+    (lambda: protocol.select_weight({0.1: ev(1.0, MGM=0.5)}, "MGM"), TypeError, "list of detector names"),
+    (lambda: protocol.select_weight({0.1: ev(1.0, MGM=0.5)}, ["MGM"], bar=1.5), ValueError, r"bar must be <= 1"),
+    (lambda: protocol.select_weight({0.1: ev(1.0, MGM=0.5)}, ["MGM"], weights=[0.2]), KeyError, "not in the sweep"),
+    (lambda: protocol.select_weight({0.1: ev(1.0, MGM=0.5)}, ["MGM"], weights=[]), ValueError, "weights is empty"),
+    (lambda: protocol.select_weight({0.1: 0.5}, ["MGM"]), TypeError, r"sweep\[0.1\] is float"),
+    (lambda: protocol.select_weight([ev(1.0, MGM=0.5)], ["MGM"]), TypeError, "sweep must be a mapping"),
+    (lambda: protocol.catching(ev(1.0, MGM=0.5), ["KD"]), KeyError, "unknown detector"),
+    (lambda: protocol.catching({"MGM": 0.5}, ["MGM"]), TypeError, "AttackEvaluation"),
+    (lambda: protocol.catching(ev(1.0, MGM=0.5), ["MGM"], level=2), ValueError, "level must be <= 1"),
+])
+def test_selection_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_catching_keeps_the_order_and_the_level_is_inclusive():
+    e = ev(1.0, MGM=0.95, KD=0.9, LID=0.3, BU=0.91)
+    assert protocol.catching(e, ["BU", "MGM", "KD", "LID"]) == ["BU", "MGM", "KD"]
+    assert protocol.catching(e, ["MGM", "KD", "LID", "BU"], level=0.92) == ["MGM"]
+
+
+# --------------------------------------------------------------------------------- tables
+
+
+def test_sweep_table_rows_headers_and_worst_column():
+    sweep = OrderedDict([(0.001, ev(1.0, MGM=0.3, KD=0.7)), (0.1, ev(0.97, MGM=0.1, KD=0.2))])
+    t = protocol.sweep_table(sweep, ["MGM", "KD"])
+    assert isinstance(t, Table)
+    assert t.headers == ["λ", "success", "MGM AUROC", "KD AUROC"]
+    assert t.rows == [["0.001", 1.0, 0.3, 0.7], ["0.1", 0.97, 0.1, 0.2]]
+    t = protocol.sweep_table({(0.001, 4): sweep[0.001]}, ["MGM", "KD"], key_headers=("λ", "step"),
+                             key_cells=lambda k: [f"{k[0]:g}", f"ε/{k[1]}"], suffix="", worst=True)
+    assert t.headers == ["λ", "step", "success", "MGM", "KD", "worst"]
+    assert t.rows == [["0.001", "ε/4", 1.0, 0.3, 0.7, 0.7]]
+
+
+def test_sweep_table_of_several_sweeps_names_each():
+    sweeps = {"A": {1.0: ev(1.0, MGM=0.2)}, "B": {10.0: ev(0.5, MGM=0.9), 100.0: ev(0.6, MGM=0.8)}}
+    t = protocol.sweep_table(sweeps, ["MGM"], key_headers=("attack", "λ"))
+    assert t.rows == [["A", "1", 1.0, 0.2], ["B", "10", 0.5, 0.9], ["B", "100", 0.6, 0.8]]
+    with pytest.raises(ValueError, match="key_headers"):
+        protocol.sweep_table(sweeps, ["MGM"])  # the name column has no header
+
+
+def test_detection_success_and_timing_tables():
+    runs = OrderedDict([("PGD", ev(1.0, MGM=0.9, KD=0.8)), ("HFC", ev(0.96, MGM=0.2, KD=0.6))])
+    runs["HFC"].seconds = 3.0
+    d = protocol.detection_table(runs)
+    assert d.detectors == ["MGM", "KD"] and d.attacks == ["PGD", "HFC"]
+    assert d.auroc["KD"] == {"PGD": 0.8, "HFC": 0.6} and d.tpr90["MGM"] == {"PGD": 0.45, "HFC": 0.1}
+    t = d.table()
+    assert t.headers == ["detector", "PGD AUROC", "PGD TPR@90", "HFC AUROC", "HFC TPR@90"]
+    assert t.rows[0] == ["MGM", 0.9, 0.45, 0.2, 0.1]
+    t = protocol.detection_table(runs, detectors=["KD"], attacks=["HFC"]).table(("AUROC",), "detector (AUROC)")
+    assert t == Table([["KD", 0.6]], ["detector (AUROC)", "HFC"])
+    t = d.table(columns=[("PGD", "AUROC"), ("HFC", "TPR@90")])
+    assert t.headers == ["detector", "PGD AUROC", "HFC TPR@90"] and t.rows[1] == ["KD", 0.8, 0.3]
+    assert protocol.success_table(runs, "attack (ε = 1/255)") == Table([["PGD", 1.0], ["HFC", 0.96]],
+                                                                        ["attack (ε = 1/255)", "success rate"])
+    assert protocol.timing_table(runs, "PGD").rows == [["PGD", 1.0, 1.0], ["HFC", 3.0, 3.0]]
+    assert protocol.timing_table(runs, "PGD").headers[2] == "relative to PGD"
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda r: protocol.detection_table(r, attacks=["CW"]), KeyError, r"attacks \['CW'\] are not in"),
+    (lambda r: protocol.detection_table(r, detectors=["LID"]), KeyError, "unknown detector"),
+    (lambda r: protocol.detection_table(r).table(("F1",)), ValueError, "kinds must list"),
+    (lambda r: protocol.detection_table(r).table(columns=[("CW", "AUROC")]), ValueError, "columns must be"),
+    (lambda r: protocol.detection_table({}), ValueError, "empty"),
+    (lambda r: protocol.success_table(r, attacks="PGD"), TypeError, "attacks must be a list"),
+    (lambda r: protocol.timing_table(r, "CW"), KeyError, "baseline 'CW'"),
+    (lambda r: protocol.timing_table(r, "PGD", headers=["a"]), ValueError, "3 columns"),
+    (lambda r: protocol.sweep_table({}, ["MGM"]), ValueError, "non-empty mapping"),
+    (lambda r: protocol.sweep_table(r, ["MGM"], key_cells="λ"), TypeError, "key_cells must be a function"),
+])
+def test_table_bad_inputs(call, exc, match):
+    runs = OrderedDict([("PGD", ev(1.0, MGM=0.9))])
+    with pytest.raises(exc, match=match):
+        call(runs)
+
+
+# ----------------------------------------------------------------- Li & Zhu's threshold table
+
+
+def _fs(pen, labels, p1):
+    """A FeatureSet with penultimate features ``pen`` and logits giving P(class 1) = ``p1``."""
+    p1 = torch.as_tensor(p1, dtype=torch.float32)
+    logits = torch.stack([torch.zeros_like(p1), torch.log(p1 / (1 - p1))], 1)
+    return FeatureSet(OrderedDict(penultimate=pen), torch.as_tensor(labels), logits)
+
+
+@pytest.fixture(scope="module")
+def li_zhu_case():
+    g = torch.Generator().manual_seed(0)
+    mgm = detectors.MGM().fit(torch.randn(400, 2, generator=g))
+    suite = DetectorSuite({"MGM": mgm})
+    typical, far = torch.zeros(2), torch.full((2,), 50.0)
+    y = torch.arange(10) % 2
+    right, wrong = torch.where(y == 1, 0.9, 0.1), torch.where(y == 1, 0.1, 0.9)  # confident, right or wrong
+    # clean: 8 typical (kept), 2 far (flagged: 2 false positives)
+    fs_clean = _fs(torch.stack([typical] * 8 + [far] * 2), y, right)
+    # adversarial: 6 far (flagged: 6 true positives), 4 typical (missed); every one confidently wrong
+    fs_adv = _fs(torch.stack([far] * 6 + [typical] * 4), y, wrong)
+    return suite, fs_clean, fs_adv, y, (right, wrong)
+
+
+def test_li_zhu_table_known_f1_and_followup(li_zhu_case):
+    suite, fs_clean, fs_adv, y, (right, wrong) = li_zhu_case
+    t = protocol.li_zhu_table(suite, ["MGM"], fs_clean, {"PGD": fs_adv})
+    # F1 = 2 TP / (2 TP + FP + FN) = 12 / (12 + 2 + 4)
+    assert t.f1["MGM"]["PGD"] == pytest.approx(2 / 3)
+    # accepted: 8 clean (4 per class, ranked right) and 4 adversarial (2 per class, ranked wrong):
+    # of 6 x 6 pairs, 16 won, 8 ties (4) and 4 ties (4) counted one half, 4 lost -> 24 / 36
+    assert t.followup["MGM"]["PGD"] == pytest.approx(2 / 3)
+    everything = roc_auc_score(torch.cat([y, y]).numpy(), torch.cat([right, wrong]).numpy())
+    assert t.followup_no_defence["PGD"] == pytest.approx(everything)
+    assert t.n_kept == {"MGM": 8} and t.n_clean == 10
+    assert t.thresholds["MGM"] == suite.detectors["MGM"].threshold(0.95)
+    assert t.table.headers == ["detector", "PGD F1", "PGD follow-up AUROC"]
+    assert t.table.rows == [["MGM", t.f1["MGM"]["PGD"], t.followup["MGM"]["PGD"]],
+                            ["no defence", "–", t.followup_no_defence["PGD"]]]
+
+
+def test_black_box_table_reads_success_and_scores_of_the_evaluations(li_zhu_case):
+    suite, fs_clean, fs_adv, _, _ = li_zhu_case
+    clean = suite.score(fs_clean)
+    s_adv = suite.score(fs_adv)
+    run = protocol.AttackEvaluation("BIM", torch.zeros(10, 1, 2, 2), fs_adv, 0.4, 1.0, s_adv,
+                                    OrderedDict(MGM=0.0), OrderedDict(MGM=0.0))
+    t = protocol.black_box_table(suite, ["MGM"], fs_clean, {"BIM": run})
+    assert t.success == {"BIM": 0.4} and t.f1["MGM"]["BIM"] == pytest.approx(2 / 3)
+    assert t.auroc["MGM"]["BIM"] == metrics.auroc(clean["MGM"], s_adv["MGM"])  # from the scores, not run.auroc
+    assert t.table.headers == ["attack (black-box)", "success on deployed model", "MGM F1", "MGM AUROC"]
+    assert t.table.rows == [["BIM", 0.4, t.f1["MGM"]["BIM"], t.auroc["MGM"]["BIM"]]]
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda s, c, a: protocol.li_zhu_table(s, ["KD"], c, {"PGD": a}), KeyError, r"unknown detector.*KD"),
+    (lambda s, c, a: protocol.li_zhu_table(s, [], c, {"PGD": a}), ValueError, "names must be a non-empty list"),
+    (lambda s, c, a: protocol.li_zhu_table(s, "MGM", c, {"PGD": a}), TypeError, "names must be a non-empty list"),
+    (lambda s, c, a: protocol.li_zhu_table(s, ["MGM"], c.penultimate, {"PGD": a}), TypeError, "fs_clean must be"),
+    (lambda s, c, a: protocol.li_zhu_table(s, ["MGM"], c, {}), ValueError, "adversarial must be a non-empty"),
+    (lambda s, c, a: protocol.li_zhu_table(s, ["MGM"], c, {"PGD": a.penultimate}), TypeError, r"adversarial\['PGD'\]"),
+    (lambda s, c, a: protocol.li_zhu_table(s, ["MGM"], c, {"PGD": a}, quantile=0), ValueError, "quantile must be > 0"),
+    (lambda s, c, a: protocol.li_zhu_table({"MGM": 1}, ["MGM"], c, {"PGD": a}), TypeError, "suite must be"),
+    (lambda s, c, a: protocol.black_box_table(s, ["MGM"], c, {"PGD": a}), TypeError, "AttackEvaluation"),
+])
+def test_li_zhu_bad_inputs(li_zhu_case, call, exc, match):
+    suite, fs_clean, fs_adv, _, _ = li_zhu_case
+    with pytest.raises(exc, match=match):
+        call(suite, fs_clean, fs_adv)
+
+
+# ------------------------------------------------------------------- evaluate_attack on a toy
+
+
+class Brightness(nn.Module):
+    """Class 1 when the mean pixel exceeds ``cut``; features: the mean and the largest pixel."""
+
+    feature_names = ["penultimate"]
+
+    def __init__(self, cut=0.5):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(40.0))
+        self.cut = cut
+
+    def forward_features(self, x, layers=None, logits=True):
+        m = x.mean((1, 2, 3))
+        h = torch.stack([m, x.amax((1, 2, 3))], 1)
+        z = self.gain * (m - self.cut)
+        return torch.stack([-z, z], 1) / 2, OrderedDict(penultimate=h)
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    g = torch.Generator().manual_seed(0)
+    b = torch.rand(300, generator=g) * 0.6 + 0.2
+    x_train = (b[:, None, None, None] + 0.05 * torch.randn(300, 1, 4, 4, generator=g)).clamp(0, 1)
+    model = Brightness().eval()
+    fs_train = extract_features(model, (x_train, (b > 0.5).long()), progress=False)
+    suite = DetectorSuite({"MGM": detectors.MGM().fit(fs_train.penultimate)})
+    # uniform images; the last is misclassified (label 1, mean 0.45 -> class 0)
+    bright = torch.tensor([0.40, 0.35, 0.60, 0.70, 0.45])
+    x = bright[:, None, None, None].expand(5, 1, 4, 4).clone()
+    y = torch.tensor([0, 0, 1, 1, 1])
+    clean = suite.score(extract_features(model, (x, y), progress=False), x)
+    return model, suite, x, y, clean
+
+
+def test_evaluate_attack_counts_success_as_attack_result_does(toy):
+    # targeted at the other class with eps = 0.12: 0.40 -> 0.52 and 0.60 -> 0.48 reach it, 0.35 and
+    # 0.70 cannot; the misclassified image already sits at its "target" but was never attacked.
+    model, suite, x, y, clean = toy
+    attack = PGD(0.12, steps=10, seed=0, targeted=True)
+    e = protocol.evaluate_attack("PGD", attack, model, x, y, suite, clean, targets=1 - y, cache=False)
+    res = run_attack(attack, model, (x, y), targets=1 - y, progress=False)
+    assert e.success == res.success_rate == 0.5  # 2 of the 4 correctly classified images
+    assert int((e.fs.predictions == 1 - y).sum()) == 3  # counting every image would give 3 / 5
+    assert torch.equal(e.x_adv, res.x_adv) and (e.x_adv - x).abs().max() <= 0.12 + 1e-6
+    assert list(e.auroc) == ["MGM"] and e.auroc["MGM"] == metrics.auroc(clean["MGM"], e.scores["MGM"])
+    assert e.tpr90["MGM"] == metrics.tpr_at_tnr(clean["MGM"], e.scores["MGM"], 0.90) and e.seconds > 0
+
+
+def test_evaluate_attack_transfer_counts_success_on_the_deployed_model(toy):
+    model, suite, x, y, clean = toy
+    substitute = Brightness(cut=0.42).eval()  # a different boundary: crafted there, judged here
+    e = protocol.evaluate_attack("PGD", PGD(0.07, steps=10, seed=0), model, x, y, suite, clean,
+                                 source_model=substitute, cache=False)
+    correct = model(x).argmax(1) == y
+    fooled = model(e.x_adv).argmax(1) != y
+    assert e.success == float((correct & fooled).sum() / correct.sum())
+    assert torch.equal(e.fs.predictions, model(e.x_adv).argmax(1))
+    # 0.40 and 0.35 are pushed down (away from the deployed boundary); 0.60 -> 0.53 stays class 1
+    assert e.success == 0.0
+
+
+def test_evaluate_attacks_and_sweep_keep_the_order_and_match_single_runs(toy):
+    model, suite, x, y, clean = toy
+    zoo = {"weak": PGD(0.02, steps=5, seed=0), "strong": PGD(0.25, steps=5, seed=0)}
+    runs = protocol.evaluate_attacks(zoo, model, x, y, suite, clean, cache=False)
+    assert list(runs) == ["weak", "strong"] and runs["weak"].success == 0.0 and runs["strong"].success == 1.0
+    sweep = protocol.sweep_weight(lambda eps: PGD(eps, steps=5, seed=0), [0.25, 0.02], model, x, y, suite, clean,
+                                  name="PGD", cache=False, progress=False)
+    assert list(sweep) == [0.25, 0.02] and sweep[0.25].name == "PGD λ=0.25"
+    assert torch.equal(sweep[0.02].x_adv, runs["weak"].x_adv) and sweep[0.02].auroc == runs["weak"].auroc
+
+
+def test_evaluate_attack_reads_the_result_cache(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
+    model, suite, x, y, clean = toy
+    cold, warm = (protocol.evaluate_attack("PGD", PGD(0.12, steps=4, seed=0), model, x, y, suite, clean)
+                  for _ in range(2))
+    assert len(list((tmp_path / "results").rglob("*.pt"))) == 1
+    assert torch.equal(cold.x_adv, warm.x_adv) and cold.seconds == warm.seconds and cold.auroc == warm.auroc
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda m, s, x, y, c: protocol.evaluate_attack("PGD", PGD(0.1), m, x, y, s, {"KD": c["MGM"]}),
+     KeyError, r"clean_scores lacks \['MGM'\]"),
+    (lambda m, s, x, y, c: protocol.evaluate_attack("PGD", PGD(0.1), m, x, y, s, [c["MGM"]]),
+     TypeError, "clean_scores must be a mapping"),
+    (lambda m, s, x, y, c: protocol.evaluate_attack("PGD", PGD(0.1), m, x, y, {"MGM": None}, c),
+     TypeError, "suite must be a DetectorSuite"),
+    (lambda m, s, x, y, c: protocol.evaluate_attack(3, PGD(0.1), m, x, y, s, c), TypeError, "name must be a str"),
+    (lambda m, s, x, y, c: protocol.evaluate_attack("PGD", PGD(0.1, targeted=True), m, x, y, s, c, cache=False),
+     ValueError, "targets is required"),
+    (lambda m, s, x, y, c: protocol.evaluate_attacks({}, m, x, y, s, c), ValueError, "attack_zoo must be a non-empty"),
+    (lambda m, s, x, y, c: protocol.sweep_weight(lambda e: PGD(e), [], m, x, y, s, c), ValueError, "weights is empty"),
+    (lambda m, s, x, y, c: protocol.sweep_weight(lambda e: PGD(e), [0.1, 0.1], m, x, y, s, c), ValueError,
+     "distinct"),
+    (lambda m, s, x, y, c: protocol.sweep_weight(lambda e: PGD(e), 0.1, m, x, y, s, c), TypeError,
+     "weights must be a list"),
+    (lambda m, s, x, y, c: protocol.sweep_weight(PGD(0.1), [0.1], m, x, y, s, c), TypeError,
+     "make_attack must be a function"),
+])
+def test_evaluation_bad_inputs(toy, call, exc, match):
+    model, suite, x, y, clean = toy
+    with pytest.raises(exc, match=match):
+        call(model, suite, x, y, clean)
+
+
+# ------------------------------------------------------------------ the chapters' loading helper
+
+
+def test_load_model_and_features_checks_its_arguments():
+    from medadv_tutorial import book
+    from medadv_tutorial.profiles import get_profile
+
+    with pytest.raises(TypeError, match="profile must be a Profile"):
+        book.load_model_and_features("ci", "chest_xray")
+    for bad in (("val",), "train", ("train", "train")):
+        with pytest.raises(ValueError, match="features must be a tuple of distinct splits"):
+            book.load_model_and_features(get_profile("smoke"), "chest_xray", features=bad)
+
+
+def test_load_model_and_features_makes_the_chapters_calls_in_their_order(monkeypatch):
+    # the same calls as the chapters' hand-written lines, so the feature cache keys do not change
+    from medadv_tutorial import book, data, training
+    from medadv_tutorial import features as feats
+    from medadv_tutorial.profiles import get_profile
+
+    calls = []
+    monkeypatch.setattr(training, "get_model", lambda ds, profile, seed: calls.append(("model", ds, seed))
+                        or ("MODEL", {"test": {}}))
+    monkeypatch.setattr(data, "load_dataset", lambda ds, split, profile: calls.append(("data", ds, split))
+                        or list(range(7 if split == "train" else 3)))
+    monkeypatch.setattr(feats, "extract_features", lambda model, ds, cache_key: calls.append(("features", cache_key))
+                        or f"FS{len(ds)}")
+    profile = get_profile("ci")
+    out = book.load_model_and_features(profile, "chest_xray", features=("train", "test"))
+    key = training.checkpoint_key("chest_xray", profile.backbone, profile, 0)
+    assert calls == [("model", "chest_xray", 0), ("data", "chest_xray", "train"), ("data", "chest_xray", "test"),
+                     ("features", feats.feature_cache_key(key, "train", 7)),
+                     ("features", feats.feature_cache_key(key, "test", 3))]
+    assert (out.model, out.model_key, out.train, out.test) == ("MODEL", key, list(range(7)), list(range(3)))
+    assert out.features == {"train": "FS7", "test": "FS3"}
