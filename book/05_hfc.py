@@ -192,7 +192,8 @@ print(hfc.PGD_HFC(hfc_model, eps, lam=0.01, steps=hfc_steps, alpha=hfc_alpha, se
 # {py:func}`protocol.evaluate_attack <medadv_tutorial.protocol.evaluate_attack>`). Every attack run
 # keeps its adversarial images in the result cache (see the README): re-running the chapter reads
 # them back bit for bit instead of recomputing them, and the timing table further down then shows
-# the times of the computed runs.
+# the times of the computed runs. The detector suite is Chapter 4's, read back from the same cache
+# when Chapter 4 has run (fitted here otherwise, with the same result).
 
 # %% tags=["nbval-ignore-output"]
 # Two disjoint draws from the correctly classified test images: the attack set (Chapter 4's when
@@ -213,7 +214,7 @@ else:
 say(f"attack set: {len(idx_att)} images; selection set: {len(idx_sel)} images ({sets_note})")
 book.glue_results(n_attack_used=len(idx_att), n_select_used=len(idx_sel), sets_note=sets_note,
                   attack_set_text=attack_set_text)
-dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=2 * profile.n_attack).with_two_sided()
+dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=2 * profile.n_attack, cache=True).with_two_sided()
 fs_sel, clean_sel = protocol.score_clean(m, x_sel, y_sel, dets)
 on_sel = dict(model=m, x=x_sel, y=y_sel, suite=dets, clean_scores=clean_sel, targets=hfc.other_class(y_sel))
 

@@ -1,8 +1,10 @@
 """Results computed once and read back bit for bit: content keys, atomic writes, checked hashes.
 
 A chapter that re-runs an attack it has run before (after a kernel restart, or a later chapter
-repeating an earlier one's attack) reads the adversarial images from the cache instead.  The
-rules are those of the model checkpoints:
+repeating an earlier one's attack) reads the adversarial images from the cache instead; the
+HFC mixtures and the fitted detector suite are stored the same way (:func:`cached_tensors`
+for plain tensors, :func:`cached_object` for objects that need pickling).  The rules are those
+of the model checkpoints:
 
 * **The key is the content.**  :func:`fingerprint` hashes a canonical description of every
   input -- tensors by their bytes, dtype and shape, modules by their class and ``state_dict``,
@@ -31,6 +33,7 @@ import inspect
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,8 @@ import torch
 
 from .io import atomic_torch_save, file_sha256
 
-__all__ = ["FORMAT", "Uncacheable", "fingerprint", "enabled", "entry_path", "cached_tensors"]
+__all__ = ["FORMAT", "Uncacheable", "fingerprint", "source_key", "enabled", "entry_path", "cached_tensors",
+           "cached_object"]
 
 FORMAT = 1
 """Bumped when the meaning of a cached result changes without its inputs changing."""
@@ -141,6 +145,21 @@ def fingerprint(*parts, **named) -> str:
     return h.hexdigest()
 
 
+def source_key(fn) -> str:
+    """A content key for a function of the package: its module, name and source text.
+
+    :func:`fingerprint` refuses functions, whose behaviour their attributes do not describe;
+    a caller that *owns* a function (a row of the detector line-up, say) can key it by its
+    source with this helper instead, so that editing the function changes the key.  Raises
+    :class:`Uncacheable` when the source cannot be read (built-ins, code typed at a prompt).
+    """
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError) as err:
+        raise Uncacheable(f"the source of {fn!r} cannot be read ({err}), so it has no content key") from err
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}:{source}"
+
+
 def entry_path(kind: str, key: str) -> Path:
     """``cache_dir()/results/<kind>/<key>.pt``."""
     from .data import cache_dir
@@ -150,7 +169,7 @@ def entry_path(kind: str, key: str) -> Path:
     return cache_dir() / "results" / kind / f"{key}.pt"
 
 
-def _read(path: Path) -> dict | None:
+def _read(path: Path, weights_only: bool = True):
     """The entry at ``path``, or ``None`` (missing; or corrupt: warned about and deleted)."""
     sidecar = path.with_suffix(".sha256")
     if not path.exists():
@@ -163,7 +182,7 @@ def _read(path: Path) -> dict | None:
         elif file_sha256(path) != expected:
             problem = "does not match its sha256 (corrupted on disk)"
         else:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # noqa: BLE001 - any decoding error means the entry is unusable
         problem = f"cannot be read ({type(err).__name__}: {err})"
     warnings.warn(f"cached result {path} {problem}; deleting it and computing the result again",
@@ -173,7 +192,7 @@ def _read(path: Path) -> dict | None:
     return None
 
 
-def _write(path: Path, entry: dict) -> None:
+def _write(path: Path, entry) -> None:
     atomic_torch_save(entry, path)
     sidecar = path.with_suffix(".sha256")
     tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
@@ -203,3 +222,26 @@ def cached_tensors(kind: str, key_parts: Mapping, compute: Callable[[], dict]) -
     entry = compute()
     _write(path, entry)
     return entry, False
+
+
+def cached_object(kind: str, key_parts: Mapping, compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """``(object, hit)`` as :func:`cached_tensors`, for a Python object that is not plain tensors
+    (a fitted detector suite holding scikit-learn estimators and small networks).
+
+    The object is stored with ``torch.save`` (pickle).  It is read back only from this cache,
+    after its sha256 matched the one written beside it; like any pickle it is code, so point
+    ``$MEDADV_CACHE`` only at a folder you trust.  ``compute()`` must return a picklable object.
+    """
+    if not enabled():
+        return compute(), False
+    try:
+        key = fingerprint(**key_parts)
+    except Uncacheable:
+        return compute(), False
+    path = entry_path(kind, key)
+    obj = _read(path, weights_only=False)
+    if obj is not None:
+        return obj, True
+    obj = compute()
+    _write(path, obj)
+    return obj, False

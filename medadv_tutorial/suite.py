@@ -46,6 +46,7 @@ from typing import NamedTuple
 import torch
 
 from . import attacks, detectors, features, training
+from . import cache as result_cache
 from .checks import check_eps, check_features, check_int, check_real, check_seed
 
 __all__ = ["ENSEMBLE_LAYERS", "LINE_UP", "DETECTOR_NAMES", "Entry", "FitContext", "FitRows", "clean_train",
@@ -225,7 +226,8 @@ class DetectorSuite:
 
     @classmethod
     def fit(cls, model, train, fs_train: features.FeatureSet, *, eps: float = 1 / 255, n_fgsm: int = 100,
-            seed: int = 0, reg: float = 1e-3, k: int = 20, layers=ENSEMBLE_LAYERS) -> "DetectorSuite":
+            seed: int = 0, reg: float = 1e-3, k: int = 20, layers=ENSEMBLE_LAYERS,
+            cache: bool = False) -> "DetectorSuite":
         """Fit the line-up on clean training data.
 
         Parameters
@@ -240,6 +242,11 @@ class DetectorSuite:
             images first, then the rows of :data:`LINE_UP` in order).
         reg, k: the MGM / MAHA relative ridge (see :mod:`~medadv_tutorial.gaussian`) and the LID
             neighbourhood size.
+        cache: read the fitted suite from the result cache when the same model, training data,
+            features, settings and line-up (its rows keyed by their source text) were fitted
+            before, else fit it and store it (:func:`~medadv_tutorial.cache.cached_object`).
+            Fitting is deterministic under the seed, so a cached suite scores exactly as a
+            freshly fitted one; detectors that hold the model (BU) get ``model`` itself back.
 
         Every detector of :data:`LINE_UP` is built from one :class:`FitContext` and fitted,
         in table order, on its rows, with what its ``inputs`` declare.
@@ -253,6 +260,18 @@ class DetectorSuite:
             raise KeyError(f"fs_train lacks the ensemble layers {missing}")
         if len(fs_train) != len(train):
             raise ValueError(f"fs_train has {len(fs_train)} rows but train has {len(train)} images")
+        if cache:
+            key = dict(model=model, train=train, fs_train=fs_train, eps=eps, n_fgsm=n_fgsm, seed=seed, reg=reg, k=k,
+                       layers=tuple(layers), line_up=[(name, result_cache.source_key(e.build),
+                                                       result_cache.source_key(e.fit_on)) for name, e in LINE_UP.items()])
+            fitted, hit = result_cache.cached_object(
+                "detector_suite", key, lambda: cls.fit(model, train, fs_train, eps=eps, n_fgsm=n_fgsm, seed=seed,
+                                                       reg=reg, k=k, layers=layers))
+            if hit:  # a detector that holds the model (BU) gets the caller's model, not the stored copy
+                for det in fitted.detectors.values():
+                    if isinstance(getattr(det, "model", None), torch.nn.Module):
+                        det.model = model
+            return fitted
         g = torch.Generator().manual_seed(seed)
         tr_idx = torch.randperm(len(train), generator=g)[:n_fgsm]
         x_tr, y_tr = training.correctly_classified(model, torch.utils.data.Subset(train, tr_idx.tolist()))

@@ -119,3 +119,34 @@ def test_what_cannot_be_keyed_is_computed(tmp_cache, monkeypatch):
     monkeypatch.setenv("MEDADV_RESULT_CACHE", "1")
     run_attack(a, m, (x, y), targets=1 - y, progress=False, cache=True)
     assert len(entries(tmp_cache)) == 1
+
+
+def test_source_key_follows_the_source_text():
+    def f(x):
+        return x + 1
+
+    def g(x):
+        return x + 2
+
+    assert cache.source_key(f) == cache.source_key(f) and "return x + 1" in cache.source_key(f)
+    assert cache.source_key(f) != cache.source_key(g)
+    with pytest.raises(cache.Uncacheable, match="source"):
+        cache.source_key(len)  # a built-in has no source
+
+
+def test_cached_object_round_trip_and_corruption(tmp_cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"model": nn.Linear(2, 1), "name": "x"}
+
+    first, hit1 = cache.cached_object("things", dict(a=torch.ones(2)), compute)
+    second, hit2 = cache.cached_object("things", dict(a=torch.ones(2)), compute)
+    assert (hit1, hit2, len(calls)) == (False, True, 1)
+    assert torch.equal(first["model"].weight, second["model"].weight) and second["name"] == "x"
+    (path,) = entries(tmp_cache)
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")  # corrupt on disk
+    with pytest.warns(RuntimeWarning, match="does not match its sha256"):
+        third, hit3 = cache.cached_object("things", dict(a=torch.ones(2)), compute)
+    assert not hit3 and len(calls) == 2

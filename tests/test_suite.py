@@ -234,3 +234,32 @@ def test_evaluate_attack_cold_and_warm_cache_agree(fitted, tmp_path, monkeypatch
     off = evaluate_attack("PGD", PGD(0.15, steps=6, seed=0, targeted=True), model, x, y, suite, clean,
                           targets=1 - y, cache=False)
     assert torch.equal(off.x_adv, cold.x_adv) and off.auroc == cold.auroc
+
+
+def test_suite_cache_cold_and_warm_score_alike(fitted, tmp_path, monkeypatch):
+    # The fitted suite read back from the result cache scores every image exactly as the suite
+    # fitted without the cache; a warm read fits nothing; BU gets the caller's model back.
+    import medadv_tutorial.suite as suite_module
+
+    monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
+    monkeypatch.delenv("MEDADV_RESULT_CACHE", raising=False)
+    model, train, fs_train, x, y = (fitted[k] for k in ("model", "train", "fs_train", "x", "y"))
+    args = dict(eps=8 / 255, n_fgsm=200)
+    cold = DetectorSuite.fit(model, train, fs_train, **args, cache=True)
+    assert len(list((tmp_path / "results" / "detector_suite").glob("*.pt"))) == 1
+
+    def no_fit(*a, **kw):
+        raise AssertionError("a warm cache must not fit a detector")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(suite_module, "_fit", no_fit)
+        warm = DetectorSuite.fit(model, train, fs_train, **args, cache=True)
+        with pytest.raises(AssertionError, match="must not fit"):  # another setting: another key
+            DetectorSuite.fit(model, train, fs_train, eps=8 / 255, n_fgsm=200, k=10, cache=True)
+    assert warm.detectors["BU"].model is model
+    fs = extract_features(model, (x, y), progress=False)
+    reference = fitted["suite"].score(fs, x)
+    for got in (cold.score(fs, x), warm.score(fs, x)):
+        assert list(got) == list(reference)
+        assert all(torch.equal(got[n], reference[n]) for n in reference), [n for n in reference
+                                                                          if not torch.equal(got[n], reference[n])]
