@@ -85,7 +85,7 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # lists the three profiles the package knows, read from its settings:
 
 # %%
-names = {"chest_xray": "chest X-ray", "retinamnist": "fundus", "cifar10": "CIFAR-10"}
+names = data.TASKS  # the three tasks and their names in the text
 rows = []
 for p in profiles.PROFILES.values():
     exceptions = ", ".join(f"{names.get(d, d)}: {e}" for d, e in p.dataset_epochs)

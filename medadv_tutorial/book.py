@@ -276,7 +276,7 @@ def _answer_mismatch(value, expected, tol: float, where: str) -> str | None:
     if v.shape != e.shape:
         return f"{where}expected shape {e.shape}, got shape {v.shape} ({value!r})"
     if not np.allclose(v, e, rtol=0.0, atol=tol, equal_nan=True):
-        shown = lambda a: f"{a.item():.6g}" if a.ndim == 0 else np.array2string(a, precision=4)  # noqa: E731
+        shown = lambda a: f"{a.item():.10g}" if a.ndim == 0 else np.array2string(a, precision=8)  # noqa: E731
         return f"{where}expected {shown(e)} (within {tol:g}), got {shown(v)}"
     return None
 

@@ -209,19 +209,7 @@ def cached_tensors(kind: str, key_parts: Mapping, compute: Callable[[], dict]) -
     (``$MEDADV_RESULT_CACHE=0``) or a part is :class:`Uncacheable`, ``compute()`` runs and
     nothing is stored (``hit`` is ``False``).
     """
-    if not enabled():
-        return compute(), False
-    try:
-        key = fingerprint(**key_parts)
-    except Uncacheable:
-        return compute(), False
-    path = entry_path(kind, key)
-    entry = _read(path)
-    if entry is not None:
-        return entry, True
-    entry = compute()
-    _write(path, entry)
-    return entry, False
+    return _cached(kind, key_parts, compute, weights_only=True)
 
 
 def cached_object(kind: str, key_parts: Mapping, compute: Callable[[], Any]) -> tuple[Any, bool]:
@@ -232,6 +220,10 @@ def cached_object(kind: str, key_parts: Mapping, compute: Callable[[], Any]) -> 
     after its sha256 matched the one written beside it; like any pickle it is code, so point
     ``$MEDADV_CACHE`` only at a folder you trust.  ``compute()`` must return a picklable object.
     """
+    return _cached(kind, key_parts, compute, weights_only=False)
+
+
+def _cached(kind: str, key_parts: Mapping, compute: Callable[[], Any], weights_only: bool) -> tuple[Any, bool]:
     if not enabled():
         return compute(), False
     try:
@@ -239,9 +231,9 @@ def cached_object(kind: str, key_parts: Mapping, compute: Callable[[], Any]) -> 
     except Uncacheable:
         return compute(), False
     path = entry_path(kind, key)
-    obj = _read(path, weights_only=False)
-    if obj is not None:
-        return obj, True
-    obj = compute()
-    _write(path, obj)
-    return obj, False
+    entry = _read(path, weights_only=weights_only)
+    if entry is not None:
+        return entry, True
+    entry = compute()
+    _write(path, entry)
+    return entry, False

@@ -73,6 +73,9 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "cifar10": ("train", "test"),
 }
 
+TASKS: dict[str, str] = {"chest_xray": "chest X-ray", "retinamnist": "fundus", "cifar10": "CIFAR-10"}
+"""The book's three tasks (data-set name -> name in the text), in the order of its tables."""
+
 CLASSES: dict[str, list[str]] = {
     "chest_xray": ["NORMAL", "PNEUMONIA"],
     "pneumoniamnist": ["normal", "pneumonia"],
@@ -427,12 +430,16 @@ def _medmnist(cls_name: str, split: str, size: int | None = None):
 # ----------------------------------------------------------------------------- loaders
 
 
+def _offline_zip(rel, split, name, n, seed, mode):
+    """``(images, labels, source)`` of the offline zip ``rel`` (decoded once, then memoised)."""
+    path = offline_file(rel)
+    x, y = _decoded(path, rel, lambda: _read_zip(path, split, CLASSES[name], n, seed, mode=mode))
+    return x, y, str(path)
+
+
 def _load_chest_xray(split, n, seed):
     if data_dir() is not None:
-        rel = f"chest_xray/kermany_cxr224_{split}.zip"
-        path = offline_file(rel)
-        x, y = _decoded(path, rel, lambda: _read_zip(path, split, CLASSES["chest_xray"], n, seed, mode="L"))
-        return x, y, str(path)
+        return _offline_zip(f"chest_xray/kermany_cxr224_{split}.zip", split, "chest_xray", n, seed, mode="L")
     warnings.warn(
         f"${DATA_ENV} is not set, so chest_xray falls back to MedMNIST+'s 224-px PneumoniaMNIST: "
         "crops of the same Kermany images, not the squashed 224-px copy used for the book's "
@@ -457,10 +464,7 @@ def _load_medmnist(name, split, n, seed):
 
 def _load_cifar10(split, n, seed):
     if data_dir() is not None:
-        rel = f"cifar10/cifar10_{split}_jpeg.zip"
-        path = offline_file(rel)
-        x, y = _decoded(path, rel, lambda: _read_zip(path, split, CLASSES["cifar10"], n, seed, mode="RGB"))
-        return x, y, str(path)
+        return _offline_zip(f"cifar10/cifar10_{split}_jpeg.zip", split, "cifar10", n, seed, mode="RGB")
     import torchvision
 
     ds = torchvision.datasets.CIFAR10(root=str(cache_dir()), train=(split == "train"), download=True)

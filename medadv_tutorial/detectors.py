@@ -339,6 +339,13 @@ class Detector:
     def _check_fitted(self, what: str) -> None:
         check_is_fitted(self, what)
 
+    def _features_method(self, what: str, features, kernel) -> torch.Tensor:
+        """A public method of a fitted detector on ``features``: check, compute on the compute
+        device (``kernel(x)``), return float64 on the features' device."""
+        self._check_fitted(what)
+        x = self._validate(features, "features", fitting=False)
+        return _out(kernel(x), x.device)
+
     @contextlib.contextmanager
     def _fitting(self):
         """Remove the fitted state, run the body (a fit), and remove it again if the body fails."""
@@ -506,9 +513,7 @@ class MGM(_GaussianBase):
 
     def log_density(self, features) -> torch.Tensor:
         """log p(features) under the fitted Gaussian: (N,) float64 on the features' device."""
-        self._check_fitted("log_density")
-        x = self._validate(features, "features", fitting=False)
-        return _out(self._log_density(x), x.device)
+        return self._features_method("log_density", features, self._log_density)
 
     def _log_density(self, x):
         dev = _compute_device(x.device)
@@ -587,9 +592,7 @@ class Mahalanobis(_GaussianBase):
 
     def class_distances(self, features) -> torch.Tensor:
         """Squared Mahalanobis distances to every class mean: (N, C) float64 (columns follow ``classes_``)."""
-        self._check_fitted("class_distances")
-        x = self._validate(features, "features", fitting=False)
-        return _out(self._distances(x), x.device)
+        return self._features_method("class_distances", features, self._distances)
 
     def _distances(self, x):
         dev = _compute_device(x.device)

@@ -91,71 +91,43 @@ class Profile:
         return ", ".join(f"{k}={v}" for k, v in fields.items())
 
 
+_CI = Profile(
+    name="ci",
+    image_size=128,
+    n_train=2000,
+    n_test=1000,
+    epochs=2,
+    # Ten classes with 200 images each still underfit after two epochs (a two-epoch run: training
+    # accuracy 0.77 in epoch 2, loss still halving); the binary medical sets reach
+    # 0.97 training accuracy in two.
+    dataset_epochs=(("cifar10", 4),),
+    batch_size=32,
+    eval_batch_size=100,
+    n_attack=50,
+    n_stress=16,
+    n_select=30,
+    attack_steps=10,
+    lr=1e-3,
+    class_weighted=True,
+    backbone="efficientnet_lite0",
+    # One thread per process: CI runs two processes on two cores, and more threads than
+    # cores makes OpenMP spin (measured: 4x slower training steps).
+    num_threads=1,
+)
+
 PROFILES: dict[str, Profile] = {
-    "ci": Profile(
-        name="ci",
-        image_size=128,
-        n_train=2000,
-        n_test=1000,
-        epochs=2,
-        # Ten classes with 200 images each still underfit after two epochs (a two-epoch run: training
-        # accuracy 0.77 in epoch 2, loss still halving); the binary medical sets reach
-        # 0.97 training accuracy in two.
-        dataset_epochs=(("cifar10", 4),),
-        batch_size=32,
-        eval_batch_size=100,
-        n_attack=50,
-        n_stress=16,
-        n_select=30,
-        attack_steps=10,
-        lr=1e-3,
-        class_weighted=True,
-        backbone="efficientnet_lite0",
-        # One thread per process: CI runs two processes on two cores, and more threads than
-        # cores makes OpenMP spin (measured: 4x slower training steps).
-        num_threads=1,
-    ),
-    "full": Profile(
-        name="full",
-        image_size=224,
-        n_train=None,
-        n_test=None,
-        epochs=10,
-        dataset_epochs=(),
-        batch_size=64,
-        eval_batch_size=256,
-        n_attack=1000,
-        n_stress=200,
-        n_select=300,
-        attack_steps=20,
-        lr=3e-4,
-        class_weighted=True,
-        backbone="efficientnet_lite0",
-        num_threads=None,
-    ),
-    "smoke": Profile(
-        name="smoke",
-        image_size=224,
-        # As few images as keep every step defined (CIFAR-10 still gets a few correct ones):
-        # smoke runs every chapter in CI, and at 224 px on a CPU each image costs.
-        n_train=32,
-        n_test=32,
-        epochs=1,
-        dataset_epochs=(),
-        batch_size=16,
-        eval_batch_size=32,
-        # More than a small test set can give: exercises the split that caps the attack set.
-        n_attack=1000,
-        # Fewer than the attack set, as in full (a seeded subset is drawn).
-        n_stress=4,
-        n_select=300,
-        attack_steps=2,
-        lr=3e-4,
-        class_weighted=True,
-        backbone="efficientnet_lite0",
-        num_threads=1,
-        check_claims=False,
-    ),
+    "ci": _CI,
+    # Full size: every image at 224 px, the paper-scale attack and selection sets; what differs from ci.
+    "full": dataclasses.replace(
+        _CI, name="full", image_size=224, n_train=None, n_test=None, epochs=10, dataset_epochs=(), batch_size=64,
+        eval_batch_size=256, n_attack=1000, n_stress=200, n_select=300, attack_steps=20, lr=3e-4, num_threads=None),
+    # As few images as keep every step defined (CIFAR-10 still gets a few correct ones): smoke runs
+    # every chapter in CI, and at 224 px on a CPU each image costs. n_attack asks for more than a
+    # small test set can give (exercises the split that caps the attack set); n_stress is fewer
+    # than the attack set, as in full (a seeded subset is drawn).
+    "smoke": dataclasses.replace(
+        _CI, name="smoke", image_size=224, n_train=32, n_test=32, epochs=1, dataset_epochs=(), batch_size=16,
+        eval_batch_size=32, n_attack=1000, n_stress=4, n_select=300, attack_steps=2, lr=3e-4, check_claims=False),
 }
 
 
