@@ -104,8 +104,9 @@ show_table(rows, ["profile", "input (px)", "train images", "test images", "epoch
 
 # %% [markdown]
 # - **`ci`** is the default on every device, CPU or GPU: it is what the book's stored outputs
-#   show, so a reader sees the numbers printed here. It runs in minutes per chapter on a GPU,
-#   and the stored outputs were made with it on a 2-core CPU.
+#   show, so a reader sees the numbers printed here. The stored outputs were made with it on a
+#   2-core CPU, where a chapter takes from seconds (this one, with the models trained) to about a
+#   quarter of an hour (Chapter 5); the README lists the measured times.
 # - **`full`** is opt-in, for readers with a GPU: paper-scale input size, every image, more
 #   epochs, more attacked images and attack steps. To use it, restart the kernel, run
 #   `%env MEDADV_PROFILE=full` in a new cell before the set-up cell above (or set the
