@@ -316,8 +316,10 @@ fig.tight_layout()
 # clean training features and measure the Mahalanobis distance of a sample to the Gaussian of the
 # class the model *predicts*, which is all a detector can see (an adversarial image is measured
 # against the class it now claims to be). Distances are expressed as percentiles among clean
-# images held out from the fit, so clean test images should come out uniform on [0, 100], and
-# "above the 95th percentile" means "more unusual than 95% of clean images".
+# reference images: a stratified share of the training images, held out from the Gaussians' fit
+# but not from the classifier's training. Clean test images exchangeable with them would come
+# out uniform on [0, 100] (median 50), and "above the 95th percentile" means "more unusual than
+# 95% of the clean reference images".
 
 # %% tags=["nbval-ignore-output"]
 fs_adv = features.extract_features(m, (x_adv, y), progress=False)
@@ -384,7 +386,7 @@ if book.check_claims(profile):
 # The adversarial images are ordinary at the stem (median percentile
 # {glue:text}`pct_adv_stem:.1f`), where a perturbation of one grey level changes little, grow more
 # unusual with depth, and are extreme outliers in the deep layers: their median penultimate-layer
-# percentile is {glue:text}`pct_adv_pen:.1f`, beyond the 95th percentile of clean images. Depth is
+# percentile is {glue:text}`pct_adv_pen:.1f`, beyond the 95th percentile of the clean references. Depth is
 # where the attack lives, and where a detector can see it.
 #
 # ## Two-dimensional views

@@ -153,13 +153,15 @@ if book.check_claims(profile):
 # **Against Li & Zhu's numbers.** At its pre-set threshold MGM reaches F1 =
 # {glue:text}`f1_mgm_pgd:.2f` on PGD and {glue:text}`f1_mgm_fgsm:.2f` on FGSM; Li & Zhu report
 # 0.975 and 0.936 {cite:p}`li2020robust`. Their setting differs: their ε was 0.02 (white-box) and
-# 0.05 (black-box), against 1/255 ≈ 0.004 here, a white-box budget about five times larger, under
-# which one FGSM step moves the features much further; and they used a DenseNet-121 on the
-# 14-label NIH ChestX-ray14, not an EfficientNet-Lite0 on Kermany's two classes.
+# 0.05 (black-box), against 1/255 ≈ 0.004 here, a white-box budget about five times larger, which
+# gives a single FGSM step more room to move the features (we did not run their budget); and they
+# used a DenseNet-121 on the 14-label NIH ChestX-ray14, not this page's
+# {glue:md}`profile_backbone` on Kermany's two classes.
 #
 # MGM keeps {glue:text}`kept:.0%` of the clean images (95% interval {glue:text}`kept_low:.0%` to
-# {glue:text}`kept_high:.0%` for {glue:}`n_eval` images), against the nominal 95%.
-# {glue:md}`kept_note`
+# {glue:text}`kept_high:.0%` for {glue:}`n_eval` images), against the nominal 95%: the threshold
+# was set to keep 95% of the leave-one-out scores of the *training* images, and the test images
+# are other images. {glue:md}`kept_note`
 
 # %% [markdown]
 # ### Black-box: attacks crafted on a substitute model
@@ -295,23 +297,25 @@ fig.tight_layout()
 # Isolation Forest and the one-class SVM reach AUROC {glue:text}`isoocsvm_iter_min:.2f` or more
 # on them: the iterative attacks push the features so far out that any density model notices.
 # FGSM is different: with one step it succeeds on fewer images ({glue:text}`success_fgsm:.0%`
-# against {glue:text}`success_pgd:.0%` for PGD) and moves their features much less, and the
-# density detectors (MGM, MAHA, KD, ISO, OCSVM) reach only {glue:text}`density_fgsm_min:.2f` to
-# {glue:text}`density_fgsm_max:.2f` on it — the failed FGSM images are, in feature space, simply
-# clean images. Not every unsupervised detector fails on it: BU, which reads the model's
-# uncertainty rather than the features' density, reaches {glue:text}`bu_fgsm:.2f`. A single step
-# leaves the image near the decision boundary, whether it crossed it or not, where the MC-dropout
-# predictions disagree.
+# against {glue:text}`success_pgd:.0%` for PGD), and the density detectors (MGM, MAHA, KD, ISO,
+# OCSVM) reach only {glue:text}`density_fgsm_min:.2f` to {glue:text}`density_fgsm_max:.2f` on
+# it: by their measure, FGSM's images stay closer to the clean features than PGD's. Not
+# every unsupervised detector does poorly on FGSM: BU, which reads the model's uncertainty rather
+# than the features' density, does better, at {glue:text}`bu_fgsm:.2f`. Our reading, not
+# verified here: a single step leaves the image near the decision boundary, whether it crossed it
+# or not, where the MC-dropout predictions disagree.
 #
 # **MGM and MAHA agree.** Their AUROCs differ by at most {glue:text}`mgm_maha_max_diff:.3f` over
 # the four attacks, and this is no coincidence. Both are Mahalanobis distances of the
-# penultimate features with the same ridge: MGM to the overall mean under the total covariance,
-# MAHA to the nearest class mean under the pooled within-class covariance. With two classes, the total covariance is the within-class one
-# plus a single between-class direction, so after whitening the two squared distances share the
-# part in the {glue:text}`feature_dim_minus_1:,d` dimensions orthogonal to that direction and
-# differ only along it (MGM's log-determinant is the same for every image and does not change
-# the ranking). The Spearman rank correlation of the two scores over the clean and white-box
-# adversarial images of this page is {glue:text}`rho_mgm_maha:.3f`.
+# penultimate features with the same relative ridge: MGM to the overall mean under the total
+# covariance, MAHA to the nearest class mean under the pooled within-class covariance. With two
+# classes, the total covariance is the within-class one plus a single between-class direction, so
+# after whitening the two squared distances share the part in the
+# {glue:text}`feature_dim_minus_1:,d` dimensions orthogonal to that direction and differ only
+# along it (MGM's log-determinant is the same for every image and does not change the ranking).
+# The shared part spans all dimensions but one, and the two scores rank images almost alike: the
+# Spearman rank correlation of the two scores over the clean and white-box adversarial images of
+# this page is {glue:text}`rho_mgm_maha:.3f`.
 #
 # **Three detectors fall short, each for a reason worth knowing.**
 #
@@ -335,8 +339,8 @@ fig.tight_layout()
 #   rather than a learned boundary, transfers ({glue:text}`mahalr_pgd:.2f` on PGD).
 #
 # **Black-box attacks** crafted on the seed-1 substitute transfer to {glue:text}`transfer_min:.0%`
-# to {glue:text}`transfer_max:.0%` of the images at this budget, and move the deployed model's
-# features less: the detectors catch them less reliably than the white-box ones (MGM's AUROC
+# to {glue:text}`transfer_max:.0%` of the images at this budget, and the detectors catch them
+# less reliably than the white-box ones (MGM's AUROC
 # {glue:text}`bb_auroc_mgm_min:.2f` to {glue:text}`bb_auroc_mgm_max:.2f`).
 #
 # Every detector was fitted before any attack it is evaluated on was run, with settings fixed in

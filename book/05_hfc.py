@@ -373,10 +373,13 @@ fig.tight_layout()
 #
 # Chapter 3's measure: the Mahalanobis distance of each image's feature to the class it is
 # predicted as (class means, shared covariance, fitted on clean training features), expressed as a
-# percentile among clean images held out from that fit. Those held-out images spread uniformly
-# over [0, 100] by construction (median 50); 100 means farther than every clean image. The clean
-# test images attacked here need not: across the layers their medians lie between
-# {glue:md}`clean_median_min` and {glue:md}`clean_median_max` (Chapter 3 discusses this gap).
+# percentile among clean training images held out from that fit. Those held-out images spread
+# uniformly over [0, 100] by construction (median 50); 100 means farther than every one of them.
+# The clean test images attacked here need not: across the layers their medians lie between
+# {glue:md}`clean_median_min` and {glue:md}`clean_median_max`. They are only
+# {glue:}`n_attack_used` images, whose median moves by several percentile points from one draw
+# to the next, and they are test images, not training images (Chapter 3 measures all clean test
+# images the same way).
 
 # %%
 outliers = features.MahalanobisOutliers(reg=1e-3).fit(fs_train)
@@ -620,9 +623,9 @@ if book.check_claims(profile):
 #
 # **Detectors that failed against PGD do better against HFC.** BU goes from {glue:md}`bu_pgd` to
 # {glue:md}`bu_hfc` and the FGSM-trained DNN from {glue:md}`dnn_pgd` to {glue:md}`dnn_hfc`. PGD
-# drives the prediction to near-certainty; HFC spends part of the budget on the features, so its
-# predictions are less confident, which raises the MC-dropout variance. Neither becomes a useful
-# detector.
+# drives the prediction to near-certainty; our reading, not measured here, is that HFC spends part
+# of the budget on the features, so its predictions are less confident, which raises the
+# MC-dropout variance. Neither becomes a useful detector.
 #
 # **One layer is not enough.** The detector-aware attack, which lowers MGM's score on the
 # penultimate layer, hides from the single-layer detectors that caught PGD about as well as HFC
