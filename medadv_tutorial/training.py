@@ -24,7 +24,7 @@ from .checks import (CorruptFileError, as_labels, check_device, check_images, ch
 from .models import Classifier, build_model
 from .io import atomic_torch_save
 from .profiles import Profile, as_profile
-from .progress import progress as progress_bar
+from .progress import tqdm
 
 CKPT_FORMAT = 1
 
@@ -101,7 +101,7 @@ def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool 
         raise ValueError("data is empty: no image to predict")
     probs, labels = [], []
     with eval_mode(model):
-        for x, y in progress_bar(loader, desc="predict", enabled=progress, leave=False):
+        for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):
             x = check_images(x.to(device), "the images of data")
             check_input_dtype(model, x, "the images of data")
             logits = model(x)
@@ -180,7 +180,10 @@ def fit(
     model.train()
     for epoch in range(1, epochs + 1):
         tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        bar = progress_bar(loader, desc=f"epoch {epoch}/{epochs}", enabled=progress, leave=False)
+        # A tqdm object even when disabled, not progress.progress (which then returns the loader
+        # itself): the first training batch differs between the two (measured: another first-step
+        # loss, from the same model, data and seed), and the book's models were trained through tqdm.
+        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for x, y in bar:
             x, y = check_images(x.to(device), "the images of train_data"), as_labels(y)
             check_input_dtype(model, x, "the images of train_data")
@@ -206,8 +209,7 @@ def fit(
             tot_n += len(x)
             history["step_loss"].append(loss_value)
             history["step_accuracy"].append(correct / len(x))
-            if progress:
-                bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
         history["epochs"].append({"epoch": epoch, "loss": tot_loss / tot_n, "accuracy": tot_correct / tot_n})
     model.eval()
     return history
