@@ -189,7 +189,11 @@ def load_model_and_features(profile: Profile, dataset: str, *, features=("train"
 
 
 def glue(name: str, value, digits: int | None = None, display: bool = False):
-    """Glue ``value`` under ``name`` for the prose (``{glue:}`name```); returns the value.
+    """Glue ``value`` under ``name`` for the prose (``{glue:}`name```).
+
+    Returns ``None``, so a cell that ends with it shows nothing under any executor (a trailing
+    ``;`` is not enough: nbval executes cells without storing them in the history, where
+    IPython looks for the semicolon).
 
     ``digits`` rounds a float first, so the stored record (compared by nbval) shows what the
     prose shows.  Strings are glued as Markdown, like :func:`glue_settings` (prose:
@@ -208,9 +212,9 @@ def glue(name: str, value, digits: int | None = None, display: bool = False):
         from IPython.display import Markdown
         from myst_nb import glue as _glue
     except ImportError:
-        return value
+        return None
     _glue(name, Markdown(shown) if isinstance(shown, str) else shown, display=display)
-    return value
+    return None
 
 
 def glue_results(digits: int = 2, **results) -> None:
