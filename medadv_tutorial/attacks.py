@@ -718,12 +718,24 @@ class AttackResult:
         return len(self.y)
 
     @property
+    def attacked(self) -> torch.Tensor:
+        """``(N,)`` bool: the images a success rate is taken over: classified correctly when
+        clean (and, for a targeted attack, with a target other than the label)."""
+        correct = self.pred_clean == self.y
+        return correct if self.target is None else correct & (self.target != self.y)
+
+    @property
     def success(self) -> torch.Tensor:
         """``(N,)`` bool: attacked (clean-correct, target != y) and fooled (wrong / at target)."""
-        correct = self.pred_clean == self.y
-        if self.target is None:
-            return correct & (self.pred_adv != self.y)
-        return correct & (self.target != self.y) & (self.pred_adv == self.target)
+        hit = self.pred_adv != self.y if self.target is None else self.pred_adv == self.target
+        return self.attacked & hit
+
+    def success_interval(self, **bootstrap):
+        """:attr:`success_rate` with its 95% bootstrap interval over the attacked images
+        (:func:`~medadv_tutorial.metrics.rate_interval`; ``bootstrap``: its ``n_boot``, ``level``, ``seed``)."""
+        from .metrics import rate_interval
+
+        return rate_interval(self.success, among=self.attacked, **bootstrap)
 
     def summary(self) -> dict[str, float]:
         """``success_rate`` (over clean-correct images), ``adv_accuracy``, ``clean_accuracy``,

@@ -39,11 +39,14 @@ __all__ = [
     "auroc",
     "auroc_interval",
     "f1_at_threshold",
+    "f1_interval",
     "followup_auroc",
+    "followup_auroc_interval",
     "quantile_threshold",
     "rate_interval",
     "roc_curve",
     "tpr_at_tnr",
+    "tpr_interval",
 ]
 
 
@@ -285,6 +288,20 @@ class Interval:
         """``(high - low) / 2``."""
         return (self.high - self.low) / 2
 
+    def overlaps(self, other: "Interval") -> bool:
+        """Whether the two intervals share a point (``[low, high]`` closed): the verdict
+        "not distinguishable" of two estimates.  Overlap is the cautious reading; two
+        intervals can overlap a little while the difference is still beyond noise."""
+        if not isinstance(other, Interval):
+            raise TypeError(f"other must be a metrics.Interval, got {type(other).__name__}")
+        return self.low <= other.high and other.low <= self.high
+
+    def excludes(self, value: float) -> bool:
+        """Whether ``value`` lies outside ``[low, high]`` (e.g. ``auroc_ci.excludes(0.5)``:
+        the detector differs from chance)."""
+        value = check_real(value, "value")
+        return value < self.low or value > self.high
+
 
 def _check_bootstrap(n_boot, level, seed) -> tuple[int, float, int]:
     n_boot = check_int(n_boot, "n_boot (bootstrap replicates)", 1)
@@ -358,6 +375,82 @@ def rate_interval(successes, among=None, *, n_boot: int = 2000, level: float = 0
     n, k = len(s), int(s.sum())
     replicates = np.random.default_rng(seed).binomial(n, k / n, size=n_boot) / n
     return _percentile_interval(k / n, replicates, level, n_boot)
+
+
+def tpr_interval(scores_clean, scores_adv, tnr: float = 0.90, *, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> Interval:
+    """:func:`tpr_at_tnr` with its stratified percentile bootstrap interval.
+
+    Each replicate resamples the clean and, independently, the adversarial images with
+    replacement, sets the threshold on the resampled clean scores (as :func:`tpr_at_tnr`
+    does) and counts the resampled adversarial scores strictly above it; so the interval
+    carries the uncertainty of the threshold as well as that of the detection rate.
+
+    Parameters
+    ----------
+    scores_clean: (n_clean,) clean scores.  scores_adv: (n_adv,) adversarial scores.
+    tnr: target true-negative rate in (0, 1].
+    n_boot: bootstrap replicates, >= 1.  level: coverage in (0, 1).  seed: seeds the resampling.
+
+    Returns an :class:`Interval` whose ``estimate`` is :func:`tpr_at_tnr` of the given scores.
+    """
+    c = _as_1d(scores_clean, "scores_clean")
+    a = _as_1d(scores_adv, "scores_adv")
+    tnr = check_real(tnr, "tnr", low=0.0, low_open=True, high=1.0, hint=" (a true-negative rate in (0, 1])")
+    n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
+    rng = np.random.default_rng(seed)
+    k = max(1, math.ceil(round(tnr * len(c), 9)))  # the rank quantile_threshold picks
+    per_chunk = max(1, _BOOT_CHUNK // (len(c) + len(a)))
+    replicates = []
+    for start in range(0, n_boot, per_chunk):
+        b = min(per_chunk, n_boot - start)
+        t = np.sort(c[rng.integers(0, len(c), size=(b, len(c)))], axis=1)[:, k - 1]
+        replicates.append((a[rng.integers(0, len(a), size=(b, len(a)))] > t[:, None]).mean(1))
+    return _percentile_interval(tpr_at_tnr(c, a, tnr), np.concatenate(replicates), level, n_boot)
+
+
+def f1_interval(scores_clean, scores_adv, threshold: float, *, n_boot: int = 2000, level: float = 0.95,
+                seed: int = 0) -> Interval:
+    """:func:`f1_at_threshold` with its stratified percentile bootstrap interval.
+
+    The threshold is fixed (set beforehand, on training data); each replicate resamples the
+    clean and, independently, the adversarial images.  A resample of ``n`` images of which
+    ``k`` are flagged flags ``Binomial(n, k / n)`` of them, so the two counts are drawn as
+    such (the same distribution as resampling the images).
+
+    Returns an :class:`Interval` whose ``estimate`` is :func:`f1_at_threshold` of the given scores.
+    """
+    c = _as_1d(scores_clean, "scores_clean")
+    a = _as_1d(scores_adv, "scores_adv")
+    threshold = check_real(threshold, "threshold", finite=False)
+    n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
+    rng = np.random.default_rng(seed)
+    tp = rng.binomial(len(a), float((a > threshold).mean()), size=n_boot)
+    fp = rng.binomial(len(c), float((c > threshold).mean()), size=n_boot)
+    replicates = 2.0 * tp / (2.0 * tp + fp + (len(a) - tp))
+    return _percentile_interval(f1_at_threshold(c, a, threshold), replicates, level, n_boot)
+
+
+def followup_auroc_interval(classifier_probs, labels, accepted_mask, *, n_boot: int = 1000, level: float = 0.95,
+                            seed: int = 0) -> Interval:
+    """:func:`followup_auroc` with its percentile bootstrap interval over images.
+
+    Each replicate resamples all ``N`` images with replacement (their probabilities, labels
+    and accepted flags together) and recomputes the follow-up AUROC; replicates where it is
+    undefined (one class among the accepted images) are left out.  The interval is NaN on
+    both ends when fewer than half of the replicates are defined.
+    """
+    estimate = followup_auroc(classifier_probs, labels, accepted_mask)  # validates the inputs
+    n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
+    as_np = (lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+    p, y, m = as_np(classifier_probs), as_np(labels), as_np(accepted_mask)
+    rng = np.random.default_rng(seed)
+    replicates = np.array([followup_auroc(p[i], y[i], m[i])
+                           for i in rng.integers(0, len(y), size=(n_boot, len(y)))])
+    replicates = replicates[~np.isnan(replicates)]
+    if len(replicates) < n_boot / 2:
+        return Interval(float(estimate), float("nan"), float("nan"), level, n_boot)
+    return _percentile_interval(estimate, replicates, level, n_boot)
 
 
 _BOOT_CHUNK = 2**22

@@ -32,6 +32,7 @@ Usage (Chapter 5)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections import OrderedDict
@@ -68,6 +69,11 @@ class AttackEvaluation:
     run's, also when read from the result cache); ``scores`` ``{detector: (N,) float64}``
     and ``auroc`` / ``tpr90`` ``{detector: float}`` with the clean images of the same set
     as negatives and the adversarial ones as positives (TPR at 90% TNR).
+    ``clean_scores`` ``{detector: (N,) float64}``: those negatives' scores; ``outcomes``
+    ``(n,)`` bool: per attacked image (the ``n`` classified correctly when clean), whether the
+    attack succeeded.  From these two, the 95% bootstrap intervals over images
+    (:mod:`~medadv_tutorial.metrics`): ``success_ci`` (an Interval), ``auroc_ci`` and
+    ``tpr90_ci`` (``{detector: Interval}``), computed on first use.
     """
 
     name: str
@@ -78,6 +84,32 @@ class AttackEvaluation:
     scores: "OrderedDict[str, torch.Tensor]"
     auroc: "OrderedDict[str, float]"
     tpr90: "OrderedDict[str, float]"
+    clean_scores: "Mapping[str, torch.Tensor] | None" = None
+    outcomes: torch.Tensor | None = None
+
+    def _needs(self, field: str, what: str):
+        value = getattr(self, field)
+        if value is None:
+            raise ValueError(f"AttackEvaluation {self.name!r} was built without {field}, so it has no {what} "
+                             "interval: build it with evaluate_attack")
+        return value
+
+    @functools.cached_property
+    def success_ci(self) -> metrics.Interval:
+        """The success rate with its 95% bootstrap interval over the attacked images."""
+        return metrics.rate_interval(self._needs("outcomes", "success"))
+
+    @functools.cached_property
+    def auroc_ci(self) -> "OrderedDict[str, metrics.Interval]":
+        """``{detector: AUROC with its 95% stratified bootstrap interval}``."""
+        clean = self._needs("clean_scores", "AUROC")
+        return OrderedDict((d, metrics.auroc_interval(clean[d], s)) for d, s in self.scores.items())
+
+    @functools.cached_property
+    def tpr90_ci(self) -> "OrderedDict[str, metrics.Interval]":
+        """``{detector: TPR at 90% TNR with its 95% stratified bootstrap interval}``."""
+        clean = self._needs("clean_scores", "TPR")
+        return OrderedDict((d, metrics.tpr_interval(clean[d], s, 0.90)) for d, s in self.scores.items())
 
 
 def _check_suite(suite) -> None:
@@ -129,7 +161,8 @@ def evaluate_attack(name: str, attack, model, x: torch.Tensor, y: torch.Tensor, 
     scores = suite.score(fs, res.x_adv)
     auroc = OrderedDict((n, metrics.auroc(clean_scores[n], s)) for n, s in scores.items())
     tpr = OrderedDict((n, metrics.tpr_at_tnr(clean_scores[n], s, 0.90)) for n, s in scores.items())
-    return AttackEvaluation(name, res.x_adv, fs, res.success_rate, res.seconds, scores, auroc, tpr)
+    return AttackEvaluation(name, res.x_adv, fs, res.success_rate, res.seconds, scores, auroc, tpr,
+                            OrderedDict((n, clean_scores[n]) for n in scores), res.success[res.attacked])
 
 
 def score_clean(model, x: torch.Tensor, y: torch.Tensor, suite) -> "tuple[features.FeatureSet, OrderedDict]":
@@ -304,20 +337,22 @@ def _pick(evaluations, attack_names, name: str = "evaluations") -> "OrderedDict[
 
 def success_table(evaluations: Mapping[str, AttackEvaluation], header: str = "attack", *,
                   attacks: Sequence[str] | None = None) -> Table:
-    """One row ``[attack, success rate]`` per evaluation (or per name of ``attacks``)."""
+    """One row ``[attack, success rate with its 95% interval]`` per evaluation (or per name of ``attacks``)."""
     evs = _pick(evaluations, attacks)
-    return Table([[a, ev.success] for a, ev in evs.items()], [header, "success rate"])
+    return Table([[a, ev.success_ci] for a, ev in evs.items()], [header, "success rate [95% CI]"])
 
 
 def sweep_table(sweeps: Mapping, detectors: Sequence[str], *, key_headers: Sequence[str] = ("λ",),
                 key_cells: Callable[[Any], list] | None = None, suffix: str = " AUROC", worst: bool = False) -> Table:
-    """The table of a weight sweep: per weight, its key cells, success and AUROC per detector.
+    """The table of a weight sweep: per weight, its key cells, success and AUROC per detector,
+    each with its 95% bootstrap interval (:class:`AttackEvaluation`'s ``success_ci``, ``auroc_ci``).
 
     ``sweeps``: one sweep ``{weight: AttackEvaluation}``, or several ``{name: sweep}``, shown
     one after the other with the name in a first column (``key_headers`` then names it too).
     ``key_cells(weight)``: the cells that show a weight (default: ``["0.001"]``).
     ``suffix``: appended to each detector's name in the headers.  ``worst``: add a last
-    column, the largest AUROC over ``detectors`` (what :func:`select_weight` ranks by).
+    column, the largest AUROC over ``detectors`` (what :func:`select_weight` ranks by), with
+    that detector's interval.
     """
     if not isinstance(sweeps, Mapping) or not sweeps:
         raise (TypeError if not isinstance(sweeps, Mapping) else ValueError)(
@@ -334,9 +369,9 @@ def sweep_table(sweeps: Mapping, detectors: Sequence[str], *, key_headers: Seque
     rows = []
     for g, sw in groups.items():
         for w, ev in sw.items():
-            aurocs = [ev.auroc[d] for d in detectors]
-            rows.append(([g] if nested else []) + list(key_cells(w)) + [ev.success] + aurocs
-                        + ([max(aurocs)] if worst else []))
+            aurocs = [ev.auroc_ci[d] for d in detectors]
+            rows.append(([g] if nested else []) + list(key_cells(w)) + [ev.success_ci] + aurocs
+                        + ([max(aurocs, key=lambda iv: iv.estimate)] if worst else []))
     headers = list(key_headers) + ["success"] + [f"{d}{suffix}" for d in detectors] + (["worst"] if worst else [])
     n_keys = len(rows[0]) - len(headers) + len(key_headers)
     if any(len(r) != len(headers) for r in rows):
@@ -350,20 +385,25 @@ class DetectionTable:
     """AUROC and TPR at 90% TNR of each detector against each attack (see :func:`detection_table`).
 
     ``auroc[detector][attack]`` and ``tpr90[detector][attack]`` are floats in [0, 1];
-    ``detectors`` and ``attacks`` give the order of the rows and columns.
+    ``auroc_ci`` and ``tpr90_ci`` the same with their 95% bootstrap intervals
+    (:class:`~medadv_tutorial.metrics.Interval`); ``detectors`` and ``attacks`` give the order
+    of the rows and columns.
     """
 
     auroc: "OrderedDict[str, OrderedDict[str, float]]"
     tpr90: "OrderedDict[str, OrderedDict[str, float]]"
     detectors: list[str]
     attacks: list[str]
+    auroc_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
+    tpr90_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
 
     def table(self, kinds: Sequence[str] = ("AUROC", "TPR@90"), first_header: str = "detector", *,
               columns: Sequence[tuple[str, str]] | None = None) -> Table:
         """One row per detector; per attack, a column for each of ``kinds`` (``"AUROC"``,
         ``"TPR@90"``), headed ``"<attack> <kind>"`` (headed by the attack alone when there is
-        one kind).  ``columns``: explicit ``(attack, kind)`` pairs instead."""
-        values = {"AUROC": self.auroc, "TPR@90": self.tpr90}
+        one kind).  ``columns``: explicit ``(attack, kind)`` pairs instead.  Cells are
+        intervals (estimate and 95% bootstrap interval)."""
+        values = {"AUROC": self.auroc_ci, "TPR@90": self.tpr90_ci}
         if columns is None:
             if isinstance(kinds, str) or not kinds or any(k not in values for k in kinds):
                 raise ValueError(f"kinds must list some of {list(values)}, got {kinds!r}")
@@ -392,7 +432,9 @@ def detection_table(evaluations: Mapping[str, AttackEvaluation], *, detectors: S
     detectors = list(_check_detectors(detectors, list(evs.values())))
     auroc = OrderedDict((d, OrderedDict((a, ev.auroc[d]) for a, ev in evs.items())) for d in detectors)
     tpr = OrderedDict((d, OrderedDict((a, ev.tpr90[d]) for a, ev in evs.items())) for d in detectors)
-    return DetectionTable(auroc, tpr, detectors, list(evs))
+    auroc_ci = OrderedDict((d, OrderedDict((a, ev.auroc_ci[d]) for a, ev in evs.items())) for d in detectors)
+    tpr_ci = OrderedDict((d, OrderedDict((a, ev.tpr90_ci[d]) for a, ev in evs.items())) for d in detectors)
+    return DetectionTable(auroc, tpr, detectors, list(evs), auroc_ci, tpr_ci)
 
 
 def timing_table(evaluations: Mapping[str, AttackEvaluation], baseline: str, *, attacks: Sequence[str] | None = None,
@@ -448,8 +490,10 @@ class LiZhuTable:
     ``f1[detector][attack]``, ``followup[detector][attack]`` and
     ``followup_no_defence[attack]`` (floats in [0, 1]; a follow-up AUROC is NaN when the
     accepted images hold one class only); ``thresholds[detector]``; ``n_kept[detector]``:
-    how many clean images the detector lets through; ``n_clean``; ``table``: the rows for
-    :func:`~medadv_tutorial.report.show_table`, with a last row ``no defence``.
+    how many clean images the detector lets through; ``n_clean``; ``f1_ci``, ``followup_ci``
+    and ``followup_no_defence_ci``: the same numbers with their 95% bootstrap intervals over
+    images; ``table``: the rows for :func:`~medadv_tutorial.report.show_table` (interval
+    cells), with a last row ``no defence``.
     """
 
     f1: "OrderedDict[str, OrderedDict[str, float]]"
@@ -459,6 +503,9 @@ class LiZhuTable:
     n_kept: "OrderedDict[str, int]"
     n_clean: int
     table: Table
+    f1_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
+    followup_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
+    followup_no_defence_ci: "OrderedDict[str, metrics.Interval]"
 
     def kept(self, name: str, confidence: float = 0.95) -> tuple[float, float, float]:
         """``(fraction, low, high)``: the fraction of the clean images that detector ``name``
@@ -487,7 +534,9 @@ def li_zhu_table(suite, names: Sequence[str], fs_clean: features.FeatureSet, adv
     AUROC is the classifier's AUROC on the images the detector lets through, clean and
     adversarial together, from the softmax of the features' logits and the true labels
     (:func:`~medadv_tutorial.metrics.followup_auroc`).  The ``no defence`` row lets every
-    image through.
+    image through.  Intervals: F1 by :func:`~medadv_tutorial.metrics.f1_interval` (clean and
+    adversarial images resampled apart), follow-up AUROC by
+    :func:`~medadv_tutorial.metrics.followup_auroc_interval` (all images resampled together).
     """
     names, thr, s_clean, _ = _threshold_inputs(suite, names, fs_clean, quantile)
     fs_adv = _feature_sets(adversarial)
@@ -498,14 +547,17 @@ def li_zhu_table(suite, names: Sequence[str], fs_clean: features.FeatureSet, adv
         probs = torch.cat([fs_clean.logits.softmax(1), fsa.logits.softmax(1)])
         labels = torch.cat([fs_clean.labels, fsa.labels])
         for n in names:
-            f1[n][a] = metrics.f1_at_threshold(s_clean[n], s_adv[n], thr[n])
-            fu[n][a] = metrics.followup_auroc(probs, labels, torch.cat([s_clean[n] <= thr[n], s_adv[n] <= thr[n]]))
-        nodef[a] = metrics.followup_auroc(probs, labels, torch.ones(len(labels), dtype=torch.bool))
+            f1[n][a] = metrics.f1_interval(s_clean[n], s_adv[n], thr[n])
+            fu[n][a] = metrics.followup_auroc_interval(probs, labels,
+                                                       torch.cat([s_clean[n] <= thr[n], s_adv[n] <= thr[n]]))
+        nodef[a] = metrics.followup_auroc_interval(probs, labels, torch.ones(len(labels), dtype=torch.bool))
     rows = [[n] + [v for a in fs_adv for v in (f1[n][a], fu[n][a])] for n in names]
     rows.append(["no defence"] + [v for a in fs_adv for v in ("–", nodef[a])])
     headers = ["detector"] + [f"{a} {k}" for a in fs_adv for k in ("F1", "follow-up AUROC")]
     kept = OrderedDict((n, int((s_clean[n] <= thr[n]).sum())) for n in names)
-    return LiZhuTable(f1, fu, nodef, thr, kept, len(fs_clean), Table(rows, headers))
+    point = (lambda d: OrderedDict((k, OrderedDict((a, iv.estimate) for a, iv in v.items())) for k, v in d.items()))
+    return LiZhuTable(point(f1), point(fu), OrderedDict((a, iv.estimate) for a, iv in nodef.items()), thr, kept,
+                      len(fs_clean), Table(rows, headers), f1, fu, nodef)
 
 
 @dataclasses.dataclass
@@ -513,14 +565,18 @@ class BlackBoxTable:
     """Li & Zhu's black-box table (see :func:`black_box_table`).
 
     ``success[attack]`` on the deployed model; ``f1[detector][attack]`` at the pre-set
-    threshold and ``auroc[detector][attack]``; ``table`` for
-    :func:`~medadv_tutorial.report.show_table`.
+    threshold and ``auroc[detector][attack]``; ``success_ci``, ``f1_ci``, ``auroc_ci``: the
+    same with their 95% bootstrap intervals; ``table`` for
+    :func:`~medadv_tutorial.report.show_table` (interval cells).
     """
 
     success: "OrderedDict[str, float]"
     f1: "OrderedDict[str, OrderedDict[str, float]]"
     auroc: "OrderedDict[str, OrderedDict[str, float]]"
     table: Table
+    success_ci: "OrderedDict[str, metrics.Interval]"
+    f1_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
+    auroc_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
 
 
 def black_box_table(suite, names: Sequence[str], fs_clean: features.FeatureSet,
@@ -534,11 +590,13 @@ def black_box_table(suite, names: Sequence[str], fs_clean: features.FeatureSet,
     """
     names, thr, s_clean, _ = _threshold_inputs(suite, names, fs_clean, quantile)
     evs = _pick(evaluations, None)
-    f1 = OrderedDict((n, OrderedDict((a, metrics.f1_at_threshold(s_clean[n], ev.scores[n], thr[n]))
+    f1 = OrderedDict((n, OrderedDict((a, metrics.f1_interval(s_clean[n], ev.scores[n], thr[n]))
                                      for a, ev in evs.items())) for n in names)
-    auroc = OrderedDict((n, OrderedDict((a, metrics.auroc(s_clean[n], ev.scores[n])) for a, ev in evs.items()))
-                        for n in names)
-    success = OrderedDict((a, ev.success) for a, ev in evs.items())
+    auroc = OrderedDict((n, OrderedDict((a, metrics.auroc_interval(s_clean[n], ev.scores[n]))
+                                        for a, ev in evs.items())) for n in names)
+    success = OrderedDict((a, ev.success_ci) for a, ev in evs.items())
     rows = [[a, success[a]] + [v for n in names for v in (f1[n][a], auroc[n][a])] for a in evs]
     headers = ["attack (black-box)", "success on deployed model"] + [f"{n} {k}" for n in names for k in ("F1", "AUROC")]
-    return BlackBoxTable(success, f1, auroc, Table(rows, headers))
+    point = (lambda d: OrderedDict((k, OrderedDict((a, iv.estimate) for a, iv in v.items())) for k, v in d.items()))
+    return BlackBoxTable(OrderedDict((a, ev.success) for a, ev in evs.items()), point(f1), point(auroc),
+                         Table(rows, headers), success, f1, auroc)

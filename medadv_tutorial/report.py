@@ -16,14 +16,35 @@ class Table(NamedTuple):
     headers: list
 
 
-def _fmt(v, digits: int) -> str:
-    """A cell's text: floats rounded; a ``|`` inside a cell escaped, so it does not end the cell."""
-    text = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+STACK_INTERVALS = 4
+"""A Markdown table whose rows hold at least this many interval cells shows each interval
+under its estimate (``0.72<br>[0.65, 0.79]``), so that wide tables fit the page."""
+
+
+def _is_interval(v) -> bool:
+    from .metrics import Interval
+
+    return isinstance(v, Interval)
+
+
+def _fmt(v, digits: int, stack: bool = False) -> str:
+    """A cell's text: floats rounded; a :class:`~medadv_tutorial.metrics.Interval` as
+    :func:`interval_cell` (its interval on a second line when ``stack``); a ``|`` inside a
+    cell escaped, so it does not end the cell."""
+    if _is_interval(v):
+        text = interval_cell(v, digits)
+        text = text.replace(" [", "<br>[") if stack else text
+    else:
+        text = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
     return text.replace("|", "\\|")
 
 
 def markdown_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2) -> str:
     """A GitHub-flavoured Markdown table; floats are rounded to ``digits`` decimals.
+
+    :class:`~medadv_tutorial.metrics.Interval` cells show ``estimate [low, high]``; when a row
+    holds :data:`STACK_INTERVALS` or more of them, each interval goes on a second line of its
+    cell (an HTML line break), which keeps wide tables within the page.
 
     Rounding keeps stored notebook outputs stable across CPUs (the regression test
     compares text) while the chapters assert their claims on the unrounded numbers.
@@ -41,9 +62,10 @@ def markdown_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int
     if bad:
         raise ValueError(f"every row must have one value per header ({len(headers)}); rows[{bad[0]}] has "
                          f"{len(rows[bad[0]])}")
+    stack = any(sum(map(_is_interval, r)) >= STACK_INTERVALS for r in rows)
     lines = ["| " + " | ".join(_fmt(h, digits) for h in headers) + " |",
              "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_fmt(v, digits) for v in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(v, digits, stack) for v in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -63,7 +85,8 @@ def interval_cell(interval, digits: int = 2) -> str:
 
     ``interval`` is a :class:`medadv_tutorial.metrics.Interval` (from ``metrics.rate_interval``
     or ``metrics.auroc_interval``) or any ``(estimate, low, high)`` triple of numbers; the cell
-    goes into the rows of :func:`show_table` like any other value.
+    goes into the rows of :func:`show_table` like any other value.  An undefined estimate
+    (NaN) shows as ``"n/a"``; an undefined interval as ``"0.93 [n/a]"``.
     """
     from .checks import check_int
 
@@ -73,6 +96,10 @@ def interval_cell(interval, digits: int = 2) -> str:
     except (TypeError, ValueError) as err:
         raise TypeError(f"interval must be a metrics.Interval or an (estimate, low, high) triple of numbers, "
                         f"got {interval!r}") from err
+    if math.isnan(estimate):
+        return "n/a"
+    if math.isnan(low) or math.isnan(high):
+        return f"{estimate:.{digits}f} [n/a]"
     return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 

@@ -265,3 +265,95 @@ def test_auroc_interval_in_chunks_of_replicates(monkeypatch):
     assert chunked.n_boot == 999 and chunked.estimate == whole.estimate
     assert chunked.low == pytest.approx(whole.low, abs=0.03) and chunked.high == pytest.approx(whole.high, abs=0.03)
     assert chunked == metrics.auroc_interval(c, a, n_boot=999)  # deterministic in chunks too
+
+
+# ------------------------------------------------- TPR, F1 and follow-up AUROC intervals
+
+
+def test_tpr_interval_replicates_are_tpr_at_tnr_of_the_resampled_images():
+    rng = np.random.default_rng(0)
+    c, a = rng.normal(size=50), rng.normal(1.5, 1, size=40)
+    iv = metrics.tpr_interval(c, a, 0.9, n_boot=200, seed=7)
+    assert iv.estimate == metrics.tpr_at_tnr(c, a, 0.9)
+    # the same draws, one replicate at a time through tpr_at_tnr (clean indices first, then adversarial)
+    r = np.random.default_rng(7)
+    ic, ia = r.integers(0, len(c), size=(200, len(c))), r.integers(0, len(a), size=(200, len(a)))
+    reps = [metrics.tpr_at_tnr(c[ic[b]], a[ia[b]], 0.9) for b in range(200)]
+    assert (iv.low, iv.high) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), abs=1e-12)
+    assert iv.low < iv.estimate < iv.high
+
+
+def test_tpr_interval_covers_the_analytic_tpr_of_two_gaussians():
+    # Clean ~ N(0, 1), adversarial ~ N(2, 1): at 90% TNR the threshold is z = 1.2816, TPR = Phi(2 - z) = 0.764.
+    from scipy.stats import norm
+
+    truth = norm.cdf(2 - norm.ppf(0.9))
+    rng = np.random.default_rng(5)
+    hits = sum(iv.low <= truth <= iv.high for iv in (
+        metrics.tpr_interval(rng.normal(size=100), rng.normal(2, 1, size=100), n_boot=500, seed=r) for r in range(200)))
+    assert 0.88 <= hits / 200 <= 0.99  # nominal 0.95; 200 runs: standard error 0.015
+
+
+def test_f1_interval_known_cases_and_resampling():
+    assert tuple(metrics.f1_interval([0.0] * 5, [1.0] * 4, 0.5)) == (1.0, 1.0, 1.0)  # perfect: no spread
+    assert tuple(metrics.f1_interval([1.0] * 5, [0.0] * 4, 0.5)) == (0.0, 0.0, 0.0)  # nothing flagged
+    rng = np.random.default_rng(1)
+    c, a = rng.normal(size=200), rng.normal(1, 1, size=200)
+    iv = metrics.f1_interval(c, a, 1.0)
+    assert iv.estimate == metrics.f1_at_threshold(c, a, 1.0)
+    # the binomial shortcut against resampling the images themselves
+    reps = [metrics.f1_at_threshold(c[rng.integers(0, 200, 200)], a[rng.integers(0, 200, 200)], 1.0)
+            for _ in range(2000)]
+    assert iv.low == pytest.approx(np.quantile(reps, 0.025), abs=0.02)
+    assert iv.high == pytest.approx(np.quantile(reps, 0.975), abs=0.02)
+
+
+def test_followup_auroc_interval_and_its_undefined_cases():
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(60, int), np.ones(60, int)]
+    p = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(size=120))))
+    keep = np.ones(120, bool)
+    iv = metrics.followup_auroc_interval(p, y, keep, n_boot=300)
+    assert iv.estimate == metrics.followup_auroc(p, y, keep)
+    assert iv.low < iv.estimate < iv.high
+    reps = [metrics.auroc(p[i][y[i] == 0], p[i][y[i] == 1]) for i in
+            np.random.default_rng(0).integers(0, 120, size=(300, 120))]
+    assert (iv.low, iv.high) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), abs=1e-12)
+    only_one = metrics.followup_auroc_interval(p, y, y == 1, n_boot=50)  # one class accepted: undefined
+    assert math.isnan(only_one.estimate) and math.isnan(only_one.low) and math.isnan(only_one.high)
+    from medadv_tutorial.report import interval_cell
+    assert interval_cell(only_one) == "n/a" and interval_cell((0.5, math.nan, math.nan)) == "0.50 [n/a]"
+
+
+def test_interval_overlap_and_exclusion():
+    a, b = metrics.Interval(0.6, 0.5, 0.7), metrics.Interval(0.8, 0.7, 0.9)
+    assert a.overlaps(b) and b.overlaps(a)  # closed intervals: sharing 0.7 counts
+    assert not a.overlaps(metrics.Interval(0.85, 0.71, 0.95))
+    assert a.excludes(0.45) and not a.excludes(0.5) and metrics.Interval(0.3, 0.2, 0.4).excludes(0.5)
+    with pytest.raises(TypeError, match="other must be a metrics.Interval"):
+        a.overlaps((0.1, 0.0, 0.2))
+    with pytest.raises(TypeError, match="value"):
+        a.excludes("0.5")
+
+
+def test_markdown_table_stacks_intervals_of_wide_rows():
+    from medadv_tutorial.report import markdown_table
+
+    iv = metrics.Interval(0.72, 0.65, 0.79)
+    assert "| 0.72 [0.65, 0.79] |" in markdown_table([["x", iv]], ["d", "AUROC"])
+    wide = markdown_table([["x"] + [iv] * 4], ["d", "a", "b", "c", "e"])
+    assert "| 0.72<br>[0.65, 0.79] |" in wide and "0.72 [" not in wide
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: metrics.tpr_interval([], [0.3]), ValueError, r"scores_clean is empty"),
+    (lambda: metrics.tpr_interval([0.1], [0.3], tnr=1.5), ValueError, r"tnr must be <= 1"),
+    (lambda: metrics.tpr_interval([0.1], [0.3], n_boot=0), ValueError, r"n_boot"),
+    (lambda: metrics.f1_interval([0.1], [0.3], "high"), TypeError, r"threshold"),
+    (lambda: metrics.f1_interval([0.1], [float("nan")], 0.2), ValueError, r"scores_adv contains 1 NaN"),
+    (lambda: metrics.followup_auroc_interval([0.1, 0.9], [0, 1], [True]), ValueError, r"accepted_mask"),
+    (lambda: metrics.followup_auroc_interval([0.1, 0.9], [0, 1], [True, True], level=1.0), ValueError, r"level"),
+])
+def test_new_interval_bad_inputs_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -27,11 +27,23 @@ torch.set_num_threads(1)
 
 
 def ev(success, name="run", **auroc):
-    """An AttackEvaluation with the given success and AUROCs (TPR@90 = AUROC / 2; no images)."""
+    """An AttackEvaluation of 100 images with the given success and AUROCs (multiples of 0.01).
+
+    Clean scores are all 0; a fraction p of the adversarial scores is 1 and the rest -1, so the
+    AUROC is p exactly, and so is the TPR at 90% TNR (the threshold is 0)."""
+    n = 100
     fs = FeatureSet(OrderedDict(penultimate=torch.zeros(1, 2)), torch.zeros(1, dtype=torch.long), torch.zeros(1, 2))
-    return protocol.AttackEvaluation(name, torch.zeros(1, 1, 2, 2), fs, success, 1.0,
-                                     OrderedDict((k, torch.zeros(1)) for k in auroc), OrderedDict(auroc),
-                                     OrderedDict((k, v / 2) for k, v in auroc.items()))
+    adv = OrderedDict((k, torch.where(torch.arange(n) < round(v * n), 1.0, -1.0).double()) for k, v in auroc.items())
+    clean = OrderedDict((k, torch.zeros(n, dtype=torch.float64)) for k in auroc)
+    return protocol.AttackEvaluation(name, torch.zeros(1, 1, 2, 2), fs, success, 1.0, adv,
+                                     OrderedDict((k, metrics.auroc(clean[k], s)) for k, s in adv.items()),
+                                     OrderedDict((k, metrics.tpr_at_tnr(clean[k], s)) for k, s in adv.items()),
+                                     clean, None if math.isnan(success) else torch.arange(n) < round(success * n))
+
+
+def points(rows):
+    """Table rows with each interval cell replaced by its estimate."""
+    return [[c.estimate if isinstance(c, metrics.Interval) else c for c in r] for r in rows]
 
 
 def test_one_weight_qualifies():
@@ -122,17 +134,20 @@ def test_sweep_table_rows_headers_and_worst_column():
     t = protocol.sweep_table(sweep, ["MGM", "KD"])
     assert isinstance(t, Table)
     assert t.headers == ["λ", "success", "MGM AUROC", "KD AUROC"]
-    assert t.rows == [["0.001", 1.0, 0.3, 0.7], ["0.1", 0.97, 0.1, 0.2]]
+    assert points(t.rows) == [["0.001", 1.0, 0.3, 0.7], ["0.1", 0.97, 0.1, 0.2]]
+    assert all(isinstance(c, metrics.Interval) for r in t.rows for c in r[1:])
+    assert t.rows[1][1].low < 0.97 < t.rows[1][1].high  # 97 of 100: the interval is not a point
     t = protocol.sweep_table({(0.001, 4): sweep[0.001]}, ["MGM", "KD"], key_headers=("λ", "step"),
                              key_cells=lambda k: [f"{k[0]:g}", f"ε/{k[1]}"], suffix="", worst=True)
     assert t.headers == ["λ", "step", "success", "MGM", "KD", "worst"]
-    assert t.rows == [["0.001", "ε/4", 1.0, 0.3, 0.7, 0.7]]
+    assert points(t.rows) == [["0.001", "ε/4", 1.0, 0.3, 0.7, 0.7]]
+    assert t.rows[0][-1] == t.rows[0][-2]  # the worst column is KD's interval
 
 
 def test_sweep_table_of_several_sweeps_names_each():
     sweeps = {"A": {1.0: ev(1.0, MGM=0.2)}, "B": {10.0: ev(0.5, MGM=0.9), 100.0: ev(0.6, MGM=0.8)}}
     t = protocol.sweep_table(sweeps, ["MGM"], key_headers=("attack", "λ"))
-    assert t.rows == [["A", "1", 1.0, 0.2], ["B", "10", 0.5, 0.9], ["B", "100", 0.6, 0.8]]
+    assert points(t.rows) == [["A", "1", 1.0, 0.2], ["B", "10", 0.5, 0.9], ["B", "100", 0.6, 0.8]]
     with pytest.raises(ValueError, match="key_headers"):
         protocol.sweep_table(sweeps, ["MGM"])  # the name column has no header
 
@@ -142,16 +157,21 @@ def test_detection_success_and_timing_tables():
     runs["HFC"].seconds = 3.0
     d = protocol.detection_table(runs)
     assert d.detectors == ["MGM", "KD"] and d.attacks == ["PGD", "HFC"]
-    assert d.auroc["KD"] == {"PGD": 0.8, "HFC": 0.6} and d.tpr90["MGM"] == {"PGD": 0.45, "HFC": 0.1}
+    assert d.auroc["KD"] == {"PGD": 0.8, "HFC": 0.6} and d.tpr90["MGM"] == {"PGD": 0.9, "HFC": 0.2}
+    assert d.auroc_ci["KD"]["HFC"] == metrics.auroc_interval(runs["HFC"].clean_scores["KD"], runs["HFC"].scores["KD"])
+    assert d.tpr90_ci["MGM"]["HFC"] == metrics.tpr_interval(runs["HFC"].clean_scores["MGM"], runs["HFC"].scores["MGM"])
     t = d.table()
     assert t.headers == ["detector", "PGD AUROC", "PGD TPR@90", "HFC AUROC", "HFC TPR@90"]
-    assert t.rows[0] == ["MGM", 0.9, 0.45, 0.2, 0.1]
+    assert t.rows[0] == ["MGM", d.auroc_ci["MGM"]["PGD"], d.tpr90_ci["MGM"]["PGD"], d.auroc_ci["MGM"]["HFC"],
+                         d.tpr90_ci["MGM"]["HFC"]]
+    assert points(t.rows) == [["MGM", 0.9, 0.9, 0.2, 0.2], ["KD", 0.8, 0.8, 0.6, 0.6]]
     t = protocol.detection_table(runs, detectors=["KD"], attacks=["HFC"]).table(("AUROC",), "detector (AUROC)")
-    assert t == Table([["KD", 0.6]], ["detector (AUROC)", "HFC"])
+    assert t.headers == ["detector (AUROC)", "HFC"] and points(t.rows) == [["KD", 0.6]]
     t = d.table(columns=[("PGD", "AUROC"), ("HFC", "TPR@90")])
-    assert t.headers == ["detector", "PGD AUROC", "HFC TPR@90"] and t.rows[1] == ["KD", 0.8, 0.3]
-    assert protocol.success_table(runs, "attack (ε = 1/255)") == Table([["PGD", 1.0], ["HFC", 0.96]],
-                                                                        ["attack (ε = 1/255)", "success rate"])
+    assert t.headers == ["detector", "PGD AUROC", "HFC TPR@90"] and points(t.rows)[1] == ["KD", 0.8, 0.6]
+    t = protocol.success_table(runs, "attack (ε = 1/255)")
+    assert t.headers == ["attack (ε = 1/255)", "success rate [95% CI]"] and points(t.rows) == [["PGD", 1.0], ["HFC", 0.96]]
+    assert t.rows[1][1] == metrics.rate_interval(torch.arange(100) < 96)
     assert protocol.timing_table(runs, "PGD").rows == [["PGD", 1.0, 1.0], ["HFC", 3.0, 3.0]]
     assert protocol.timing_table(runs, "PGD").headers[2] == "relative to PGD"
 
@@ -212,8 +232,12 @@ def test_li_zhu_table_known_f1_and_followup(li_zhu_case):
     assert t.n_kept == {"MGM": 8} and t.n_clean == 10
     assert t.thresholds["MGM"] == suite.detectors["MGM"].threshold(0.95)
     assert t.table.headers == ["detector", "PGD F1", "PGD follow-up AUROC"]
-    assert t.table.rows == [["MGM", t.f1["MGM"]["PGD"], t.followup["MGM"]["PGD"]],
-                            ["no defence", "–", t.followup_no_defence["PGD"]]]
+    assert t.table.rows == [["MGM", t.f1_ci["MGM"]["PGD"], t.followup_ci["MGM"]["PGD"]],
+                            ["no defence", "–", t.followup_no_defence_ci["PGD"]]]
+    assert points(t.table.rows) == [["MGM", t.f1["MGM"]["PGD"], t.followup["MGM"]["PGD"]],
+                                    ["no defence", "–", t.followup_no_defence["PGD"]]]
+    lo, hi = t.f1_ci["MGM"]["PGD"].low, t.f1_ci["MGM"]["PGD"].high
+    assert lo < 2 / 3 < hi and hi - lo > 0.2  # 10 + 10 images: a wide interval
 
 
 def test_black_box_table_reads_success_and_scores_of_the_evaluations(li_zhu_case):
@@ -221,12 +245,13 @@ def test_black_box_table_reads_success_and_scores_of_the_evaluations(li_zhu_case
     clean = suite.score(fs_clean)
     s_adv = suite.score(fs_adv)
     run = protocol.AttackEvaluation("BIM", torch.zeros(10, 1, 2, 2), fs_adv, 0.4, 1.0, s_adv,
-                                    OrderedDict(MGM=0.0), OrderedDict(MGM=0.0))
+                                    OrderedDict(MGM=0.0), OrderedDict(MGM=0.0), clean, torch.arange(10) < 4)
     t = protocol.black_box_table(suite, ["MGM"], fs_clean, {"BIM": run})
     assert t.success == {"BIM": 0.4} and t.f1["MGM"]["BIM"] == pytest.approx(2 / 3)
     assert t.auroc["MGM"]["BIM"] == metrics.auroc(clean["MGM"], s_adv["MGM"])  # from the scores, not run.auroc
     assert t.table.headers == ["attack (black-box)", "success on deployed model", "MGM F1", "MGM AUROC"]
-    assert t.table.rows == [["BIM", 0.4, t.f1["MGM"]["BIM"], t.auroc["MGM"]["BIM"]]]
+    assert points(t.table.rows) == [["BIM", 0.4, t.f1["MGM"]["BIM"], t.auroc["MGM"]["BIM"]]]
+    assert t.success_ci["BIM"] == metrics.rate_interval(torch.arange(10) < 4) == run.success_ci
 
 
 @pytest.mark.parametrize("call, exc, match", [
