@@ -42,6 +42,7 @@ __all__ = [
     "f1_interval",
     "followup_auroc",
     "followup_auroc_interval",
+    "mean_interval",
     "quantile_threshold",
     "rate_interval",
     "roc_curve",
@@ -451,6 +452,28 @@ def followup_auroc_interval(classifier_probs, labels, accepted_mask, *, n_boot: 
     if len(replicates) < n_boot / 2:
         return Interval(float(estimate), float("nan"), float("nan"), level, n_boot)
     return _percentile_interval(estimate, replicates, level, n_boot)
+
+
+def mean_interval(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+    """The mean of per-image values (a displacement, a distance) with its percentile bootstrap
+    interval: the images are resampled with replacement ``n_boot`` times and the mean recomputed.
+
+    Parameters
+    ----------
+    values: (N,) real values, one per image (tensor / array / list; N >= 1, no NaN).
+    n_boot: bootstrap replicates, >= 1.  level: coverage in (0, 1).  seed: seeds the resampling.
+
+    Returns an :class:`Interval` with ``estimate`` the mean of ``values``.
+    """
+    v = _as_1d(values, "values")
+    if not np.isfinite(v).all():
+        raise ValueError(f"values must be finite, got {int((~np.isfinite(v)).sum())} infinite value(s)")
+    n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, _BOOT_CHUNK // len(v))
+    replicates = np.concatenate([_resample_counts(rng, len(v), b) @ v / len(v)
+                                 for b in (min(per_chunk, n_boot - start) for start in range(0, n_boot, per_chunk))])
+    return _percentile_interval(float(v.mean()), replicates, level, n_boot)
 
 
 _BOOT_CHUNK = 2**22

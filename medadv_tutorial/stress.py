@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from . import metrics
 from .attacks import iterative_attack
 from .checks import (check_eps, check_finite, check_images, check_int, check_labels, check_model, check_seed,
                      eval_mode)
@@ -143,8 +144,11 @@ def stress_test(
     eps: L-inf budget.
     reference: clean images whose feature spread defines the radius (default: ``x``).
 
-    Returns ``{layer: {"max": D_max, "min": D_min, "mean": (D_max + D_min) / 2}}`` with the
-    mean deviations :math:`D` defined in the module docstring.
+    Returns ``{layer: {"max": D_max, "min": D_min, "mean": (D_max + D_min) / 2, "per_image":
+    (N,) float64, "mean_ci": Interval}}`` with the mean deviations :math:`D` defined in the
+    module docstring; ``per_image`` holds each image's ``(D_max + D_min) / 2`` (its mean is
+    ``mean``), ``mean_ci`` that mean with its 95% bootstrap interval over the images
+    (:func:`~medadv_tutorial.metrics.mean_interval`).
     """
     from .progress import progress as progress_bar
 
@@ -163,7 +167,8 @@ def stress_test(
         raise ValueError(f"{name}: the clean features of layers {flat} do not spread (identical images?), so a "
                          "deviation in units of their spread is undefined")
     clean = pooled_features(model, x, layers)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict] = {}
+    per_image: dict[str, list[torch.Tensor]] = {}
     jobs = [(layer, d) for layer in layers for d in (+1, -1)]
     for layer, d in progress_bar(jobs, desc=f"stress test eps={eps * 255:.2g}/255", enabled=progress, leave=False):
         devs = []
@@ -172,8 +177,11 @@ def stress_test(
             h = pooled_features(model, xa, [layer])[layer]
             devs.append(feature_deviation(h, clean[layer][i : i + batch_size], radius[layer]))
         out.setdefault(layer, {})["max" if d > 0 else "min"] = float(torch.cat(devs).mean())
-    for v in out.values():
+        per_image.setdefault(layer, []).append(torch.cat(devs).double())
+    for layer, v in out.items():
         v["mean"] = (v["max"] + v["min"]) / 2
+        v["per_image"] = (per_image[layer][0] + per_image[layer][1]) / 2
+        v["mean_ci"] = metrics.mean_interval(v["per_image"])
     return out
 
 

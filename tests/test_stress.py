@@ -1,5 +1,7 @@
 """The stress test pushes features in the requested direction, inside the budget."""
 
+import numpy as np
+import pytest
 import torch
 
 from medadv_tutorial import stress
@@ -41,8 +43,27 @@ def test_stress_test_grows_with_eps():
     large = stress.stress_test(model, x, ["block3", "penultimate"], eps=8 / 255, steps=3, progress=False)
     assert set(small) == {"block3", "penultimate"}
     for layer in small:
-        assert set(small[layer]) == {"max", "min", "mean"}
+        assert set(small[layer]) == {"max", "min", "mean", "per_image", "mean_ci"}
         assert large[layer]["mean"] > small[layer]["mean"] > 0
+        per = small[layer]["per_image"]
+        assert per.shape == (6,) and float(per.mean()) == pytest.approx(small[layer]["mean"], rel=1e-6)
+        ci = small[layer]["mean_ci"]
+        assert ci.low <= small[layer]["mean"] <= ci.high and ci.low >= float(per.min()) and ci.high <= float(per.max())
+
+
+def test_mean_interval_known_answers():
+    from medadv_tutorial import metrics
+
+    assert tuple(metrics.mean_interval([2.0, 2.0, 2.0])) == (2.0, 2.0, 2.0)  # no spread, no interval
+    rng = np.random.default_rng(0)
+    v = rng.normal(1.0, 2.0, size=400)
+    iv = metrics.mean_interval(v)
+    half = 1.96 * v.std(ddof=1) / np.sqrt(len(v))  # the normal approximation for a large sample
+    assert iv.estimate == pytest.approx(v.mean()) and iv.half_width == pytest.approx(half, rel=0.1)
+    with pytest.raises(ValueError, match="values must be finite"):
+        metrics.mean_interval([1.0, np.inf])
+    with pytest.raises(ValueError, match="values is empty"):
+        metrics.mean_interval([])
 
 
 def test_input_gradient_l1_matches_linear_model_known_answer():
