@@ -16,6 +16,24 @@
 # %% [markdown]
 # # Where adversarial features go
 #
+# :::{admonition} Learning objectives
+# After this chapter you can
+# - derive the gradient of the cross-entropy with respect to the penultimate features, and say
+#   why, for a binary classifier, it points along one fixed direction $\Delta w = w_t - w_y$ for
+#   every image and every step, and under which assumptions that holds;
+# - follow the features through a PGD attack with
+#   {py:func}`features.pgd_feature_trajectory <medadv_tutorial.features.pgd_feature_trajectory>`
+#   and measure how well their drift follows $\Delta w$ with
+#   {py:func}`features.direction_stats <medadv_tutorial.features.direction_stats>`, against the
+#   cosine that chance gives in $d$ dimensions;
+# - express how unusual a feature vector is, layer by layer, as a Mahalanobis percentile among
+#   clean reference images
+#   ({py:class}`features.MahalanobisOutliers <medadv_tutorial.features.MahalanobisOutliers>`), and
+#   check whether that scale is calibrated for new clean images;
+# - put 95% bootstrap intervals on rates and means measured on a few dozen images, and compare
+#   two measurements by their intervals.
+# :::
+#
 # Chapter 2 showed that an invisible perturbation flips a chest X-ray classifier. This chapter
 # follows the network's *features* during the attack and finds that they travel along one
 # fixed direction, far outside the cloud of clean features. That is the HFC paper's
@@ -50,8 +68,10 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from medadv_tutorial import data, features, training
-from medadv_tutorial.report import show_table
+from scipy.stats import spearmanr
+
+from medadv_tutorial import data, features, metrics, plots, training
+from medadv_tutorial.report import interval_cell, show_table, span
 
 profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
@@ -85,10 +105,12 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # (1) The direction is fixed only for two classes. With $K > 2$ classes,
 # $\nabla_h L = \sum_k p_k w_k - w_y$ mixes the rows with weights that change during the attack;
 # it is fixed only while one wrong class dominates $p$. (2) Vanishing length: the untargeted
-# gradient $p_t\,\Delta w$ is short when $p_t \to 0$, which is where an attack on a confidently
-# classified image *starts*; the targeted one, $(1 - p_t)\,\Delta w$, is short when $p_t \to 1$,
-# at its end. The length shrinks, not the direction, and sign steps ignore the length, so the
-# attack keeps moving along $\Delta w$ unless $p_t$ underflows to exactly zero in floating point.
+# gradient $p_t\,\Delta w$ vanishes as $p_t \to 0$, which is where an attack on a confidently
+# classified image *starts*, not where it ends: as $p_t \to 1$ it grows towards $\Delta w$ itself.
+# The targeted one, $(1 - p_t)\,\Delta w$, is the other way round: full length at the start,
+# vanishing as $p_t \to 1$. The length shrinks, not the direction, and sign steps ignore the
+# length, so the attack keeps moving along $\Delta w$ unless $p_t$ underflows to exactly zero in
+# floating point (then the gradient, and with it the sign step, is zero).
 # (3) The theorem speaks about the gradient in feature space; the
 # features themselves move by the network's response to a sign step in input space, which is
 # only approximately along $\Delta w$. The measurements below test how good the approximation is.
@@ -148,41 +170,79 @@ assert torch.allclose(g_auto, g_formula, atol=1e-5) and float(cos.min()) > 0.999
 # the profile's standard number of steps, and twice as many
 eps, std_steps = 1 / 255, profile.attack_steps
 steps = 2 * std_steps
-book.glue_results(pgd_long_steps=steps)
+n_random = 200  # random directions for the chance level of the cosine
+book.glue_results(pgd_long_steps=steps, n_random=n_random)
 traj, x_adv20 = features.pgd_feature_trajectory(
     m, x, y, {"eps": eps, "steps": steps, "random_start": True, "seed": 0}, return_adv=True
 )
 u = features.attack_direction(W, y)
-stats20 = features.direction_stats(traj, u, n_random=200, seed=0)
-stats = features.direction_stats(traj[: std_steps + 1], u, n_random=200, seed=0)
+stats20 = features.direction_stats(traj, u, n_random=n_random, seed=0)
+stats = features.direction_stats(traj[: std_steps + 1], u, n_random=n_random, seed=0)
 # the adversarial images of the standard attack (first std_steps steps of the same run)
 x_adv = features.pgd_feature_trajectory(
     m, x, y, {"eps": eps, "steps": std_steps, "random_start": True, "seed": 0}, return_adv=True
 )[1]
 with torch.no_grad():
-    success = float((m(x_adv).argmax(1) != y).float().mean())
-    success20 = float((m(x_adv20).argmax(1) != y).float().mean())
+    flipped = m(x_adv).argmax(1).cpu() != y.cpu()  # one outcome per attacked image
+    flipped20 = m(x_adv20).argmax(1).cpu() != y.cpu()
+
+# %% [markdown]
+# Every number below is measured on the same {glue:}`n_attacked` images, so each comes with a 95%
+# percentile bootstrap interval over those images: for rates,
+# {py:func}`metrics.rate_interval <medadv_tutorial.metrics.rate_interval>`; for means of one number
+# per image (a cosine, an image's share of steps),
+# {py:func}`metrics.mean_interval <medadv_tutorial.metrics.mean_interval>`, which resamples the
+# images in the same way.
+
+# %%
+def grows_per_image(tr, direction):
+    """(N,) share of each image's steps that increase the projection of its features on direction."""
+    u = direction.double() / direction.double().norm(dim=-1, keepdim=True)
+    proj = ((tr.double() - tr[0].double()) * u).sum(-1)  # (T + 1, N), as in features.direction_stats
+    return (proj[1:] > proj[:-1]).double().mean(0)
+
 
 # %%
 spread = float((fs_test.penultimate - fs_test.penultimate.mean(0)).norm(dim=1).mean())
 
 
-def summary(st, tr, succ):
+ci = {"success": metrics.rate_interval(flipped), "success20": metrics.rate_interval(flipped20),
+      "cos": metrics.mean_interval(stats["cos_total_per_image"]),
+      "cos20": metrics.mean_interval(stats20["cos_total_per_image"]),
+      "grows": metrics.mean_interval(grows_per_image(traj[: std_steps + 1], u)),
+      "grows20": metrics.mean_interval(grows_per_image(traj, u))}
+# the per-image shares average to direction_stats' share over (image, step) pairs
+assert abs(ci["grows"].estimate - stats["frac_increasing"]) < 1e-9
+assert abs(ci["grows20"].estimate - stats20["frac_increasing"]) < 1e-9
+
+
+def summary(st, tr, success, cos, grows):
     disp = (tr[-1] - tr[0]).norm(dim=1)
-    return [succ, st["cos_total"], st["cos_random"], st["cos_total"] / st["cos_random"], st["frac_increasing"],
-            float(st["cos_successive"].mean()), float(disp.mean()) / spread]
+    return [interval_cell(success), interval_cell(cos), st["cos_random"], st["cos_total"] / st["cos_random"],
+            interval_cell(grows), float(st["cos_successive"].mean()), float(disp.mean()) / spread]
 
 
-names_ = ["PGD success rate", "cos(total displacement, Δw), mean over images",
-          "mean |cos| with random directions (200)", "ratio", "share of steps whose projection on Δw grows",
+names_ = ["PGD success rate [95% interval]", "cos(total displacement, Δw), mean over images [95% interval]",
+          f"mean |cos| with random directions ({n_random})", "ratio",
+          "share of steps whose projection on Δw grows [95% interval]",
           "mean cos between successive step displacements",
           "mean displacement length / mean distance of clean features to their mean"]
-cols = zip(names_, summary(stats, traj[: std_steps + 1], success), summary(stats20, traj, success20))
+cols = zip(names_, summary(stats, traj[: std_steps + 1], ci["success"], ci["cos"], ci["grows"]),
+           summary(stats20, traj, ci["success20"], ci["cos20"], ci["grows20"]))
 show_table([list(c) for c in cols], ["chest X-ray, PGD ε = 1/255", f"{std_steps} steps (standard)", f"{steps} steps"])
+# the scale of a cosine in d dimensions: two independent random directions have cosine about
+# N(0, 1/d), so a root-mean-square cosine of 1/sqrt(d) and a mean |cosine| of sqrt(2 / (pi d))
+cos_chance_rms, cos_chance_mean = 1 / np.sqrt(feature_dim), np.sqrt(2 / (np.pi * feature_dim))
+assert abs(stats["cos_random_expected"] - cos_chance_mean) < 1e-12
 book.glue_results(cos_std=stats["cos_total"], cos_random=stats["cos_random"], cos_long=stats20["cos_total"],
-             cos_sq=stats["cos_total"] ** 2, frac_std=stats["frac_increasing"], frac_long=stats20["frac_increasing"],
-             cos_succ_std=float(stats["cos_successive"].mean()))
+                  cos_sq=stats["cos_total"] ** 2, frac_std=stats["frac_increasing"],
+                  frac_long=stats20["frac_increasing"], cos_succ_std=float(stats["cos_successive"].mean()))
+book.glue_results(3, cos_chance_rms=cos_chance_rms, cos_chance_mean=cos_chance_mean)
 book.glue_results(0, cos_ratio=stats["cos_total"] / stats["cos_random"])
+book.glue_results(cos_std_ci=f"{ci['cos']}", success_std_ci=f"{ci['success']:.0%}",
+                  frac_std_ci=f"{ci['grows']:.0%}", frac_long_ci=f"{ci['grows20']:.0%}")
+book.glue_results(frac_verdict="overlap, so this run does not separate the two shares" if ci["grows"].overlaps(
+    ci["grows20"]) else "do not overlap")
 
 # %%
 # The chapter's claims, on the unrounded numbers; the same bands under every profile.
@@ -199,13 +259,20 @@ if book.check_claims(profile):
 
 # %% [markdown]
 # The total displacement of the features has, on average over images, cosine
-# {glue:text}`cos_std:.2f` with $\Delta w$. On this scale a displacement exactly along $\Delta w$
-# scores 1 and a random direction in {glue:text}`feature_dim:,d` dimensions scores
-# {glue:text}`cos_random:.2f` (about $\sqrt{2/(\pi d)}$): the drift is {glue:}`cos_ratio` times
-# chance, unmistakable, and yet a cosine of {glue:text}`cos_std:.2f` puts only about
+# {glue:md}`cos_std_ci` with $\Delta w$ (estimate and 95% interval) after the standard
+# {glue:}`profile_attack_steps` steps, which flip {glue:md}`success_std_ci` of the images. Is that
+# large? A cosine needs a scale. A displacement exactly along $\Delta w$ scores 1. Two
+# independent random directions in $d$ = {glue:text}`feature_dim:,d` dimensions have a cosine
+# close to a normal variable with mean 0 and standard deviation $1/\sqrt{d}$ =
+# {glue:text}`cos_chance_rms:.3f`, so the mean of its absolute value is
+# $\sqrt{2/(\pi d)}$ = {glue:text}`cos_chance_mean:.3f`; against {glue:}`n_random` random directions the
+# measured displacements score {glue:text}`cos_random:.2f`, as that predicts. The drift is
+# {glue:}`cos_ratio` times chance: in {glue:text}`feature_dim:,d` dimensions, far more than
+# chance can produce. And yet a cosine of {glue:text}`cos_std:.2f` puts only about
 # {glue:text}`cos_sq:.0%` of the squared length of the displacement on $\Delta w$; most of the
-# movement goes in other directions. During the standard attack the projection onto $\Delta w$
-# grows in {glue:text}`frac_std:.0%` of the steps. Yet successive *single* steps are not
+# movement goes in other directions. "Aligned" here means "far beyond chance", not "parallel".
+# During the standard attack the projection onto $\Delta w$ grows in {glue:md}`frac_std_ci` of
+# the steps. Yet successive *single* steps are not
 # parallel: the mean cosine between one step's displacement and the next is
 # {glue:text}`cos_succ_std:.2f`. That is not a contradiction. Sign steps of fixed size α
 # overshoot: once δ reaches the faces of the ε-ball, many pixels are clipped back and forth, and
@@ -214,15 +281,18 @@ if book.check_claims(profile):
 # the theorem says; the zig-zag around it cancels out.
 #
 # The {glue:}`pgd_long_steps`-step column shows where the picture weakens. The share of steps that
-# increase the projection falls from the first steps to the last (the per-step plot below; the
-# dashed line marks step {glue:}`profile_attack_steps`): with α = ε/4, eight sign steps take any
-# pixel from its random start to a face of the ε-ball; once the perturbation has used up the
-# budget, the projection is near the largest value the ε-ball allows, and further sign steps
-# oscillate around that plateau, up about as often as down. Counted over all
-# {glue:}`pgd_long_steps` steps, the share is therefore lower: {glue:text}`frac_long:.0%` against
-# {glue:text}`frac_std:.0%` over the standard {glue:}`profile_attack_steps`. The seed's claim
-# that every step pushes the features further is true of the drift while the budget lasts, not of
-# each step after it is spent. The plots show both effects, next to the same attack on the
+# increase the projection falls from the first steps to the last (the middle panel of
+# {ref}`the drift figure <fig-drift>`; the dashed line marks step {glue:}`profile_attack_steps`):
+# with α = ε/4, eight sign steps take any pixel from its random start to a face of the ε-ball;
+# once the perturbation has used up the budget, the projection is near the largest value the
+# ε-ball allows, and further sign steps oscillate around that plateau, up about as often as down.
+# Counted over all {glue:}`pgd_long_steps` steps, the share is {glue:md}`frac_long_ci`, against
+# {glue:md}`frac_std_ci` over the first {glue:}`profile_attack_steps`; the two intervals
+# {glue:md}`frac_verdict`. (Both shares come from the same images, and the longer count contains
+# the shorter one, so the two are not independent measurements and their intervals are a
+# cautious comparison.) The reading that every step pushes the features further is true of the
+# drift while the budget lasts, not of each step after it is spent.
+# {ref}`The drift figure <fig-drift>` shows both effects, next to the same attack on the
 # natural-image model.
 
 # %% tags=["nbval-ignore-output"]
@@ -240,30 +310,57 @@ with torch.no_grad():
 yc_adv = logits_c.scatter(1, yc[:, None].to(logits_c.device), float("-inf")).argmax(1).cpu()
 Wc = mc.fc.weight.detach()
 u_c = features.delta_w(Wc, yc, yc_adv)
-stats_c = features.direction_stats(traj_c, u_c, n_random=200, seed=0)
+stats_c = features.direction_stats(traj_c, u_c, n_random=n_random, seed=0)
+
+# %% tags=["remove-output", "nbval-ignore-output"]
+fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+t = np.arange(steps + 1)
+for st, label, style in [(stats20, "chest X-ray (binary)", "o-"), (stats_c, "CIFAR-10 (10 classes)", "s--")]:
+    axes[0].plot(t, st["projection"] / max(1e-12, float(st["projection"][-1])), style, ms=3, label=label)
+    axes[1].plot(t[1:], st["frac_increasing_per_step"], style, ms=3, label=label)
+    axes[2].plot(t[2:], st["cos_successive"], style, ms=3, label=label)
+axes[0].set(xlabel="PGD step", ylabel="projection on Δw\n(fraction of final)")
+axes[1].axvline(std_steps, color="k", ls="--", lw=0.8)
+axes[1].set(xlabel="PGD step", ylabel="share of images", ylim=(0, 1.02))
+axes[2].axhline(0, color="k", lw=0.5)
+axes[2].set(xlabel="PGD step", ylabel="cos(step t, step t-1)")
+for ax, title in zip(axes, ["drift along Δw", "projection grows at this step", "successive steps"]):
+    ax.set_title(title, fontsize=10)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # steps are whole numbers
+    ax.grid(alpha=0.3)
+# one legend for the three panels, below them, where it covers no data
+fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, frameon=False,
+           fontsize=plots.MIN_FONT + 1)
+fig.tight_layout(rect=(0, 0.08, 1, 1))
+book.glue("fig_drift", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_drift
+# :name: fig-drift
+#
+# The penultimate features along PGD at ε = 1/255 ({glue:}`pgd_long_steps` steps of α = ε/4 from
+# a random start, seed 0) on correctly classified test images ({glue:}`n_attacked` chest X-rays,
+# {glue:}`n_attacked_cifar` CIFAR-10 images); for the chest X-ray model Δw is $w_t - w_y$, for
+# CIFAR-10 $w_{\text{adv}} - w_{\text{true}}$ per image. Left: the mean projection of the
+# displacement $h_t - h_0$ on Δw, as a fraction of its final value. Middle: the share of images whose projection grows at each step; the dashed line marks
+# step {glue:}`profile_attack_steps`, the end of the book's standard attack. Right: the mean
+# cosine between the feature displacements of two successive steps (0: unrelated, negative: the
+# step partly undoes the previous one).
+# ```
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
-t = np.arange(steps + 1)
-for st, label in [(stats20, "chest X-ray (binary)"), (stats_c, "CIFAR-10 (10 classes)")]:
-    axes[0].plot(t, st["projection"] / max(1e-12, float(st["projection"][-1])), label=label)
-    axes[1].plot(t[1:], st["frac_increasing_per_step"], label=label)
-    axes[2].plot(t[2:], st["cos_successive"], label=label)
-axes[0].set(xlabel="PGD step", ylabel="projection on Δw (fraction of final)", title="drift along Δw")
-axes[1].axvline(std_steps, color="k", ls="--", lw=0.8)
-axes[1].set(xlabel="PGD step", ylabel="share of images", ylim=(0, 1.02), title="projection grows at this step")
-axes[2].axhline(0, color="k", lw=0.5)
-axes[2].set(xlabel="PGD step", ylabel="cos(step t, step t-1)", title="successive step displacements")
-for ax in axes:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-fig.tight_layout()
+ci["cos_c"] = metrics.mean_interval(stats_c["cos_total_per_image"])
+ci["success_c"] = metrics.rate_interval(logits_c.argmax(1).cpu() != yc.cpu())
+ci["grows_c"] = metrics.mean_interval(grows_per_image(traj_c, u_c))
 show_table(
-    [["chest X-ray", stats20["cos_total"], stats20["cos_random"], stats20["frac_increasing"]],
-     ["CIFAR-10", stats_c["cos_total"], stats_c["cos_random"], stats_c["frac_increasing"]]],
-    [f"model ({steps} steps)", "cos(total, Δw)", "random |cos|", "projection grows"],
+    [["chest X-ray", interval_cell(ci["success20"]), interval_cell(ci["cos20"]), stats20["cos_random"],
+      interval_cell(ci["grows20"])],
+     ["CIFAR-10", interval_cell(ci["success_c"]), interval_cell(ci["cos_c"]), stats_c["cos_random"],
+      interval_cell(ci["grows_c"])]],
+    [f"model ({steps} steps)", "PGD success rate", "cos(total, Δw)", "random |cos|", "projection grows"],
 )
-book.glue_results(cos_cifar=stats_c["cos_total"])
+book.glue_results(cos_cifar=stats_c["cos_total"], cos_cifar_ci=f"{ci['cos_c']}", cos_long_ci=f"{ci['cos20']}",
+                  n_attacked_cifar=len(yc))
 book.glue_results(0, cos_ratio_cifar=stats_c["cos_total"] / stats_c["cos_random"])
 diff = stats_c["cos_total"] - stats20["cos_total"]  # CIFAR-10 minus chest X-ray, same number of steps
 if abs(diff) < 0.02:
@@ -272,40 +369,86 @@ elif diff > 0:
     comparison = "slightly better than" if diff < 0.1 else "better than"
 else:
     comparison = "slightly less well than" if diff > -0.1 else "less well than"
-book.glue_results(cifar_vs_chest=comparison)
+book.glue_results(cifar_vs_chest=comparison, cifar_vs_chest_verdict=(
+    "the two intervals overlap, so this run does not tell which model's features follow their Δw more "
+    "closely" if ci["cos_c"].overlaps(ci["cos20"]) else "the two intervals do not overlap"))
 if book.check_claims(profile):
     # the ten-class model's drift along its per-image Δw is also at least 10 times chance
     assert stats_c["cos_total"] >= 10 * stats_c["cos_random"], stats_c["cos_total"] / stats_c["cos_random"]
 
 # %% [markdown]
 # The ten-class CIFAR-10 model, measured per image against $w_{\text{adv}} - w_{\text{true}}$
-# (the wrong class the attack reached), aligns {glue:md}`cifar_vs_chest` the binary chest X-ray
-# model: cosine {glue:text}`cos_cifar:.2f` against {glue:text}`cos_long:.2f` over
-# {glue:}`pgd_long_steps` steps, {glue:}`cos_ratio_cifar` times chance. So a drift along one
-# direction is not special to binary tasks: once one wrong class dominates $p$, the $K$-class
-# gradient is close to that pair's $\Delta w$ (assumption 1). What the binary case adds is that
-# the direction is the same for every image and known before the attack starts.
+# (the wrong class the attack reached), aligns on average {glue:md}`cifar_vs_chest` the binary
+# chest X-ray model: cosine {glue:md}`cos_cifar_ci` against {glue:md}`cos_long_ci` over
+# {glue:}`pgd_long_steps` steps, {glue:}`cos_ratio_cifar` times chance; {glue:md}`cifar_vs_chest_verdict`.
+# So a drift along one direction is not special to binary tasks: once one wrong class dominates
+# $p$, the $K$-class gradient is close to that pair's $\Delta w$ (assumption 1). What the binary
+# case adds is that the direction is the same for every image and known before the attack starts;
+# for CIFAR-10 we chose it per image, after the attack, from the class it reached.
 #
 # ## Clean and adversarial features along Δw
 #
 # Project the penultimate features of clean test images and of the adversarial images onto the
 # unit vector $(w_1 - w_0)/\|w_1 - w_0\|$ (NORMAL → PNEUMONIA). Clean images of the two classes
-# sit on either side of the decision boundary; adversarial images are pushed past it.
+# sit on either side of the decision boundary; adversarial images are pushed past it, and the
+# cell after the figure counts how many of them land beyond nearly all clean images of the class
+# they are pushed into.
+
+# %% tags=["remove-output", "nbval-ignore-output"]
+u01 = (W[1] - W[0]) / (W[1] - W[0]).norm()
+proj_clean = (fs_test.penultimate @ u01.cpu()).numpy()
+proj_adv = (traj[std_steps] @ u01.to(traj.device)).cpu().numpy()
+# the decision boundary z_1 = z_0 lies where the projection equals -(b_1 - b_0) / |w_1 - w_0|
+bias = m.fc.bias.detach().cpu() if m.fc.bias is not None else torch.zeros(2)
+boundary = -float(bias[1] - bias[0]) / float((W[1] - W[0]).norm())
+fig, ax = plt.subplots(figsize=(7.5, 3.2))
+bins = np.linspace(min(proj_clean.min(), proj_adv.min()), max(proj_clean.max(), proj_adv.max()), 50)
+for c, name in enumerate(rec["classes"]):
+    ax.hist(proj_clean[(fs_test.labels == c).numpy()], bins=bins, alpha=0.5, density=True, label=f"clean {name}")
+for c, name in enumerate(rec["classes"]):
+    if bool((y == c).any()):
+        ax.hist(proj_adv[(y.cpu() == c).numpy()], bins=bins, histtype="step", lw=2, density=True,
+                label=f"PGD from {name}")
+ax.axvline(boundary, color="k", ls="--", lw=0.8, label="decision boundary")
+ax.set(xlabel="penultimate features projected on Δw", ylabel="density")
+ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=plots.MIN_FONT)  # beside the data
+fig.tight_layout()
+book.glue("fig_projection", fig)
+book.glue_results(n_test_images=len(fs_test))
+
+# %% [markdown]
+# ```{glue:figure} fig_projection
+# :name: fig-projection
+#
+# Penultimate features of the chest X-ray model projected on the unit vector
+# $(w_1 - w_0)/\|w_1 - w_0\|$ (NORMAL → PNEUMONIA). Filled: the {glue:}`n_test_images` clean test
+# images, by true class; outlines: the {glue:}`n_attacked` attacked images after the standard PGD
+# (ε = 1/255, {glue:}`profile_attack_steps` steps of ε/4 from a random start, seed 0), by the class
+# they started from. Each histogram is normalised to unit area. Dashed: the decision boundary.
+# ```
 
 # %%
-u01 = (W[1] - W[0]) / (W[1] - W[0]).norm()
-proj_clean = fs_test.penultimate @ u01
-proj_adv = traj[std_steps] @ u01
-fig, ax = plt.subplots(figsize=(6, 3.2))
-bins = np.linspace(float(min(proj_clean.min(), proj_adv.min())), float(max(proj_clean.max(), proj_adv.max())), 50)
-for c, name in enumerate(rec["classes"]):
-    ax.hist(proj_clean[fs_test.labels == c].numpy(), bins=bins, alpha=0.5, density=True, label=f"clean {name}")
-for c, name in enumerate(rec["classes"]):
-    if (y == c).any():
-        ax.hist(proj_adv[y == c].numpy(), bins=bins, histtype="step", lw=2, density=True, label=f"PGD from {name}")
-ax.set(xlabel="penultimate features projected on Δw", ylabel="density")
-ax.legend(fontsize=7)
-fig.tight_layout()
+# An adversarial image "overshoots" when its projection lies beyond the 95th percentile (in the
+# direction of the attack) of the clean test images of the class it was pushed into.
+beyond = torch.zeros(len(y), dtype=torch.bool)
+y_np = y.cpu().numpy()
+for c in (0, 1):
+    target = proj_clean[(fs_test.labels == 1 - c).numpy()]
+    if len(target) and (y_np == c).any():
+        edge = np.quantile(target, 0.95 if c == 0 else 0.05)  # 0 -> 1 raises the projection
+        beyond[y_np == c] = torch.from_numpy(proj_adv[y_np == c] > edge if c == 0 else proj_adv[y_np == c] < edge)
+overshoot = metrics.rate_interval(beyond)
+print(f"adversarial images beyond 95% of the clean images of their new class: {overshoot}")
+book.glue_results(overshoot_ci=f"{overshoot:.0%}")
+if book.check_claims(profile):
+    # most adversarial images overshoot the clean images of their new class
+    assert overshoot.estimate > 0.5, overshoot
+
+# %% [markdown]
+# {glue:md}`overshoot_ci` of the adversarial images (95% interval) lie beyond 95% of the clean
+# test images of the class they were pushed into. The attack does not stop at the boundary: it
+# keeps moving the features along $\Delta w$, past the clean images it now imitates: one way in
+# which they become outliers, which the next section measures in every layer.
 
 # %% [markdown]
 # ## At which depth does the attack become visible?
@@ -316,10 +459,13 @@ fig.tight_layout()
 # clean training features and measure the Mahalanobis distance of a sample to the Gaussian of the
 # class the model *predicts*, which is all a detector can see (an adversarial image is measured
 # against the class it now claims to be). Distances are expressed as percentiles among clean
-# reference images: a stratified share of the training images, held out from the Gaussians' fit
-# but not from the classifier's training. Clean test images exchangeable with them would come
-# out uniform on [0, 100] (median 50), and "above the 95th percentile" means "more unusual than
-# 95% of the clean reference images".
+# reference images. Which images are those? `fit(fs_train)` is given no reference set, so it holds
+# out a stratified {glue:text}`ref_fraction:.0%` of `fs_train` ({glue:}`n_reference` images) from
+# the Gaussians' fit and uses them as the reference. `fs_train` holds the features of `cxr.train`,
+# the very images `training.get_model` fine-tuned the classifier on: the reference images are
+# held out from the Gaussians, not from the classifier. Clean test images exchangeable with them
+# would come out uniform on [0, 100] (median 50, half of them below 50, 5% above 95), and "above
+# the 95th percentile" means "more unusual than 95% of the clean reference images".
 
 # %% tags=["nbval-ignore-output"]
 fs_adv = features.extract_features(m, (x_adv, y), progress=False)
@@ -327,22 +473,43 @@ fs_clean_att = features.extract_features(m, (x, y), progress=False)
 outliers = features.MahalanobisOutliers(reg=1e-3).fit(fs_train)
 pct = {"clean test": outliers.percentiles(fs_test), "attacked images (clean)": outliers.percentiles(fs_clean_att),
        "PGD 1/255": outliers.percentiles(fs_adv)}
+book.glue_results(n_reference=len(outliers.reference_), ref_fraction=outliers.ref_fraction,
+                  outlier_reg=f"{outliers.reg:g}")  # the relative ridge, as text
+
+# %% tags=["remove-output", "nbval-ignore-output"]
+layers = fs_train.layers
+fig, ax = plt.subplots(figsize=(9.5, 3.6))
+for (name, per_layer), style in zip(pct.items(), ["o-", "s--", "^-"]):
+    ax.plot(range(len(layers)), [float(per_layer[l].median()) for l in layers], style, label=name)
+ax.axhline(95, color="k", ls="--", lw=0.8, label="95th percentile")
+ax.axhline(50, color="k", ls=":", lw=0.8, label="50th percentile")
+ax.set_xticks(range(len(layers)), layers, rotation=60, fontsize=plots.MIN_FONT)
+ax.set(ylabel="median Mahalanobis\npercentile", ylim=(0, 101))
+ax.grid(alpha=0.3)
+ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=plots.MIN_FONT)  # beside the data
+fig.tight_layout()
+book.glue("fig_depth", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_depth
+# :name: fig-depth
+#
+# How unusual the chest X-ray model's features are, layer by layer from the stem to the
+# penultimate layer: the median Mahalanobis percentile (distance to the Gaussian of the predicted
+# class, shared covariance, relative ridge {glue:md}`outlier_reg`, as a percentile among the
+# {glue:}`n_reference` clean reference images) of the {glue:}`n_test_images` clean test images,
+# of the {glue:}`n_attacked` attacked images before the attack, and of the same images after the
+# standard PGD (ε = 1/255, {glue:}`profile_attack_steps` steps, seed 0). The table below gives six
+# of the layers with intervals.
+# ```
 
 # %%
-layers = fs_train.layers
-fig, ax = plt.subplots(figsize=(9, 3.3))
-for name, per_layer in pct.items():
-    ax.plot(range(len(layers)), [float(per_layer[l].median()) for l in layers], "o-", label=name)
-ax.axhline(95, color="k", ls="--", lw=0.8, label="95th percentile")
-ax.set_xticks(range(len(layers)), layers, rotation=60, fontsize=7)
-ax.set(ylabel="median Mahalanobis percentile", ylim=(0, 101), title="outlier-ness by depth (chest X-ray)")
-ax.grid(alpha=0.3)
-ax.legend(fontsize=7)
-fig.tight_layout()
+shown_layers = [l for l in ["stem", "block3", "block8", "block13", "block16", "penultimate"] if l in layers]
 show_table(
-    [[l] + [float(pct[n][l].median()) for n in pct] + [float((pct["PGD 1/255"][l] > 95).float().mean())]
-     for l in ["stem", "block3", "block8", "block13", "block16", "penultimate"]],
-    ["layer"] + [f"median pct: {n}" for n in pct] + ["PGD share above 95th"],
+    [[l] + [float(pct[n][l].median()) for n in pct]
+     + [interval_cell(metrics.rate_interval(pct[n][l] > 95)) for n in ("clean test", "PGD 1/255")]
+     for l in shown_layers],
+    ["layer"] + [f"median pct: {n}" for n in pct] + ["clean test: share above 95th", "PGD: share above 95th"],
     digits=1,
 )
 
@@ -351,27 +518,13 @@ med_adv_pen = float(pct["PGD 1/255"]["penultimate"].median())
 med_adv_stem = float(pct["PGD 1/255"]["stem"].median())
 med_clean_pen = float(pct["clean test"]["penultimate"].median())
 med_clean_stem = float(pct["clean test"]["stem"].median())
+med_adv_block3 = float(pct["PGD 1/255"]["block3"].median())
 print(textwrap.fill(f"penultimate layer: median percentile of PGD features {med_adv_pen:.1f}, "
                     f"of clean test features {med_clean_pen:.1f}", book.WIDTH))
 book.glue_results(1, pct_adv_pen=med_adv_pen, pct_adv_stem=med_adv_stem, pct_clean_pen=med_clean_pen,
-             pct_clean_stem=med_clean_stem)
-if med_clean_pen < 45:
-    calibration = (
-        "That is below the middle of the scale, where clean images held out from the fit should "
-        "sit: clean test images are *closer* to their class's Gaussian than the reference images, "
-        "the opposite of what a shift between training and test patients would do. The reference "
-        "images were held out from the Gaussian but not from the classifier: they are its training "
-        "images, whose features the network was optimised to make confident. Our reading is that "
-        "this spreads them out, so the scale is calibrated on the classifier's own training images; "
-        "if so, the adversarial percentiles below are, if anything, conservative.")
-elif med_clean_pen > 55:
-    calibration = (
-        "That is above the middle of the scale: clean test images are less typical than the "
-        "held-out training images, as a shift between the training and test splits would make them "
-        "(the reference images are training images of the classifier, held out from the Gaussian only).")
-else:
-    calibration = "That is the middle of the scale, where clean images held out from the fit should sit."
-book.glue_results(calibration_note=calibration)
+                  pct_clean_stem=med_clean_stem, pct_adv_block3=med_adv_block3)
+adv_above95_pen = metrics.rate_interval(pct["PGD 1/255"]["penultimate"] > 95)
+book.glue_results(adv_above95_pen=f"{adv_above95_pen:.0%}")
 if book.check_claims(profile):
     # the median PGD image is beyond the 95th clean percentile in the penultimate layer ...
     assert med_adv_pen > 95, med_adv_pen
@@ -379,15 +532,110 @@ if book.check_claims(profile):
     assert med_adv_stem < 95, med_adv_stem
 
 # %% [markdown]
+# ### Is the scale calibrated for new clean images?
+#
 # In the penultimate layer the clean test images have median percentile
-# {glue:text}`pct_clean_pen:.1f` ({glue:text}`pct_clean_stem:.1f` at the stem).
-# {glue:md}`calibration_note`
+# {glue:text}`pct_clean_pen:.1f` ({glue:text}`pct_clean_stem:.1f` at the stem). The cell below
+# asks how far that is from the middle of the scale, and how the test images differ from the
+# reference images.
+
+# %%
+ref_fs = outliers.reference_  # the held-out training images (a FeatureSet)
+pen_test = pct["clean test"]["penultimate"]
+correct_test = fs_test.predictions == fs_test.labels
+no_images = metrics.Interval(float("nan"), float("nan"), float("nan"))  # a rate over no image
+calib = {"below50": metrics.rate_interval(pen_test < 50), "above95": metrics.rate_interval(pen_test > 95),
+         "below50_correct": metrics.rate_interval(pen_test < 50, among=correct_test)
+         if bool(correct_test.any()) else no_images,
+         "below50_wrong": metrics.rate_interval(pen_test < 50, among=~correct_test)
+         if bool((~correct_test).any()) else no_images,
+         "acc_test": metrics.rate_interval(correct_test),
+         "acc_ref": metrics.rate_interval(ref_fs.predictions == ref_fs.labels)}
+
+
+def logit_margin(fs):
+    """(N,) difference between the largest and the second-largest logit: the model's confidence."""
+    top = fs.logits.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
+ref_dist = outliers.distances(ref_fs)["penultimate"].cpu().numpy()
+rho = float(spearmanr(ref_fs.penultimate.norm(dim=1).numpy(), ref_dist)[0])
+calib_numbers = {
+    "norm_test_pen": float(fs_test.penultimate.norm(dim=1).median()),
+    "norm_ref_pen": float(ref_fs.penultimate.norm(dim=1).median()),
+    "margin_test": float(logit_margin(fs_test).median()), "margin_ref": float(logit_margin(ref_fs).median()),
+    "rho_norm_dist": rho,
+}
+earlier = [float(pct["clean test"][l].median()) for l in layers[:-1]]
+book.glue_results(**calib_numbers)
+book.glue_results(below50_pen=f"{calib['below50']:.0%}", above95_pen=f"{calib['above95']:.0%}",
+                  below50_correct=f"{calib['below50_correct']:.0%}", below50_wrong=f"{calib['below50_wrong']:.0%}",
+                  acc_test_ci=f"{calib['acc_test']:.0%}", acc_ref_ci=f"{calib['acc_ref']:.0%}",
+                  pct_clean_earlier=span(earlier, 0))
+show_table([["share of clean test images below the 50th percentile", interval_cell(calib["below50"]), "0.50"],
+            ["... among those the model classifies correctly", interval_cell(calib["below50_correct"]), "0.50"],
+            ["... among those it misclassifies", interval_cell(calib["below50_wrong"]), "0.50"],
+            ["share of clean test images above the 95th percentile", interval_cell(calib["above95"]), "0.05"]],
+           ["penultimate layer", "measured [95% interval]", "if exchangeable with the reference"])
+show_table([["accuracy [95% interval]", interval_cell(calib["acc_test"]), interval_cell(calib["acc_ref"])],
+            ["median margin between the two largest logits", calib_numbers["margin_test"], calib_numbers["margin_ref"]],
+            ["median norm of the penultimate features", calib_numbers["norm_test_pen"], calib_numbers["norm_ref_pen"]]],
+           ["chest X-ray model", f"clean test images ({len(fs_test)})", f"reference images ({len(ref_fs)}, training)"])
+print(f"reference images: Spearman correlation of feature norm and Mahalanobis distance {rho:.2f}")
+if book.check_claims(profile):
+    # clean test images sit closer than the reference: more than half lie below the 50th percentile
+    assert calib["below50"].low > 0.5, calib["below50"]
+    # ... also among the images the model classifies correctly
+    assert calib["below50_correct"].low > 0.5, calib["below50_correct"]
+    # ... yet the upper tail is as the reference predicts: 5% lies inside the interval
+    assert not calib["above95"].excludes(0.05), calib["above95"]
+    # the reference images have longer penultimate features and larger margins than the test images,
+    # and among them a longer feature vector goes with a larger distance
+    assert calib_numbers["norm_ref_pen"] > calib_numbers["norm_test_pen"], calib_numbers
+    assert calib_numbers["margin_ref"] > calib_numbers["margin_test"], calib_numbers
+    assert rho > 0.3, rho
+    # the gap is largest in the penultimate layer
+    assert med_clean_pen < min(earlier), (med_clean_pen, earlier)
+
+# %% [markdown]
+# {glue:md}`below50_pen` of the clean test images lie below the reference images' median, where
+# images exchangeable with the reference would put half of them: the interval excludes one half.
+# Clean test images are *closer* to their Gaussians than the reference images. That is the
+# opposite of what a shift between the patients of the training and test splits would do: new
+# patients unlike the training ones would lie *further* out, above the 50th percentile.
+#
+# The difference lies in what the reference images are: training images of the classifier. The
+# model classifies {glue:md}`acc_ref_ci` of them correctly against {glue:md}`acc_test_ci` of the
+# test images, and is more confident on them: the median margin between the two logits is
+# {glue:text}`margin_ref:.1f` against {glue:text}`margin_test:.1f`. Their penultimate feature
+# vectors are also longer (median norm {glue:text}`norm_ref_pen:.1f` against
+# {glue:text}`norm_test_pen:.1f`), and among the reference images a longer feature vector goes
+# with a larger distance (Spearman correlation {glue:text}`rho_norm_dist:.2f`). The measurements
+# agree with one reading: fine-tuning made the penultimate features of the images it was trained
+# on longer, and their margins larger, than those of images it has not seen, and length costs
+# distance. The reference images are then typical of images the classifier has fitted, not of
+# clean images in general, and new images sit nearer the class means. Misclassified test images
+# lie lowest ({glue:md}`below50_wrong` of them below the 50th percentile: the model is unsure of
+# them and they are measured against the class it wrongly predicts), but they do not explain the
+# gap alone: among the correctly classified test images, {glue:md}`below50_correct` lie below the
+# 50th percentile. The gap is largest in the last layer: in the earlier layers the clean test
+# images' median percentile stays within {glue:md}`pct_clean_earlier`.
+#
+# Two consequences. The upper tail, which a detector's threshold uses, is close to what the
+# reference predicts: {glue:md}`above95_pen` of the clean test images lie above the 95th
+# percentile, an interval that contains 5%. And for the adversarial images the scale is, if
+# anything, conservative: measured against new clean images instead of training images, their
+# percentiles would be higher still.
+#
+# ### The adversarial images
 #
 # The adversarial images are ordinary at the stem (median percentile
 # {glue:text}`pct_adv_stem:.1f`), where a perturbation of one grey level changes little, grow more
 # unusual with depth, and are extreme outliers in the deep layers: their median penultimate-layer
-# percentile is {glue:text}`pct_adv_pen:.1f`, beyond the 95th percentile of the clean references. Depth is
-# where the attack lives, and where a detector can see it.
+# percentile is {glue:text}`pct_adv_pen:.1f`, and {glue:md}`adv_above95_pen` of them lie beyond the
+# 95th percentile of the clean references. Depth is where the attack lives, and where a detector
+# can see it.
 #
 # ## Two-dimensional views
 #
@@ -396,10 +644,10 @@ if book.check_claims(profile):
 # for a shallow, a middle and the last layer. Both embeddings are only pictures: PCA keeps global
 # distances, t-SNE keeps neighbourhoods and distorts everything else.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["remove-output", "nbval-ignore-output"]
 sel = torch.randperm(len(fs_test), generator=torch.Generator().manual_seed(0))[:300]
 book.glue_results(n_embed_clean=len(sel))
-fig, axes = plt.subplots(2, 3, figsize=(11, 7))
+fig, axes = plt.subplots(2, 3, figsize=(10, 7))
 for j, layer in enumerate(["block3", "block8", "penultimate"]):
     clean_l, adv_l = fs_test[layer][sel], fs_adv[layer]
     pts = torch.cat([clean_l, adv_l]).numpy()
@@ -413,18 +661,237 @@ for j, layer in enumerate(["block3", "block8", "penultimate"]):
         for c, name in enumerate(rec["classes"]):
             ax.scatter(*e[: len(sel)][lab == c].T, s=6, alpha=0.5, label=f"clean {name}")
         ax.scatter(*e[len(sel):].T, s=14, marker="x", c="k", label="PGD 1/255")
-        ax.set_title(f"{kind}: {layer}", fontsize=9)
+        ax.set_title(f"{kind}: {layer}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-axes[0, 0].legend(fontsize=7)
-fig.tight_layout()
+# one legend for the six panels, below them, where it covers no data
+fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False,
+           fontsize=plots.MIN_FONT + 1, markerscale=2)
+fig.tight_layout(rect=(0, 0.05, 1, 1))
+book.glue("fig_embeddings", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_embeddings
+# :name: fig-embeddings
+#
+# Two-dimensional pictures of the chest X-ray model's features in a shallow (block3), a middle
+# (block8) and the last layer: {glue:}`n_embed_clean` clean test images drawn at random (seed 0),
+# coloured by true class, and the {glue:}`n_attacked` adversarial images of the standard PGD
+# (ε = 1/255, {glue:}`profile_attack_steps` steps, seed 0), black crosses. Each layer's features
+# are standardised per channel, then embedded by PCA (top) and by t-SNE (bottom; perplexity 30 or
+# less, PCA initialisation, seed 0). The axes of such embeddings carry no units.
+# ```
 
 # %% [markdown]
 # In the shallow layer the adversarial points mix with the clean ones; in the penultimate layer
 # they form their own group, away from both clean classes, the picture Li & Zhu drew with t-SNE
-# {cite:p}`li2020robust`.
+# {cite:p}`li2020robust`. Two dimensions hide part of what the Mahalanobis distance sees: in
+# block3 the median adversarial image already sits at percentile
+# {glue:text}`pct_adv_block3:.1f` (table above), although it mixes with the clean ones here.
 #
-# ## What this means
+# ## What we found
+#
+# - For a binary classifier the gradient of the cross-entropy with respect to the penultimate
+#   features is $p_t\,\Delta w$: one fixed direction for every image and every step, whose length
+#   vanishes as $p_t \to 0$, at the start of an attack on a confidently classified image. Autograd
+#   agrees with the formula to float32 rounding.
+# - Under PGD at ε = 1/255 ({glue:}`profile_attack_steps` steps, which flip
+#   {glue:md}`success_std_ci` of the {glue:}`n_attacked` chest X-rays) the features' total
+#   displacement has mean cosine {glue:md}`cos_std_ci` with $\Delta w$. Chance in
+#   {glue:text}`feature_dim:,d` dimensions is about $1/\sqrt{d}$ = {glue:text}`cos_chance_rms:.3f`,
+#   so the drift is {glue:}`cos_ratio` times chance; yet it carries only about
+#   {glue:text}`cos_sq:.0%` of the squared displacement. Single steps zig-zag (mean cosine between
+#   successive steps {glue:text}`cos_succ_std:.2f`); the drift along $\Delta w$ is what accumulates.
+# - The ten-class CIFAR-10 model, measured against the per-image direction of the class the attack
+#   reached, aligns on average {glue:md}`cifar_vs_chest` the chest X-ray model
+#   ({glue:md}`cos_cifar_ci` against {glue:md}`cos_long_ci` over {glue:}`pgd_long_steps` steps);
+#   {glue:md}`cifar_vs_chest_verdict`.
+# - The attack overshoots: {glue:md}`overshoot_ci` of the adversarial chest X-rays end beyond 95%
+#   of the clean images of their new class along $\Delta w$.
+# - Measured as Mahalanobis percentiles among clean reference images, the adversarial features are
+#   ordinary at the stem (median {glue:text}`pct_adv_stem:.1f`) and extreme in the penultimate
+#   layer (median {glue:text}`pct_adv_pen:.1f`; {glue:md}`adv_above95_pen` above the 95th
+#   percentile).
+# - The reference images are training images of the classifier, and clean test images sit closer
+#   to the Gaussians than they do ({glue:md}`below50_pen` below the 50th percentile in the
+#   penultimate layer, where exchangeable images would put half), the opposite of a shift between
+#   patients; the upper tail is as predicted ({glue:md}`above95_pen` above the 95th). Percentiles
+#   of adversarial images on this scale are, if anything, conservative.
+#
+# ## Exercises
+#
+# The exercises reuse what this chapter computed: `traj` (the penultimate features along the
+# {glue:}`pgd_long_steps`-step PGD, shape `(steps + 1, N, d)`), `u` (each attacked image's
+# $\Delta w$), `stats` (the statistics of the first `std_steps` steps), `outliers` (the fitted
+# Mahalanobis model), `fs_train`, `fs_test`, `fs_adv` (features of the clean training, clean test
+# and adversarial images), `pct` (their percentiles) and `feature_dim`. The exercises marked
+# *checked* come with two code cells. The first defines your answer: it holds a solution, hidden
+# on this page so that the page runs as it is; replace its right-hand sides with your own code.
+# The second checks your answer with `book.check_answer` and says what it expected when the answer
+# is off. The other two refit the outlier model (seconds) or run an attack (minutes on a CPU);
+# their solutions show the code.
+#
+# ### Exercise 3.1 (checked): a cosine by hand
+#
+# Compute, for each attacked image, the cosine between its total feature displacement after the
+# standard attack, `traj[std_steps] - traj[0]`, and its direction `u`, and store the mean over the
+# images in `cos_mine` (a float). Work in float64. Then say why a mean cosine of
+# {glue:text}`cos_std:.2f` is at once "far beyond chance" and "far from parallel".
+
+# %% tags=["hide-input"]
+# Exercise 3.1, your answer (replace the right-hand side with your own code)
+disp_mine = (traj[std_steps] - traj[0]).double()
+u_mine = u.double()
+cos_mine = float(((disp_mine * u_mine).sum(1) / (disp_mine.norm(dim=1) * u_mine.norm(dim=1))).mean())
+
+# %%
+# Check of Exercise 3.1 against features.direction_stats
+book.check_answer("cos_mine", cos_mine, stats["cos_total"], tol=1e-6,
+                  hint="divide the dot product of each displacement with its u by the product of their "
+                       "norms, one cosine per image (row), then average over the images.")
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution (click "Show code cell source"); `torch.nn.functional.
+# cosine_similarity(disp_mine, u_mine, dim=1).mean()` gives the same number. Far beyond chance:
+# a random direction in {glue:text}`feature_dim:,d` dimensions has a cosine of about
+# $\pm 1/\sqrt{d}$ = {glue:text}`cos_chance_rms:.3f` with $\Delta w$. Far from parallel: the squared
+# cosine, about {glue:text}`cos_sq:.0%`, is the share of the displacement's squared length that
+# lies along $\Delta w$; the rest goes in directions orthogonal to it. The theorem is about the
+# gradient in feature space; the features themselves move as the network lets a sign step in
+# input space move them (assumption 3).
+# :::
+#
+# ### Exercise 3.2 (checked): the scale of a cosine in d dimensions
+#
+# Draw 2000 pairs of independent random directions in `feature_dim` dimensions (standard normal
+# vectors; seed your generator), compute the cosine of each pair, and store the root mean square
+# of the cosines in `rms_mine` and the mean of their absolute values in `mean_abs_mine`. The check
+# compares them with $1/\sqrt{d}$ and $\sqrt{2/(\pi d)}$. Why do random directions become more
+# nearly orthogonal as $d$ grows?
+
+# %% tags=["hide-input"]
+# Exercise 3.2, your answer
+g = torch.Generator().manual_seed(0)
+a, b = torch.randn(2, 2000, feature_dim, generator=g, dtype=torch.float64)
+cos_pairs = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+rms_mine, mean_abs_mine = float(cos_pairs.pow(2).mean().sqrt()), float(cos_pairs.abs().mean())
+
+# %%
+# Check of Exercise 3.2: within 10% of the large-d values (2000 pairs leave a few % of noise)
+book.check_answer("(rms_mine, mean_abs_mine)", (rms_mine, mean_abs_mine), (cos_chance_rms, cos_chance_mean),
+                  tol=0.1 * cos_chance_mean,
+                  hint="one cosine per pair: the dot product of the two vectors over the product of their norms.")
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution. For two independent random unit vectors the cosine is a
+# sum of $d$ products of coordinates of size about $1/\sqrt{d}$ each, with random signs; the sum
+# has mean 0 and variance exactly $1/d$, so its typical size is $1/\sqrt{d}$ and, being close to
+# normal, its mean absolute value is $\sqrt{2/\pi}/\sqrt{d}$. In {glue:text}`feature_dim:,d`
+# dimensions that is {glue:text}`cos_chance_mean:.3f`: the measured drift's cosine of
+# {glue:text}`cos_std:.2f` would essentially never happen by chance.
+# :::
+#
+# ### Exercise 3.3 (checked): a percentile by hand
+#
+# `outliers.reference_distances()["penultimate"]` holds the sorted penultimate-layer distances of
+# the {glue:}`n_reference` clean reference images, and `outliers.distances(fs_test)["penultimate"]`
+# those of the clean test images. Compute each test image's percentile among the reference
+# distances yourself, as the package defines it (mid-rank: the share of reference distances below
+# the image's, counting ties as one half, times 100), and store them in `pct_mine` (one per test
+# image). Then compute the share of test images below 50: how does it compare with the 50% that
+# clean images exchangeable with the reference would give?
+
+# %% tags=["hide-input"]
+# Exercise 3.3, your answer
+ref_d = outliers.reference_distances()["penultimate"]
+test_d = outliers.distances(fs_test)["penultimate"]
+below = (ref_d[None, :] < test_d[:, None]).double().sum(1)
+ties = (ref_d[None, :] == test_d[:, None]).double().sum(1)
+pct_mine = 100 * (below + ties / 2) / len(ref_d)
+
+# %%
+# Check of Exercise 3.3 against MahalanobisOutliers.percentiles
+book.check_answer("pct_mine", pct_mine, pct["clean test"]["penultimate"], tol=1e-9,
+                  hint="compare each test distance with every reference distance (broadcast a column "
+                       "against a row), count those below, add half the ties, divide by their number.")
+print(f"share of clean test images below the 50th percentile: {metrics.rate_interval(pct_mine < 50)}")
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The hidden cell above holds a solution; the package uses `torch.searchsorted` on the sorted
+# reference distances instead of the `(N, M)` comparison, which gives the same counts in less
+# memory. The share below 50, {glue:md}`below50_pen`, has an interval that excludes one half: the
+# clean test images sit closer to the Gaussians than the reference images, the classifier's own
+# training images (see "Is the scale calibrated for new clean images?").
+# :::
+#
+# ### Exercise 3.4: reading another layer, and another class rule
+#
+# {ref}`The depth figure <fig-depth>` measures each image against the Gaussian of the class the model predicts.
+# Refit the outlier model with `classes="nearest"` (the smallest distance over the classes, the
+# score of Lee et al.'s detector) and with `classes="true"` (the true label, which no detector
+# knows), and compare the PGD images' share above the 95th percentile in block8, block13 and the
+# penultimate layer. At which depth does the rule matter?
+#
+# :::{admonition} Solution
+# :class: dropdown
+#
+# ```python
+# rows = []
+# for rule in ("predicted", "nearest", "true"):
+#     model_r = features.MahalanobisOutliers(reg=1e-3, classes=rule).fit(fs_train)
+#     p_adv = model_r.percentiles(fs_adv)
+#     rows.append([rule] + [interval_cell(metrics.rate_interval(p_adv[l] > 95))
+#                           for l in ("block8", "block13", "penultimate")])
+# show_table(rows, ["class rule", "block8", "block13", "penultimate"])
+# ```
+#
+# (Seconds: the features are cached.) The reference images are scored with the same rule, so
+# each scale stays calibrated. Against the *true* class, an adversarial image is compared with
+# the class it has left; no detector can use that rule. The nearest class gives the attack the
+# most favourable reading: the smallest distance over the classes. In the penultimate layer the
+# overshoot along $\Delta w$ suggests that no rule saves the attack; in a shallow layer the rules
+# may differ more. Where the three rules give overlapping intervals, the layer's verdict does not
+# depend on the rule; where they do not, it does.
+# :::
+#
+# ### Exercise 3.5: a larger budget
+#
+# Run the trajectory again at ε = 4/255 (the standard `std_steps` steps, α = ε/4, random start,
+# seed 0) on the same images, and compare the mean cosine of the total displacement with $\Delta w$, the share of
+# steps whose projection grows, and the penultimate-layer percentiles with those at 1/255. Does a
+# larger budget make the drift more or less aligned, and the adversarial features more or less
+# unusual?
+#
+# :::{admonition} Solution
+# :class: dropdown
+#
+# ```python
+# traj4, x_adv4 = features.pgd_feature_trajectory(
+#     m, x, y, {"eps": 4 / 255, "steps": std_steps, "random_start": True, "seed": 0}, return_adv=True)
+# stats4 = features.direction_stats(traj4, u, n_random=n_random, seed=0)
+# pct4 = outliers.percentiles(features.extract_features(m, (x_adv4, y), progress=False))
+# print(f"cos {metrics.mean_interval(stats4['cos_total_per_image'])} against {ci['cos']}; "
+#       f"projection grows {metrics.mean_interval(grows_per_image(traj4, u))} against {ci['grows']}")
+# print(f"penultimate share above 95th: {metrics.rate_interval(pct4['penultimate'] > 95)}")
+# ```
+#
+# (About as long as the attack above.) With α = ε/4, every sign step is four times longer in
+# input space, so expect the features to end further along $\Delta w$; the share of adversarial
+# images above the 95th percentile cannot grow by much where it was already near 1 at 1/255.
+# Whether the cosine rises or falls depends on how the extra room is spent: along $\Delta w$ or
+# in the zig-zag around it. Compare the intervals before you conclude that the budgets differ.
+# :::
+#
+# ## What comes next
 #
 # Ordinary attacks ascend one loss, and in a binary task its gradient in feature space points the
 # same way for every image and every step. The features drift along that direction until the
@@ -437,3 +904,4 @@ fig.tight_layout()
 #   features inside the clean distribution of the target class. Medical features are so easy to
 #   move (Chapter 2) that the attack can afford the constraint: that is the Hierarchical Feature
 #   Constraint.
+
