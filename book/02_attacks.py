@@ -242,7 +242,7 @@ book.glue("fig_success_vs_eps", fig);
 # the table below gives the numbers.
 # ```
 
-# %%
+# %% tags=["full-width"]
 def rate_ci(stats):
     """A success rate of attacks.success_rate with its 95% bootstrap interval over the attacked images."""
     n = stats["n_attacked"]
@@ -347,7 +347,7 @@ book.glue("fig_stress_test", fig);
 # images. The table below gives the numbers.
 # ```
 
-# %%
+# %% tags=["full-width"]
 # per image, D averaged over the four layers; its mean over images, with a bootstrap interval
 d_all_ci = {k: metrics.mean_interval(torch.stack([deviation[k][l]["per_image"] for l in layers]).mean(0))
             for k in names}

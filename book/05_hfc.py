@@ -224,7 +224,7 @@ def pgd_hfc(lam, alpha=hfc_alpha):
 lambdas = [0.001, 0.003, 0.01, 0.03, 0.1, 1.0]
 sweep = protocol.sweep_weight(pgd_hfc, [0.0] + lambdas, **on_sel, name="PGD+HFC", desc="λ sweep")
 
-# %%
+# %% tags=["full-width"]
 one_sided = protocol.catching(sweep[0.0], suite.DETECTOR_NAMES, CATCHES)  # those that catch targeted PGD
 two_sided = ["MGM two-sided", "MAHA two-sided"]
 if not one_sided:  # a weak model on a few images (the smoke profile): the rule needs some detectors
@@ -285,7 +285,7 @@ runs = protocol.evaluate_attacks({"PGD": attacks.PGD(eps, steps=profile.attack_s
 runs.update(protocol.evaluate_attacks({"PGD (targeted)": pgd_hfc(0.0), "PGD+HFC": pgd_hfc(lam_star)}, **on_att,
                                       targets=t_att))
 
-# %%
+# %% tags=["full-width"]
 show_table(*protocol.success_table(runs, f"attack (ε = 1/255, {len(x_att)} images)"))
 show_table(*protocol.detection_table(runs, detectors=suite.DETECTOR_NAMES).table())
 
@@ -341,7 +341,7 @@ comp_lam = {name: protocol.select_weight(sw, one_sided).weight for name, sw in c
 runs.update(protocol.evaluate_attacks({name: competitors[name][0](lam) for name, lam in comp_lam.items()},
                                       **on_att, targets=t_att))
 
-# %%
+# %% tags=["full-width"]
 show_table(*protocol.sweep_table(comp_sweep, one_sided, key_headers=("attack (selection set)", "λ")))
 print("chosen:", ", ".join(f"{k} λ = {v:g}" for k, v in comp_lam.items()))
 

@@ -33,7 +33,8 @@ def _fmt(v, digits: int, stack: bool = False) -> str:
     cell escaped, so it does not end the cell."""
     if _is_interval(v):
         text = interval_cell(v, digits)
-        text = text.replace(" [", "<br>[") if stack else text
+        # stacked: the interval on its own line, its two ends kept together (no-break space)
+        text = text.replace(" [", "<br>[").replace(", ", ",\u00a0") if stack else text
     else:
         text = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
     return text.replace("|", "\\|")

@@ -342,7 +342,7 @@ def test_markdown_table_stacks_intervals_of_wide_rows():
     iv = metrics.Interval(0.72, 0.65, 0.79)
     assert "| 0.72 [0.65, 0.79] |" in markdown_table([["x", iv]], ["d", "AUROC"])
     wide = markdown_table([["x"] + [iv] * 4], ["d", "a", "b", "c", "e"])
-    assert "| 0.72<br>[0.65, 0.79] |" in wide and "0.72 [" not in wide
+    assert "| 0.72<br>[0.65,\u00a00.79] |" in wide and "0.72 [" not in wide
 
 
 @pytest.mark.parametrize("call, error, message", [
