@@ -19,8 +19,9 @@
 # :::{admonition} Learning objectives
 # After this chapter you can
 # - derive the gradient of the cross-entropy with respect to the penultimate features, and say
-#   why, for a binary classifier, it points along one fixed direction $\Delta w = w_t - w_y$ for
-#   every image and every step, and under which assumptions that holds;
+#   why, for a binary classifier, it points along $\Delta w = w_t - w_y$ at every step: one fixed
+#   line through $\pm(w_1 - w_0)$ for every image, with the sign set by the image's source class,
+#   and under which assumptions that holds;
 # - follow the features through a PGD attack with
 #   {py:func}`features.pgd_feature_trajectory <medadv_tutorial.features.pgd_feature_trajectory>`
 #   and measure how well their drift follows $\Delta w$ with
@@ -35,8 +36,9 @@
 # :::
 #
 # Chapter 2 showed that an invisible perturbation flips a chest X-ray classifier. This chapter
-# follows the network's *features* during the attack and finds that they travel along one
-# fixed direction, far outside the cloud of clean features. That is the HFC paper's
+# follows the network's *features* during the attack and finds that they drift along one
+# direction, the one the gradient of the loss points to, far more than chance would allow but
+# far from parallel to it, and end far outside the cloud of clean features. That is the HFC paper's
 # explanation of why medical adversarial examples are easy to detect
 # {cite:p}`yao2021hfc,yao2023hfh`, and the observation behind Li & Zhu's Gaussian detector
 # {cite:p}`li2020robust`, which Chapter 4 builds.
@@ -89,22 +91,31 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 #
 # $$\nabla_h L = p_t w_t + (1 - p_t) w_y - w_y = p_t\,(w_t - w_y).$$
 #
-# Since $p_t > 0$, the gradient is a *positive multiple of the same vector*
-# $\Delta w = w_t - w_y$ for every image and every iteration: the only thing that changes is
-# its length. A targeted attack towards $t$ gives $\nabla_h(-L(f, t)) = (1 - p_t)\,(w_t - w_y)$,
-# the same direction again. An attack that ascends $L$ therefore asks the features to move along
-# $\Delta w$, always. The input-space step $\alpha\,\mathrm{sign}(\nabla_x L)$ follows the chain
-# rule through the network ($\nabla_x L = J_h^\top \nabla_h L$, with $J_h$ the Jacobian of the
-# features), so the features move by about $J_h\,\delta$, whose first-order change of the
-# loss is positive along $\Delta w$: step after step, the projection of $h$ onto $\Delta w$
-# grows. Features with a large gain in $J_h$ (the *vulnerable* features that the stress test of
-# Chapter 2 found) travel far, and the representation of an adversarial image ends up far from
-# where clean images of either class lie: an **outlier**.
+# Since $p_t > 0$, the gradient is a *positive multiple of* $\Delta w = w_t - w_y$, a vector
+# that depends only on the source class: it is $w_1 - w_0$ for every image of class 0 and
+# $w_0 - w_1$ for every image of class 1, at every iteration. All the gradients lie on one line;
+# along an attack only their length changes. A targeted attack towards $t$ gives
+# $\nabla_h(-L(f, t)) = (1 - p_t)\,(w_t - w_y)$, the same direction again. An attack that ascends
+# $L$ therefore asks the features to move along $\Delta w$, always.
+#
+# The attack moves the input, not the features. By the chain rule
+# $\nabla_x L = J_h^\top \nabla_h L = p_t\,J_h^\top \Delta w$, with $J_h$ the Jacobian of the
+# features with respect to the input, so a sign step is
+# $\delta = \alpha\,\mathrm{sign}(\nabla_x L) = \alpha\,\mathrm{sign}(J_h^\top \Delta w)$, and it
+# moves the features by about $J_h\,\delta$. To first order, then, one step changes
+# $\Delta w^\top h$ by $\Delta w^\top J_h\,\delta = \alpha\,\|J_h^\top \Delta w\|_1 \ge 0$ (and the
+# loss by $p_t$ times that): each sign step raises the projection of $h$ on $\Delta w$, as long
+# as the first-order approximation holds and the clipping of the perturbation back into the
+# ε-ball does not cancel the step. Features with a large gain in $J_h$ (the *vulnerable*
+# features that the stress test of Chapter 2 found) travel far, and the representation of an
+# adversarial image ends up far from where clean images of either class lie: an **outlier**.
 #
 # **Assumptions and where they fail.**
-# (1) The direction is fixed only for two classes. With $K > 2$ classes,
-# $\nabla_h L = \sum_k p_k w_k - w_y$ mixes the rows with weights that change during the attack;
-# it is fixed only while one wrong class dominates $p$. (2) Vanishing length: the untargeted
+# (1) The direction is fixed only for two classes. With $K > 2$ classes, since the $p_k$ sum to 1,
+# $\nabla_h L = \sum_k p_k w_k - w_y = \sum_{k \ne y} p_k\,(w_k - w_y)$ mixes the differences
+# $w_k - w_y$ with weights that change during the attack. Its direction is close to
+# $w_t - w_y$ only while one wrong class $t$ holds almost all of the wrong-class probability
+# $\sum_{k \ne y} p_k$, whatever $p_y$ is. (2) Vanishing length: the untargeted
 # gradient $p_t\,\Delta w$ vanishes as $p_t \to 0$, which is where an attack on a confidently
 # classified image *starts*, not where it ends: as $p_t \to 1$ it grows towards $\Delta w$ itself.
 # The targeted one, $(1 - p_t)\,\Delta w$, is the other way round: full length at the start,
@@ -187,19 +198,28 @@ with torch.no_grad():
     flipped20 = m(x_adv20).argmax(1).cpu() != y.cpu()
 
 # %% [markdown]
-# Every number below is measured on the same {glue:}`n_attacked` images, so each comes with a 95%
+# The numbers below are measured on the same {glue:}`n_attacked` images. The success rates, the
+# mean cosine with $\Delta w$ and the shares of steps that raise the projection come with a 95%
 # percentile bootstrap interval over those images: for rates,
 # {py:func}`metrics.rate_interval <medadv_tutorial.metrics.rate_interval>`; for means of one number
 # per image (a cosine, an image's share of steps),
 # {py:func}`metrics.mean_interval <medadv_tutorial.metrics.mean_interval>`, which resamples the
-# images in the same way.
+# images in the same way. The other rows (the chance level of a cosine, ratios, the cosine between
+# successive steps, the displacement length) describe scales and are shown without an interval.
+#
+# A percentile bootstrap cannot reach beyond the data: when every image succeeds, every resample
+# succeeds too, and the interval collapses to 1.00 [1.00, 1.00]. That is not certainty. When all
+# $n$ images succeed, the "rule of three" gives an approximate one-sided 95% lower bound on the
+# success rate of $1 - 3/n$ (the exact bound is $0.05^{1/n}$), here
+# {glue:text}`rule3_lower:.2f` for the {glue:}`n_attacked` attacked images.
 
 # %%
-def grows_per_image(tr, direction):
-    """(N,) share of each image's steps that increase the projection of its features on direction."""
+def grows_per_image(tr, direction, first_step=1):
+    """(N,) share of each image's steps first_step, ..., T that increase the projection of its
+    features on direction (step t goes from tr[t - 1] to tr[t])."""
     u = direction.double() / direction.double().norm(dim=-1, keepdim=True)
     proj = ((tr.double() - tr[0].double()) * u).sum(-1)  # (T + 1, N), as in features.direction_stats
-    return (proj[1:] > proj[:-1]).double().mean(0)
+    return (proj[1:] > proj[:-1])[first_step - 1:].double().mean(0)
 
 
 # %%
@@ -210,10 +230,15 @@ ci = {"success": metrics.rate_interval(flipped), "success20": metrics.rate_inter
       "cos": metrics.mean_interval(stats["cos_total_per_image"]),
       "cos20": metrics.mean_interval(stats20["cos_total_per_image"]),
       "grows": metrics.mean_interval(grows_per_image(traj[: std_steps + 1], u)),
-      "grows20": metrics.mean_interval(grows_per_image(traj, u))}
+      "grows20": metrics.mean_interval(grows_per_image(traj, u)),
+      # steps std_steps + 1, ..., steps: after the standard attack has ended
+      "grows_late": metrics.mean_interval(grows_per_image(traj, u, first_step=std_steps + 1))}
 # the per-image shares average to direction_stats' share over (image, step) pairs
 assert abs(ci["grows"].estimate - stats["frac_increasing"]) < 1e-9
 assert abs(ci["grows20"].estimate - stats20["frac_increasing"]) < 1e-9
+assert abs(ci["grows_late"].estimate - float(stats20["frac_increasing_per_step"][std_steps:].mean())) < 1e-9
+# a percentile bootstrap collapses when every image succeeds; the rule of three does not
+book.glue_results(rule3_lower=max(0.0, 1 - 3 / len(y)))
 
 
 def summary(st, tr, success, cos, grows):
@@ -243,6 +268,16 @@ book.glue_results(cos_std_ci=f"{ci['cos']}", success_std_ci=f"{ci['success']:.0%
                   frac_std_ci=f"{ci['grows']:.0%}", frac_long_ci=f"{ci['grows20']:.0%}")
 book.glue_results(frac_verdict="overlap, so this run does not separate the two shares" if ci["grows"].overlaps(
     ci["grows20"]) else "do not overlap")
+# after the standard attack: how often does a step still raise the projection?
+late = ci["grows_late"]
+book.glue_results(frac_late_ci=f"{late:.0%}", late_steps=f"{std_steps + 1}–{steps}",
+                  cos_succ_long=float(stats20["cos_successive"].mean()))
+book.glue_results(
+    frac_late_vs_half="more often than it falls" if late.low > 0.5 else "less often than it falls"
+    if late.high < 0.5 else "about as often as it falls (the interval contains one half)",
+    frac_late_vs_first="though less often than in the first steps (the two intervals do not overlap)"
+    if late.high < ci["grows"].low else "with an interval that overlaps that of the first steps"
+    if late.overlaps(ci["grows"]) else "even more often than in the first steps")
 
 # %%
 # The chapter's claims, on the unrounded numbers; the same bands under every profile.
@@ -254,6 +289,10 @@ if book.check_claims(profile):
     # ... and in a smaller share once the budget is spent (twice the steps)
     assert stats20["frac_increasing"] < stats["frac_increasing"], (stats20["frac_increasing"],
                                                                    stats["frac_increasing"])
+    # ... but after the standard attack most steps still raise it: the drift goes on
+    assert ci["grows_late"].low > 0.5, ci["grows_late"]
+    # the zig-zag between successive steps grows once the budget is spent
+    assert float(stats20["cos_successive"].mean()) < float(stats["cos_successive"].mean())
     # successive single steps are far from parallel: mean cosine below 0.5
     assert float(stats["cos_successive"].mean()) < 0.5, float(stats["cos_successive"].mean())
 
@@ -284,14 +323,22 @@ if book.check_claims(profile):
 # increase the projection falls from the first steps to the last (the middle panel of
 # {ref}`the drift figure <fig-drift>`; the dashed line marks step {glue:}`profile_attack_steps`):
 # with α = ε/4, eight sign steps take any pixel from its random start to a face of the ε-ball;
-# once the perturbation has used up the budget, the projection is near the largest value the
-# ε-ball allows, and further sign steps oscillate around that plateau, up about as often as down.
+# once the perturbation has used up the budget, clipping holds many pixels at the faces, the
+# first-order argument above no longer covers a whole step, and more steps partly undo the one
+# before (mean cosine between successive steps {glue:text}`cos_succ_long:.2f` over
+# {glue:}`pgd_long_steps` steps against {glue:text}`cos_succ_std:.2f` over
+# {glue:}`profile_attack_steps`). Yet most steps still raise the projection: in steps
+# {glue:md}`late_steps`, after the standard attack has ended, it grows in
+# {glue:md}`frac_late_ci` of the steps (each image's share of those steps, averaged over the
+# images), {glue:md}`frac_late_vs_half`, {glue:md}`frac_late_vs_first`.
 # Counted over all {glue:}`pgd_long_steps` steps, the share is {glue:md}`frac_long_ci`, against
 # {glue:md}`frac_std_ci` over the first {glue:}`profile_attack_steps`; the two intervals
 # {glue:md}`frac_verdict`. (Both shares come from the same images, and the longer count contains
 # the shorter one, so the two are not independent measurements and their intervals are a
-# cautious comparison.) The reading that every step pushes the features further is true of the
-# drift while the budget lasts, not of each step after it is spent.
+# cautious comparison.) So "every step pushes the features further" is not true of single steps,
+# even while the budget lasts; what holds is that most steps push them further along $\Delta w$:
+# {glue:md}`frac_std_ci` of them in the first {glue:}`profile_attack_steps` steps and
+# {glue:md}`frac_late_ci` in steps {glue:md}`late_steps`, once the budget is spent.
 # {ref}`The drift figure <fig-drift>` shows both effects, next to the same attack on the
 # natural-image model.
 
@@ -381,10 +428,11 @@ if book.check_claims(profile):
 # (the wrong class the attack reached), aligns on average {glue:md}`cifar_vs_chest` the binary
 # chest X-ray model: cosine {glue:md}`cos_cifar_ci` against {glue:md}`cos_long_ci` over
 # {glue:}`pgd_long_steps` steps, {glue:}`cos_ratio_cifar` times chance; {glue:md}`cifar_vs_chest_verdict`.
-# So a drift along one direction is not special to binary tasks: once one wrong class dominates
-# $p$, the $K$-class gradient is close to that pair's $\Delta w$ (assumption 1). What the binary
-# case adds is that the direction is the same for every image and known before the attack starts;
-# for CIFAR-10 we chose it per image, after the attack, from the class it reached.
+# So a drift along one direction is not special to binary tasks: once one wrong class holds
+# almost all of the wrong-class probability, the $K$-class gradient is close to that pair's
+# $\Delta w$ (assumption 1). What the binary case adds is that the direction is known before the
+# attack starts and shared by all images: one line, $\pm(w_1 - w_0)$, with the sign set by the
+# source class. For CIFAR-10 we chose it per image, after the attack, from the class it reached.
 #
 # ## Clean and adversarial features along Δw
 #
@@ -601,9 +649,12 @@ if book.check_claims(profile):
 # %% [markdown]
 # {glue:md}`below50_pen` of the clean test images lie below the reference images' median, where
 # images exchangeable with the reference would put half of them: the interval excludes one half.
-# Clean test images are *closer* to their Gaussians than the reference images. That is the
-# opposite of what a shift between the patients of the training and test splits would do: new
-# patients unlike the training ones would lie *further* out, above the 50th percentile.
+# Clean test images are *closer* to their Gaussians than the reference images. A shift between
+# the patients of the training and test splits would act the other way: new patients unlike the
+# training ones would lie *further* out, above the 50th percentile. These measurements do not rule
+# such a shift out (the model's lower accuracy on the test images, in the table above, fits a
+# shift as well as overfitting); they show that, if there is one, an effect that pulls the test
+# images inwards outweighs it in the penultimate layer.
 #
 # The difference lies in what the reference images are: training images of the classifier. The
 # model classifies {glue:md}`acc_ref_ci` of them correctly against {glue:md}`acc_test_ci` of the
@@ -692,16 +743,20 @@ book.glue("fig_embeddings", fig)
 # ## What we found
 #
 # - For a binary classifier the gradient of the cross-entropy with respect to the penultimate
-#   features is $p_t\,\Delta w$: one fixed direction for every image and every step, whose length
-#   vanishes as $p_t \to 0$, at the start of an attack on a confidently classified image. Autograd
-#   agrees with the formula to float32 rounding.
+#   features is $p_t\,\Delta w$: at every step it lies on one line, $\pm(w_1 - w_0)$, the sign set
+#   by the image's source class, and its length vanishes as $p_t \to 0$, at the start of an attack
+#   on a confidently classified image. Autograd agrees with the formula to float32 rounding.
 # - Under PGD at ε = 1/255 ({glue:}`profile_attack_steps` steps, which flip
 #   {glue:md}`success_std_ci` of the {glue:}`n_attacked` chest X-rays) the features' total
-#   displacement has mean cosine {glue:md}`cos_std_ci` with $\Delta w$. Chance in
-#   {glue:text}`feature_dim:,d` dimensions is about $1/\sqrt{d}$ = {glue:text}`cos_chance_rms:.3f`,
-#   so the drift is {glue:}`cos_ratio` times chance; yet it carries only about
-#   {glue:text}`cos_sq:.0%` of the squared displacement. Single steps zig-zag (mean cosine between
-#   successive steps {glue:text}`cos_succ_std:.2f`); the drift along $\Delta w$ is what accumulates.
+#   displacement has mean cosine {glue:md}`cos_std_ci` with $\Delta w$. Chance, the mean $|\cos|$
+#   of a random direction in {glue:text}`feature_dim:,d` dimensions, is about $\sqrt{2/(\pi d)}$ =
+#   {glue:text}`cos_chance_mean:.3f` (measured against {glue:}`n_random` random directions:
+#   {glue:text}`cos_random:.2f`), so the drift is {glue:}`cos_ratio` times chance; yet it carries
+#   only about {glue:text}`cos_sq:.0%` of the squared displacement. Single steps zig-zag (mean
+#   cosine between successive steps {glue:text}`cos_succ_std:.2f`); the drift along $\Delta w$ is
+#   what accumulates. Most steps raise the projection on $\Delta w$: {glue:md}`frac_std_ci` of them
+#   in the standard attack, and still {glue:md}`frac_late_ci` in steps {glue:md}`late_steps`, after
+#   the budget is spent.
 # - The ten-class CIFAR-10 model, measured against the per-image direction of the class the attack
 #   reached, aligns on average {glue:md}`cifar_vs_chest` the chest X-ray model
 #   ({glue:md}`cos_cifar_ci` against {glue:md}`cos_long_ci` over {glue:}`pgd_long_steps` steps);
@@ -714,8 +769,11 @@ book.glue("fig_embeddings", fig)
 #   percentile).
 # - The reference images are training images of the classifier, and clean test images sit closer
 #   to the Gaussians than they do ({glue:md}`below50_pen` below the 50th percentile in the
-#   penultimate layer, where exchangeable images would put half), the opposite of a shift between
-#   patients; the upper tail is as predicted ({glue:md}`above95_pen` above the 95th). Percentiles
+#   penultimate layer, where exchangeable images would put half). A shift between patients would
+#   push them the other way; the data do not rule one out (test accuracy {glue:md}`acc_test_ci`
+#   against {glue:md}`acc_ref_ci` on the reference images), but what pulls the test images
+#   inwards, most likely that the reference images are the classifier's training images,
+#   outweighs it. The upper tail is as predicted ({glue:md}`above95_pen` above the 95th). Percentiles
 #   of adversarial images on this scale are, if anything, conservative.
 #
 # ## Exercises
@@ -893,10 +951,10 @@ print(f"share of clean test images below the 50th percentile: {metrics.rate_inte
 #
 # ## What comes next
 #
-# Ordinary attacks ascend one loss, and in a binary task its gradient in feature space points the
-# same way for every image and every step. The features drift along that direction until the
-# decision flips, and the drift carries them out of the clean distribution, most visibly in the
-# deepest layers. The rest of the book draws the two consequences:
+# Ordinary attacks ascend one loss, and in a binary task its gradient in feature space lies on one
+# line for every image and every step (its sign set by the image's source class). The features
+# drift along that direction past the decision boundary, and the drift carries them out of the
+# clean distribution, most visibly in the deepest layers. The rest of the book draws the two consequences:
 #
 # - **Detection (Chapter 4):** a model of clean features, as simple as one Gaussian over the
 #   penultimate layer, should catch such outliers.
