@@ -483,6 +483,11 @@ def _feature_sets(adversarial) -> "OrderedDict[str, features.FeatureSet]":
     return out
 
 
+def _estimates(intervals) -> "OrderedDict[str, OrderedDict[str, float]]":
+    """``{detector: {attack: Interval}}`` -> the same nesting of their point estimates."""
+    return OrderedDict((d, OrderedDict((a, iv.estimate) for a, iv in row.items())) for d, row in intervals.items())
+
+
 @dataclasses.dataclass
 class LiZhuTable:
     """Li & Zhu's threshold table (see :func:`li_zhu_table`).
@@ -555,8 +560,7 @@ def li_zhu_table(suite, names: Sequence[str], fs_clean: features.FeatureSet, adv
     rows.append(["no defence"] + [v for a in fs_adv for v in ("–", nodef[a])])
     headers = ["detector"] + [f"{a} {k}" for a in fs_adv for k in ("F1", "follow-up AUROC")]
     kept = OrderedDict((n, int((s_clean[n] <= thr[n]).sum())) for n in names)
-    point = (lambda d: OrderedDict((k, OrderedDict((a, iv.estimate) for a, iv in v.items())) for k, v in d.items()))
-    return LiZhuTable(point(f1), point(fu), OrderedDict((a, iv.estimate) for a, iv in nodef.items()), thr, kept,
+    return LiZhuTable(_estimates(f1), _estimates(fu), OrderedDict((a, iv.estimate) for a, iv in nodef.items()), thr, kept,
                       len(fs_clean), Table(rows, headers), f1, fu, nodef)
 
 
@@ -597,6 +601,5 @@ def black_box_table(suite, names: Sequence[str], fs_clean: features.FeatureSet,
     success = OrderedDict((a, ev.success_ci) for a, ev in evs.items())
     rows = [[a, success[a]] + [v for n in names for v in (f1[n][a], auroc[n][a])] for a in evs]
     headers = ["attack (black-box)", "success on deployed model"] + [f"{n} {k}" for n in names for k in ("F1", "AUROC")]
-    point = (lambda d: OrderedDict((k, OrderedDict((a, iv.estimate) for a, iv in v.items())) for k, v in d.items()))
-    return BlackBoxTable(OrderedDict((a, ev.success) for a, ev in evs.items()), point(f1), point(auroc),
+    return BlackBoxTable(OrderedDict((a, ev.success) for a, ev in evs.items()), _estimates(f1), _estimates(auroc),
                          Table(rows, headers), success, f1, auroc)
