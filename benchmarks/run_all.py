@@ -77,7 +77,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import medadv_tutorial  # noqa: E402,F401  first: the CPU numerics pin, before numpy loads
+from medadv_tutorial import numerics as _numerics  # noqa: E402
+
+_numerics.pin()  # on purpose, first: the CPU numerics pin, before numpy loads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -65,7 +65,12 @@ if installed != VERSION:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", url], check=True)
 
 # %%
-from medadv_tutorial import book  # first: pins the CPU math libraries before numpy loads
+from medadv_tutorial import book
+
+# The experiment context: pins the CPU numerics (before numpy loads), seeds, sets the thread count
+# and figure resolution on purpose, glues the profile's settings and prints what is in effect.
+ctx = book.start()
+profile = ctx.profile
 import textwrap
 
 from IPython.display import Markdown, display
@@ -73,7 +78,6 @@ from IPython.display import Markdown, display
 from medadv_tutorial import data, models, plots, profiles, training
 from medadv_tutorial.report import show_table
 
-profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
 
 
@@ -250,8 +254,8 @@ del probe
 #
 # `training.get_model` fine-tunes the whole network with AdamW (one-cycle learning-rate
 # schedule, random horizontal flips) on a seeded, class-stratified subset, evaluates it on the
-# test split, and caches the checkpoint under a key made of data set, backbone, profile and
-# seed. Later chapters call the same function and get the cached model back in a second; in a
+# test split, and caches the checkpoint under a key made of data set, backbone, training
+# settings, seed and the version of the training code. Later chapters call the same function and get the cached model back in a second; in a
 # fresh runtime they train it themselves (`python -m medadv_tutorial.prepare` trains all three
 # ahead of time, two at a time).
 #

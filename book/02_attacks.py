@@ -61,7 +61,12 @@ if installed != VERSION:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", url], check=True)
 
 # %%
-from medadv_tutorial import book  # first: pins the CPU math libraries before numpy loads
+from medadv_tutorial import book
+
+# The experiment context: pins the CPU numerics (before numpy loads), seeds, sets the thread count
+# and figure resolution on purpose, glues the profile's settings and prints what is in effect.
+ctx = book.start()
+profile = ctx.profile
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -73,7 +78,6 @@ from IPython.display import Markdown, display
 from medadv_tutorial import attacks, data, metrics, plots, stress, training
 from medadv_tutorial.report import show_table
 
-profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
 
 

@@ -61,7 +61,12 @@ if installed != VERSION:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", url], check=True)
 
 # %%
-from medadv_tutorial import book  # first: pins the CPU math libraries before numpy loads
+from medadv_tutorial import book
+
+# The experiment context: pins the CPU numerics (before numpy loads), seeds, sets the thread count
+# and figure resolution on purpose, glues the profile's settings and prints what is in effect.
+ctx = book.start()
+profile = ctx.profile
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -75,7 +80,6 @@ from scipy.stats import spearmanr
 from medadv_tutorial import data, features, metrics, plots, training
 from medadv_tutorial.report import interval_cell, show_table, span
 
-profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
 # %% [markdown]
 # ## The fixed-direction theorem
@@ -133,7 +137,7 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # and cached (Chapters 4 and 5 reuse them).
 
 # %% tags=["nbval-ignore-output"]
-cxr = book.load_model_and_features(profile, "chest_xray", features=("train", "test"))  # model, data, cached features
+cxr = ctx.setup("chest_xray", features=("train", "test"))  # model, data, cached features (shared by chapters 3-5)
 m, rec, test, fs_train, fs_test = cxr.model, cxr.record, cxr.test, cxr.features["train"], cxr.features["test"]
 x, y = training.correctly_classified(m, test, n=profile.n_attack)
 W = m.fc.weight.detach()

@@ -58,15 +58,19 @@ if installed != VERSION:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", url], check=True)
 
 # %%
-from medadv_tutorial import book  # first: pins the CPU math libraries before numpy loads
+from medadv_tutorial import book
+
+# The experiment context: pins the CPU numerics (before numpy loads), seeds, sets the thread count
+# and figure resolution on purpose, glues the profile's settings and prints what is in effect.
+ctx = book.start()
+profile = ctx.profile
 import matplotlib.pyplot as plt
 import torch
 from scipy.stats import spearmanr
 
-from medadv_tutorial import attacks, metrics, plots, protocol, suite, training
+from medadv_tutorial import attacks, metrics, plots, protocol, suite
 from medadv_tutorial.report import and_join, show_table, span
 
-profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 
 # %% [markdown]
 # ## MGM: one Gaussian, computed through its Cholesky factor
@@ -120,26 +124,27 @@ profile = book.start()  # seeds, profile, glued settings; prints what is in effe
 # whole interval lies below 0.5.
 
 # %% tags=["nbval-ignore-output"]
-cxr = book.load_model_and_features(profile, "chest_xray", features=("train", "test"))  # model, data, cached features
+cxr = ctx.setup("chest_xray", features=("train", "test"))  # model, data, cached features (shared by chapters 3-5)
 m, train, fs_train, fs_test = cxr.model, cxr.train, cxr.features["train"], cxr.features["test"]
-x, y = training.correctly_classified(m, cxr.test, n=profile.n_attack)
-eps, steps = 1 / 255, profile.attack_steps
+(x, y, _), _ = ctx.attack_sets("chest_xray")  # the attack set (Chapter 5 attacks the same images)
+eps, steps = ctx.eps, profile.attack_steps  # the experiments' budget
+eps_text = f"{eps * 255:g}/255"  # as the tables and figures write it
 attack_zoo = {"FGSM": attacks.FGSM(eps), "BIM": attacks.BIM(eps, steps=steps),
               "PGD": attacks.PGD(eps, steps=steps, seed=0), "MIM": attacks.MIM(eps, steps=steps)}
-n_fgsm = 2 * profile.n_attack  # training images drawn for the supervised detectors (as Chapter 5)
-dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=n_fgsm, cache=True)
+dets = ctx.suite("chest_xray")  # the line-up fitted on clean training features (the same suite as Chapter 5)
+n_fgsm = ctx.n_fgsm  # training images drawn for the supervised detectors
 fs_clean, clean = protocol.score_clean(m, x, y, dets)  # clean features and their scores: the negatives
 evals = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, progress=True)
 n_eval, feature_dim = len(y), int(fs_train.penultimate.shape[1])
 eval_set = (f"the {n_eval} correctly classified test images drawn for the attacks (`n_attack`)"
-            if n_eval == profile.n_attack else  # n_attack asks for more than the test set has: all of them
-            f"all {n_eval} correctly classified test images (the profile's `n_attack` = {profile.n_attack} is "
-            "more than the test set has)")
+            if n_eval == profile.n_attack else  # a small test set is split between the attack and selection sets
+            f"{n_eval} correctly classified test images (the profile's `n_attack` + `n_select` = "
+            f"{profile.n_attack} + {profile.n_select} is more than the test set has, so they were split in proportion)")
 book.glue_results(feature_dim=feature_dim, feature_dim_minus_1=feature_dim - 1, n_eval=n_eval, n_test=len(fs_test),
                   n_fgsm=min(n_fgsm, len(train)), eval_set=eval_set)
 
 # %%
-show_table(*protocol.success_table(evals, "attack (ε = 1/255, white-box)"))
+show_table(*protocol.success_table(evals, f"attack (ε = {eps_text}, white-box)"))
 book.glue_results(success_fgsm=f"{evals['FGSM'].success_ci}", success_pgd=f"{evals['PGD'].success_ci}")
 
 # %% [markdown]
@@ -225,7 +230,7 @@ if book.check_claims(profile):
 # whether or not it fooled the deployed model: a detector in front of the model sees them all.
 
 # %% tags=["nbval-ignore-output"]
-sub, sub_rec = training.get_model("chest_xray", profile=profile, seed=1)
+sub, sub_rec = ctx.model("chest_xray", seed=1)  # the substitute: same recipe, seed 1
 evals_bb = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, source_model=sub, progress=True)
 
 # %% tags=["full-width"]
@@ -358,7 +363,7 @@ for i, name in enumerate(dets.detectors):  # line styles tell apart curves that 
     fpr, tpr, _ = metrics.roc_curve(clean[name], evals["PGD"].scores[name])
     axes[0].plot(fpr, tpr, ["-", "--", "-.", ":"][i % 4], label=f"{name} ({auc[name]['PGD']:.2f})")
 axes[0].plot([0, 1], [0, 1], color="0.6", lw=0.8)
-axes[0].set(xlabel="false-positive rate (clean flagged)", ylabel="true-positive rate", title="ROC, PGD ε = 1/255")
+axes[0].set(xlabel="false-positive rate (clean flagged)", ylabel="true-positive rate", title=f"ROC, PGD ε = {eps_text}")
 # beside the axes, not on them: the curves fill the square (near-perfect ones along the upper left,
 # below-chance ones along the lower right)
 axes[0].legend(title="detector (AUROC)", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
@@ -659,7 +664,7 @@ book.check_answer("norm_auroc", norm_auroc, {a: metrics.auroc(norm(fs_clean), no
 #
 # ```python
 # suite.LINE_UP["NORM"] = suite.Entry(lambda c: FeatureNorm(), suite.clean_train)
-# grown = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=n_fgsm)  # refits all: minutes
+# grown = suite.DetectorSuite.fit(m, train, fs_train, eps=ctx.eps, n_fgsm=ctx.n_fgsm)  # refits all: minutes
 # evals_grown = protocol.evaluate_attacks(attack_zoo, m, x, y, grown, protocol.score_clean(m, x, y, grown)[1])
 # show_table(*protocol.detection_table(evals_grown).table())
 # del suite.LINE_UP["NORM"]  # the table is shared by every later fit in this kernel

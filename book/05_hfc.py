@@ -57,17 +57,21 @@ if installed != VERSION:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", url], check=True)
 
 # %%
-from medadv_tutorial import book  # first: pins the CPU math libraries before numpy loads
+from medadv_tutorial import book
+
+# The experiment context: pins the CPU numerics (before numpy loads), seeds, sets the thread count
+# and figure resolution on purpose, glues the profile's settings and prints what is in effect.
+ctx = book.start()
+profile = ctx.profile
 
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.decomposition import PCA
 
-from medadv_tutorial import adaptive, attacks, features, hfc, metrics, protocol, suite, training
+from medadv_tutorial import adaptive, attacks, features, hfc, metrics, protocol, suite
 from medadv_tutorial.plots import MIN_FONT, to_display
 from medadv_tutorial.report import and_join, show_table, span
 
-profile = book.start()  # seeds, profile, glued settings; prints what is in effect
 say = book.say  # print wrapped to the page width (longer stored lines are cut off in the book)
 
 # %% [markdown]
@@ -141,7 +145,7 @@ say = book.say  # print wrapped to the page width (longer stored lines are cut o
 # the result cache (`cache=True`): a re-run reads them back, bit for bit.
 
 # %% tags=["nbval-ignore-output"]
-cxr = book.load_model_and_features(profile, "chest_xray", features=("train",))  # model, data, cached features
+cxr = ctx.setup("chest_xray", features=("train",))  # model, data, cached features (shared by chapters 3-5)
 m, train, test, fs_train = cxr.model, cxr.train, cxr.test, cxr.features["train"]
 hfc_model = hfc.fit_hfc_mixtures(fs_train, n_components=2, progress=True, cache=True)
 
@@ -173,7 +177,8 @@ book.glue_results(hfc_min_class=min(info[(L[-1], c)]["n_samples"] for c in (0, 1
 # same way. In a binary task the target is the other class (`hfc.other_class`).
 
 # %%
-eps = 1 / 255
+eps = ctx.eps  # the experiments' budget
+eps_text = f"{eps * 255:g}/255"  # as the tables write it
 hfc_steps, hfc_alpha = 4 * profile.attack_steps, eps / 4
 CATCHES, HIDES = 0.9, 0.60  # a detector "catches" an attack at AUROC >= 0.9; an attack "hides" at <= 0.60
 book.glue_results(hfc_steps=hfc_steps, catches_level=f"{CATCHES:.1f}", hides_level=f"{HIDES:.2f}")
@@ -218,19 +223,17 @@ def said(iv):  # an AUROC with its verdict, from its 95% interval: "0.12 [0.06, 
 # Two disjoint draws from the correctly classified test images: the attack set (Chapter 4's when
 # the test set holds n_attack + n_select of them) and the selection set; split in proportion when
 # the test set is smaller, so that neither is ever empty.
-(x_att, y_att, idx_att), (x_sel, y_sel, idx_sel) = training.attack_and_selection_sets(
-    m, test, profile.n_attack, profile.n_select, seed=0, select_seed=1)
+(x_att, y_att, idx_att), (x_sel, y_sel, idx_sel) = ctx.attack_sets("chest_xray")
 n_correct, full = len(idx_att) + len(idx_sel), len(idx_att) == profile.n_attack  # full: Chapter 4's attack set
 sets_note = ("the attacked images are Chapter 4's; the selection set is a second seeded draw from the remaining "
              "correctly classified test images") if full else (
     f"the test set has {n_correct} correctly classified images, fewer than the profile's `n_attack` + `n_select` = "
-    f"{profile.n_attack} + {profile.n_select}, so they were split in proportion; Chapter 4 attacks all {n_correct}")
-attack_set_text = f"Chapter 4's {len(idx_att)} attacked images" if full else \
-    f"{len(idx_att)} attacked images (of Chapter 4's {n_correct})"
+    f"{profile.n_attack} + {profile.n_select}, so they were split in proportion, as in Chapter 4")
+attack_set_text = f"Chapter 4's {len(idx_att)} attacked images"
 say(f"attack set: {len(idx_att)} images; selection set: {len(idx_sel)} images ({sets_note})")
 book.glue_results(n_attack_used=len(idx_att), n_select_used=len(idx_sel), sets_note=sets_note,
                   attack_set_text=attack_set_text)
-dets = suite.DetectorSuite.fit(m, train, fs_train, eps=eps, n_fgsm=2 * profile.n_attack, cache=True).with_two_sided()
+dets = ctx.suite("chest_xray").with_two_sided()  # Chapter 4's suite, plus two-sided MGM and MAHA
 fs_sel, clean_sel = protocol.score_clean(m, x_sel, y_sel, dets)
 on_sel = dict(model=m, x=x_sel, y=y_sel, suite=dets, clean_scores=clean_sel, targets=hfc.other_class(y_sel))
 
@@ -317,7 +320,7 @@ runs.update(protocol.evaluate_attacks({"PGD (targeted)": pgd_hfc(0.0), "PGD+HFC"
                                       targets=t_att))
 
 # %% tags=["full-width"]
-show_table(*protocol.success_table(runs, f"attack (ε = 1/255, {len(x_att)} images)"))
+show_table(*protocol.success_table(runs, f"attack (ε = {eps_text}, {len(x_att)} images)"))
 show_table(*protocol.detection_table(runs, detectors=suite.DETECTOR_NAMES).table())
 
 # %%

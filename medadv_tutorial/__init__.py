@@ -11,13 +11,11 @@ Conventions (see each module's docstrings):
 * every kernel takes its device from its inputs (CUDA, CPU, MPS);
 * settings that change between a quick CPU run and a paper-scale GPU run live in
   :mod:`medadv_tutorial.profiles`;
-* importing the package pins the CPU math libraries to their AVX2 kernels
-  (:mod:`medadv_tutorial.numerics`), so stored outputs reproduce on any x86-64 CPU.
+* importing the package changes nothing outside it: no environment variable, thread count,
+  random generator or matplotlib setting.  What a run fixes on purpose -- the CPU numerics pin
+  (:mod:`medadv_tutorial.numerics`), the seeds, the thread count, the figure resolution -- an
+  :class:`~medadv_tutorial.experiment.Experiment` context fixes when it is entered
+  (``book.start()`` in the chapters), and says so in a printed line.
 """
-
-from . import numerics as _numerics
-
-# Before anything imports numpy or runs a kernel: the CPU pin that makes outputs portable.
-_numerics.pin()
 
 __version__ = "0.2.0"

@@ -840,7 +840,7 @@ def run_attack(
     if cache and keyable and (targets is None or isinstance(targets, torch.Tensor)):
         key = dict(attack=attack, model=model, x=data[0], y=labels_of(data[1]), targets=targets,
                    batch_size=batch_size, device=device.type)
-        entry, hit = result_cache.cached_tensors("attacks", key, compute)
+        entry, hit = result_cache.cached_tensors("attacks", key, compute, code="attacks")
         return AttackResult(**entry, from_cache=hit)
     return AttackResult(**compute())
 

@@ -58,7 +58,8 @@ def iter_batches(data, batch_size: int) -> tuple[Iterator[tuple[torch.Tensor, to
     if isinstance(data, torch.utils.data.DataLoader):
         loader = data
     elif isinstance(data, torch.utils.data.Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        # its own generator: a loader iterator draws a base seed, and the global generator is left alone
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     else:
         raise TypeError(
             f"data must be a torch Dataset, a DataLoader or a pair (x, y) of tensors, got {type(data).__name__}"

@@ -1,23 +1,26 @@
-"""The chapters' common set-up: one call that fixes the settings and says what is in effect.
+"""The chapters' common set-up: one call that makes the experiment context and says what is in effect.
 
 Every chapter starts with::
 
     from medadv_tutorial import book
-    profile = book.start()
+    ctx = book.start()
+    profile = ctx.profile
 
 which
 
-* applies the CPU numerics pin (:mod:`medadv_tutorial.numerics`; importing the package did),
-* reads the profile (``$MEDADV_PROFILE``, default ``ci``) and seeds Python, NumPy and torch,
+* makes the :class:`~medadv_tutorial.experiment.Experiment` of the active profile
+  (``$MEDADV_PROFILE``, default ``ci``) and enters it: the CPU numerics pin, the seeds, torch's
+  thread count and the figure resolution are set on purpose, and a printed line says so;
 * on Colab, mounts Google Drive when ``$MEDADV_CACHE`` points into it, so that trained models
   are found again by later chapters (each Colab notebook runs in its own runtime),
 * prints the versions, the pin, the profile, how to change it, and where data and models live,
 * glues the profile's settings (``profile_image_size``, ``profile_n_attack``, ...) so that the
   chapters' prose quotes them with ``{glue:}`` instead of typing them.
 
-Chapters 3 to 5 then load their classifier, data sets and cached features in one call::
-
-    setup = book.load_model_and_features(profile, "chest_xray", features=("train",))
+Chapters 3 to 5 then reach their classifier, data sets, cached features, attack sets and
+detector suite through the context (``ctx.setup("chest_xray")``, ``ctx.attack_sets(...)``,
+``ctx.suite(...)``).  This module imports nothing heavy, so that ``book.start()`` can pin the
+numerics before numpy is loaded.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import sys
 import textwrap
 
 from . import numerics
-from .checks import check_int
 from .profiles import PROFILE_ENV, Profile, get_profile
 
 WIDTH = 100  # stored text lines longer than this are cut off in the built book
@@ -90,102 +92,41 @@ def say(text: str) -> None:
     print(textwrap.fill(text, WIDTH, subsequent_indent="    ", break_on_hyphens=False))
 
 
-def start(*, seed: int = 0, dpi: int = 72, glue_profile: bool = True) -> Profile:
-    """Set up a chapter and return its :class:`~medadv_tutorial.profiles.Profile`.
+def start(*, seed: int = 0, dpi: int = 72, glue_profile: bool = True):
+    """Set up a chapter: make and enter its :class:`~medadv_tutorial.experiment.Experiment`, and return it.
 
     Parameters
     ----------
-    seed: seed for Python, NumPy and torch (the chapters use 0).
+    seed: the experiment seed (the chapters use 0).
     dpi: matplotlib figure resolution in the notebook.
     glue_profile: glue the profile's settings for the prose (see :func:`settings`).
     """
+    from .experiment import Experiment, environment_note
+
+    ctx = Experiment(get_profile(), seed=seed)
+    entered = ctx.enter(dpi=dpi)  # the numerics pin first, before this imports numpy
     import torch
 
     from . import __version__
-    from .data import cache_dir, data_dir
-    from .training import seed_everything
 
-    numerics.pin()
     drive_note = _mount_drive_if_asked()
-    profile = get_profile()
-    seed_everything(seed, profile.num_threads)
-    try:
-        import matplotlib.pyplot as plt
-
-        plt.rcParams["figure.dpi"] = dpi
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        pass
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    say(f"medadv_tutorial {__version__}, torch {torch.__version__}, device {device}")
+    profile = ctx.profile
+    say(f"medadv_tutorial {__version__}, torch {torch.__version__}, device {ctx.device.type}")
     say(numerics.report())
+    say(entered)
     others = ", ".join(sorted(set(("ci", "full", "smoke")) - {profile.name}))
     say(f"profile {profile.name!r}" + (" (the book's stored outputs)" if profile.name == "ci" else "")
          + f"; to change it, restart the kernel and run %env {PROFILE_ENV}=<name> ({others}) "
          "before this cell")
     say("settings: " + profile.describe())
-    # Name the variables, not their paths: the stored outputs must not depend on the machine.
-    data_note = "offline copies in $MEDADV_DATA" if data_dir() else "downloaded on first use"
-    cache_note = "$MEDADV_CACHE" if os.environ.get("MEDADV_CACHE", "").strip() else str(cache_dir())
-    say(f"data: {data_note}; models and caches: {cache_note}")
+    say(environment_note())
     if drive_note:
         say(drive_note)
     if not profile.check_claims:
         say(f"the {profile.name!r} profile checks no claim: its numbers are not the book's")
     if glue_profile:
         glue_settings(profile)
-    return profile
-
-
-@dataclasses.dataclass
-class ModelAndFeatures:
-    """What Chapters 3 to 5 start from (see :func:`load_model_and_features`).
-
-    ``model``: the fine-tuned classifier; ``record``: its training record (test accuracy,
-    ...); ``model_key``: its checkpoint key (:func:`~medadv_tutorial.training.checkpoint_key`),
-    which also keys its cached features; ``train`` / ``test``: the profile's data sets;
-    ``features``: ``{"train" | "test": FeatureSet}`` for the splits asked for.
-    """
-
-    model: object
-    record: dict
-    model_key: str
-    train: object
-    test: object
-    features: dict
-
-
-def load_model_and_features(profile: Profile, dataset: str, *, features=("train",), seed: int = 0) -> ModelAndFeatures:
-    """Load (or train) a chapter's classifier, its data sets and the cached features of ``features``.
-
-    The same calls, in the same order, as Chapters 3 to 5 make by hand: ``training.get_model``,
-    ``training.checkpoint_key``, ``data.load_dataset`` for the train and test splits, and
-    ``features.extract_features`` with the cache key ``feature_cache_key(model_key, split, n)``,
-    so that the chapters share one feature cache (and reading it back gives the same tensors).
-
-    Parameters
-    ----------
-    profile: the chapter's profile (from :func:`start`).
-    dataset: a name of :data:`medadv_tutorial.data.DATASETS`, e.g. ``"chest_xray"``.
-    features: the splits whose features to extract (or read from the cache): a tuple of
-        ``"train"`` and/or ``"test"`` (may be empty).
-    seed: the model's training seed.
-    """
-    from . import data
-    from . import features as feats
-    from . import training
-
-    if not isinstance(profile, Profile):
-        raise TypeError(f"profile must be a Profile (from book.start()), got {type(profile).__name__}")
-    if isinstance(features, str) or not isinstance(features, (tuple, list)) or \
-            any(s not in ("train", "test") for s in features) or len(set(features)) != len(features):
-        raise ValueError(f"features must be a tuple of distinct splits among ('train', 'test'), got {features!r}")
-    model, record = training.get_model(dataset, profile=profile, seed=seed)
-    key = training.checkpoint_key(dataset, profile.backbone, profile, seed)
-    sets = {split: data.load_dataset(dataset, split, profile=profile) for split in ("train", "test")}
-    fs = {split: feats.extract_features(model, sets[split],
-                                        cache_key=feats.feature_cache_key(key, split, len(sets[split])))
-          for split in features}
-    return ModelAndFeatures(model, record, key, sets["train"], sets["test"], fs)
+    return ctx
 
 
 def glue(name: str, value, digits: int | None = None, display: bool = False):
@@ -204,6 +145,8 @@ def glue(name: str, value, digits: int | None = None, display: bool = False):
         raise TypeError(f"name must be a non-empty string (the key the prose quotes), got {name!r}")
     shown = value.item() if hasattr(value, "item") else value
     if digits is not None:
+        from .checks import check_int
+
         digits = check_int(digits, "digits (decimal places to round to)", 0)
         if not isinstance(shown, numbers.Real):
             raise TypeError(f"digits rounds numbers, but value {name!r} is {type(shown).__name__}: {shown!r}")
@@ -220,6 +163,8 @@ def glue(name: str, value, digits: int | None = None, display: bool = False):
 def glue_results(digits: int = 2, **results) -> None:
     """Glue several results at once (:func:`glue`): floats rounded to ``digits`` as the tables
     show them (``digits=0``: an int), strings as Markdown, other values as they are."""
+    from .checks import check_int
+
     digits = check_int(digits, "digits (decimal places to round to)", 0)
     for name, value in results.items():
         if hasattr(value, "item"):

@@ -1,24 +1,32 @@
-"""Results computed once and read back bit for bit: content keys, atomic writes, checked hashes.
+"""The one store of computed results: content keys with a code version, atomic writes, checked hashes.
 
-A chapter that re-runs an attack it has run before (after a kernel restart, or a later chapter
-repeating an earlier one's attack) reads the adversarial images from the cache instead; the
-HFC mixtures and the fitted detector suite are stored the same way (:func:`cached_tensors`
-for plain tensors, :func:`cached_object` for objects that need pickling).  The rules are those
-of the model checkpoints:
+Everything the package computes once and reads back goes through this store: trained model
+checkpoints (:func:`~medadv_tutorial.training.get_model`), extracted features
+(:func:`~medadv_tutorial.features.extract_features` with ``cache=True``), attack runs
+(:func:`~medadv_tutorial.attacks.run_attack`), the HFC mixtures and the fitted detector suite.
+One key rule for all of them:
 
-* **The key is the content.**  :func:`fingerprint` hashes a canonical description of every
-  input -- tensors by their bytes, dtype and shape, modules by their class and ``state_dict``,
-  attacks and loss terms by their class and every attribute, recursively (except those a class
-  lists in ``_derived_attributes``: caches recomputed from the others) -- together with the
-  package version and :data:`FORMAT`.  Change any input (a weight, ε, a seed, an image, a
-  mixture of the HFC model) and the key changes: the old entry is simply not found.
+* **The key is the content of the inputs.**  :func:`fingerprint` hashes a canonical description
+  of every input -- tensors by their bytes, dtype and shape, modules by their class and
+  ``state_dict``, data sets, attacks and loss terms by their class and every attribute,
+  recursively (except those a class lists in ``_derived_attributes``: caches and descriptions
+  recomputed from the others).  Change any input (a weight, ε, a seed, an image) and the key
+  changes: the old entry is simply not found.
+* **Plus the version of the code that computed it.**  Each caller names the package module whose
+  functions compute its entries (``code="attacks"``); :func:`code_version` hashes the source of
+  that module *and of every package module it imports*, transitively.  Edit a kernel -- or
+  anything it depends on -- and what it produced is computed again; edit a module it does not
+  import (the plots, say) and the entries stay valid.  This is deliberately conservative (a
+  changed comment also invalidates), and it needs no hand-kept version number that a forgotten
+  bump would make stale.  :data:`FORMAT` remains for a change of the store's own layout.
 * **Refuse what cannot be keyed.**  Functions and lambdas (their code is not hashed) and
   ``torch.Generator`` objects (their state moves on when used, so a cached run would leave
   them where a computed one would not) raise :class:`Uncacheable`; callers then compute
   without the cache.  Nothing is cached on a guess.
 * **Nothing half-written, nothing corrupt.**  Entries are written atomically (temporary file
   + rename) with a sha256 beside them; an entry whose bytes do not match its sha256, or that
-  fails to load, is reported with a warning naming the file, deleted and recomputed.
+  fails to load, is reported with a warning naming the file, deleted and recomputed.  Pickled
+  entries (:func:`cached_object`) are unpickled only after their sha256 matched.
 
 Entries live in ``cache_dir()/results/<kind>/<key>.pt`` (``$MEDADV_CACHE``); deleting the
 folder is always safe.  Set ``MEDADV_RESULT_CACHE=0`` to compute everything afresh.
@@ -41,11 +49,14 @@ import torch
 
 from .io import atomic_torch_save, file_sha256
 
-__all__ = ["FORMAT", "Uncacheable", "fingerprint", "source_key", "enabled", "entry_path", "cached_tensors",
-           "cached_object"]
+__all__ = ["FORMAT", "Uncacheable", "fingerprint", "code_version", "source_key", "enabled", "entry_path",
+           "store_key", "cached_tensors", "cached_object", "read_entry", "write_entry"]
 
-FORMAT = 1
-"""Bumped when the meaning of a cached result changes without its inputs changing."""
+FORMAT = 2
+"""The layout of the store itself (2: keys carry the code version); the code's own changes are in
+:func:`code_version`."""
+
+_PACKAGE = __name__.rsplit(".", 1)[0]
 
 ENV = "MEDADV_RESULT_CACHE"
 
@@ -89,8 +100,9 @@ def _feed(h, obj, path: str, seen: set) -> None:
             h.update(f"{name}=".encode())
             _feed(h, value, f"{path}.{name}", seen)
         # attributes that are not parameters or buffers (e.g. the taps a Classifier exposes)
+        derived = set(getattr(type(obj), "_derived_attributes", ()))
         for name, value in sorted(vars(obj).items()):
-            if not name.startswith("_") and name != "training":
+            if not name.startswith("_") and name != "training" and name not in derived:
                 h.update(f".{name}=".encode())
                 _feed(h, value, f"{path}.{name}", seen)
         return
@@ -160,13 +172,91 @@ def source_key(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}:{source}"
 
 
+def _package_imports(module: str) -> set[str]:
+    """The package modules (short names) that ``module``'s source imports, at any depth of the file."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"{_PACKAGE}.{module}")
+    if spec is None or spec.origin is None:
+        raise ValueError(f"{module!r} is not a module of {_PACKAGE}")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:  # from .x import y
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:  # from . import x, y
+                found.update(a.name for a in node.names)
+            elif node.level == 0 and node.module and node.module.split(".")[0] == _PACKAGE:
+                parts = node.module.split(".")
+                found.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == _PACKAGE and len(parts) > 1:
+                    found.add(parts[1])
+    return {m for m in found if importlib.util.find_spec(f"{_PACKAGE}.{m}") is not None}
+
+
+@functools.lru_cache(maxsize=None)
+def _closure_version(modules: tuple[str, ...]) -> str:
+    import importlib.util
+
+    todo, seen = list(modules), set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(_package_imports(m) - seen)
+    h = hashlib.sha256()
+    for m in sorted(seen):
+        h.update(f"{m}:".encode())
+        h.update(Path(importlib.util.find_spec(f"{_PACKAGE}.{m}").origin).read_bytes())
+    return h.hexdigest()
+
+
+def code_version(*modules: str) -> str:
+    """sha256 (hex) of the source of the package ``modules`` (short names, e.g. ``"attacks"``) and of
+    every package module they import, transitively: the version of the code that computes an entry.
+
+    Read from the files on disk once per process (a later edit is seen by the next process).
+    """
+    if not modules or not all(isinstance(m, str) and m and "." not in m for m in modules):
+        raise ValueError(f"modules must be short names of {_PACKAGE} modules such as 'attacks', got {modules!r}")
+    return _closure_version(tuple(sorted(set(modules))))
+
+
+_NAME_RE = __import__("re").compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+
+
 def entry_path(kind: str, key: str) -> Path:
     """``cache_dir()/results/<kind>/<key>.pt``."""
     from .data import cache_dir
 
-    if not kind.replace("_", "").isalnum() or not key.isalnum():
+    if not isinstance(kind, str) or not kind.replace("_", "").isalnum() or not isinstance(key, str) \
+            or not _NAME_RE.match(key):
         raise ValueError(f"kind and key must be plain names, got {kind!r} and {key!r}")
     return cache_dir() / "results" / kind / f"{key}.pt"
+
+
+def store_key(kind: str, key_parts: Mapping, code) -> str:
+    """The key of an entry of ``kind``: :func:`fingerprint` of ``key_parts`` and :func:`code_version`
+    of ``code`` (a module name or a tuple of them).  Raises :class:`Uncacheable` like :func:`fingerprint`."""
+    code = (code,) if isinstance(code, str) else tuple(code)
+    return fingerprint(store_kind=kind, code_version=code_version(*code), **key_parts)
+
+
+def read_entry(path: Path, weights_only: bool = True):
+    """The entry at ``path`` after its sha256 matched, or ``None`` (missing; or corrupt: warned about and
+    deleted)."""
+    return _read(path, weights_only=weights_only)
+
+
+def write_entry(path: Path, entry) -> None:
+    """Write ``entry`` to ``path`` atomically, with its sha256 beside it."""
+    _write(path, entry)
 
 
 def _read(path: Path, weights_only: bool = True):
@@ -200,19 +290,19 @@ def _write(path: Path, entry) -> None:
     os.replace(tmp, sidecar)
 
 
-def cached_tensors(kind: str, key_parts: Mapping, compute: Callable[[], dict]) -> tuple[dict, bool]:
-    """``(entry, hit)``: the entry cached under the content key of ``key_parts``, or
-    ``compute()`` stored there.
+def cached_tensors(kind: str, key_parts: Mapping, compute: Callable[[], dict], *, code) -> tuple[dict, bool]:
+    """``(entry, hit)``: the entry cached under :func:`store_key` of ``key_parts`` and ``code`` (the
+    package module(s) whose functions compute it), or ``compute()`` stored there.
 
     ``compute()`` must return a dict of tensors (or ``None``), numbers and strings: what
     ``torch.load(weights_only=True)`` reads back exactly.  When the cache is disabled
     (``$MEDADV_RESULT_CACHE=0``) or a part is :class:`Uncacheable`, ``compute()`` runs and
     nothing is stored (``hit`` is ``False``).
     """
-    return _cached(kind, key_parts, compute, weights_only=True)
+    return _cached(kind, key_parts, compute, code, weights_only=True)
 
 
-def cached_object(kind: str, key_parts: Mapping, compute: Callable[[], Any]) -> tuple[Any, bool]:
+def cached_object(kind: str, key_parts: Mapping, compute: Callable[[], Any], *, code) -> tuple[Any, bool]:
     """``(object, hit)`` as :func:`cached_tensors`, for a Python object that is not plain tensors
     (a fitted detector suite holding scikit-learn estimators and small networks).
 
@@ -220,14 +310,14 @@ def cached_object(kind: str, key_parts: Mapping, compute: Callable[[], Any]) -> 
     after its sha256 matched the one written beside it; like any pickle it is code, so point
     ``$MEDADV_CACHE`` only at a folder you trust.  ``compute()`` must return a picklable object.
     """
-    return _cached(kind, key_parts, compute, weights_only=False)
+    return _cached(kind, key_parts, compute, code, weights_only=False)
 
 
-def _cached(kind: str, key_parts: Mapping, compute: Callable[[], Any], weights_only: bool) -> tuple[Any, bool]:
+def _cached(kind: str, key_parts: Mapping, compute: Callable[[], Any], code, weights_only: bool) -> tuple[Any, bool]:
     if not enabled():
         return compute(), False
     try:
-        key = fingerprint(**key_parts)
+        key = store_key(kind, key_parts, code)
     except Uncacheable:
         return compute(), False
     path = entry_path(kind, key)

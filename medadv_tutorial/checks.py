@@ -121,6 +121,21 @@ def check_images(x: torch.Tensor, name: str = "x", ndim: tuple[int, ...] | None 
     return x
 
 
+def check_unit_range(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """Check that the values of the non-empty tensor ``x`` lie in ``[0, 1]`` (NaN refused) with one
+    reduction and one read of two numbers; returns ``x``."""
+    lo, hi = torch.stack(torch.aminmax(x.detach().reshape(-1))).tolist()
+    if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
+        if math.isnan(lo) or math.isnan(hi):
+            raise ValueError(f"{name} contains NaN values")
+        hint = " (uint8-style values: divide by 255)" if hi > 1.0 and hi <= 255.0 and lo >= 0.0 else ""
+        raise ValueError(
+            f"{name} must lie in [0, 1] (images in pixel space), got values in [{lo:.4g}, {hi:.4g}]{hint}"
+            " -- normalisation belongs inside the model, not in the data"
+        )
+    return x
+
+
 def check_image_tensor(x: torch.Tensor, name: str = "x", ndim: tuple[int, ...] | None = (4, 5)) -> torch.Tensor:
     """The part of :func:`check_images` that reads no value (no device synchronisation, so a
     model may run it at every forward pass): a floating tensor with ``ndim`` dimensions."""

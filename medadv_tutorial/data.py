@@ -239,6 +239,9 @@ class ImageDataset(torch.utils.data.Dataset):
     source: where the pixels came from (a file or a download), for printouts.
     """
 
+    # A description, not content: the result store keys a data set by its pixels, labels and settings.
+    _derived_attributes = ("source",)
+
     def __init__(self, native: torch.Tensor, labels: torch.Tensor, classes: list[str],
                  name: str, split: str, source: str = "", image_size: int | None = None) -> None:
         if isinstance(classes, str) or not hasattr(classes, "__len__"):

@@ -6,11 +6,11 @@ changes about it):
 1. **Hierarchical feature extraction.** :func:`extract_features` runs a model once per
    batch over a whole data set and keeps the pooled features of every tap (see
    :meth:`medadv_tutorial.models.Classifier.forward_features`), the logits and the labels
-   in a :class:`FeatureSet`; with ``cache_key`` the set is stored in
-   ``cache_dir()/features/<cache_key>.pt`` and read back on the next call::
+   in a :class:`FeatureSet`; with ``cache=True`` the set goes to the result store
+   (:mod:`~medadv_tutorial.cache`), keyed by the model's weights, the images, the layers and
+   the version of this module's code, and is read back on the next call::
 
-       key = feature_cache_key(checkpoint_key, "chest_xray-test", len(test_set))
-       clean = extract_features(model, test_set, cache_key=key)
+       clean = extract_features(model, test_set, cache=True)
        clean["block5"].shape, clean.penultimate.shape   # (N, 40), (N, 1280)
 
 2. **Outlier statistics.** Per layer and per class, a Gaussian fitted to clean training
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -65,7 +64,7 @@ import torch.nn.functional as F
 from . import gaussian
 from .io import atomic_torch_save
 from .attacks import PGD, Attack
-from .batching import iter_batches, model_device, n_images, resolve_forward
+from .batching import iter_batches, model_device, resolve_forward
 from .progress import progress as progress_bar
 from .checks import (CorruptFileError, as_labels, check_features, check_finite, check_images, check_input_dtype,
                      check_device, check_int, check_labels, check_model, check_real, check_seed, describe, eval_mode)
@@ -73,8 +72,6 @@ from .checks import (CorruptFileError, as_labels, check_features, check_finite, 
 __all__ = [
     "FeatureSet",
     "extract_features",
-    "feature_cache_key",
-    "feature_cache_path",
     "ClassGaussian",
     "mahalanobis",
     "MahalanobisOutliers",
@@ -88,7 +85,7 @@ __all__ = [
 ]
 
 FEATURES_FORMAT = 1
-"""Version of the cached feature files; a file with another version is recomputed."""
+"""Version of the feature files :meth:`FeatureSet.save` writes."""
 
 CLASS_RULES = ("predicted", "true", "nearest")
 
@@ -187,13 +184,23 @@ class FeatureSet:
 
     # -------------------------------------------------------------------- persistence
 
-    def save(self, path) -> None:
-        """Write the set to ``path`` atomically (temporary file in the same folder + rename)."""
-        path = Path(path)
-        blob = {"format": FEATURES_FORMAT, "layers": list(self.layers),
+    def state(self) -> dict:
+        """The set as plain tensors, strings and numbers (what :meth:`save` and the result store write)."""
+        return {"format": FEATURES_FORMAT, "layers": list(self.layers),
                 "feats": {k: v.detach().cpu().contiguous() for k, v in self.feats.items()},
                 "labels": self.labels.cpu(), "logits": self.logits.detach().cpu()}
-        atomic_torch_save(blob, path)
+
+    @classmethod
+    def from_state(cls, blob) -> "FeatureSet":
+        """The set of :meth:`state`."""
+        if not isinstance(blob, dict) or blob.get("format") != FEATURES_FORMAT:
+            raise ValueError(f"not a feature set of format {FEATURES_FORMAT}")
+        feats = OrderedDict((k, blob["feats"][k]) for k in blob["layers"])
+        return cls(feats, blob["labels"], blob["logits"], list(blob["layers"]))
+
+    def save(self, path) -> None:
+        """Write the set to ``path`` atomically (temporary file in the same folder + rename)."""
+        atomic_torch_save(self.state(), Path(path))
 
     @classmethod
     def load(cls, path) -> "FeatureSet":
@@ -202,59 +209,12 @@ class FeatureSet:
         Raises :class:`~medadv_tutorial.checks.CorruptFileError` naming the file when it cannot be read.
         """
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(blob, dict) or blob.get("format") != FEATURES_FORMAT:
-                raise ValueError(f"not a feature file of format {FEATURES_FORMAT}")
-            feats = OrderedDict((k, blob["feats"][k]) for k in blob["layers"])
-            return cls(feats, blob["labels"], blob["logits"], list(blob["layers"]))
+            return cls.from_state(torch.load(path, map_location="cpu", weights_only=True))
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any decoding error means the file is unusable
-            raise CorruptFileError.of("feature file", path, err, "delete it; extract_features(..., cache_key=...) "
-                                      "computes the features again") from err
-
-
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
-
-
-def feature_cache_key(model_key: str, data_name: str, n: int, extra: str = "") -> str:
-    """File stem of a cached :class:`FeatureSet`: ``"<model_key>-<data_name>-n<n>[-<extra>]"``.
-
-    Parameters
-    ----------
-    model_key: names the weights, e.g. :func:`medadv_tutorial.training.checkpoint_key`
-        (which already hashes the training settings).
-    data_name: names the images, e.g. ``"chest_xray-test"`` or ``"chest_xray-test-pgd"``.
-    n: number of images (guards against a changed subset size).
-    extra: anything else that changes the images, e.g. the attack and its budget
-        (``"pgd-eps4_255-steps20"``).
-
-    Characters other than letters, digits and ``_ . = + -`` become ``_`` (so ``"4/255"``
-    is safe to pass).  Two calls with equal arguments give equal keys; any change of an
-    argument changes the key.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int (the number of images), got {n!r}")
-    parts = [str(model_key), str(data_name), f"n{n}"] + ([str(extra)] if extra else [])
-    for name, part in zip(("model_key", "data_name"), parts):
-        if not part:
-            raise ValueError(f"{name} must be a non-empty string")
-    key = "-".join(re.sub(r"[^A-Za-z0-9_.=+-]", "_", p) for p in parts)
-    return key.lstrip("._-") or "features"
-
-
-def feature_cache_path(cache_key: str) -> Path:
-    """``cache_dir()/features/<cache_key>.pt`` (the folder is created on demand)."""
-    from .data import cache_dir
-
-    if not isinstance(cache_key, str) or not _KEY_RE.match(cache_key):
-        raise ValueError(
-            f"cache_key must be a plain file stem (letters, digits, _ . = + -), got {cache_key!r}; "
-            "build it with feature_cache_key(...)"
-        )
-    folder = Path(cache_dir()) / "features"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{cache_key}.pt"
+            raise CorruptFileError.of("feature file", path, err, "it is corrupt, truncated or not a feature set; "
+                                      "delete it and save the features again") from err
 
 
 def extract_features(
@@ -264,7 +224,7 @@ def extract_features(
     batch_size: int = 100,
     device=None,
     progress: bool = True,
-    cache_key: str | None = None,
+    cache: bool = False,
 ) -> FeatureSet:
     """Pooled features of every tap, logits and labels for a whole data set.
 
@@ -283,10 +243,10 @@ def extract_features(
     batch_size: images per forward pass (ignored for a ``DataLoader``).
     device: where to compute; default (and required to match): the model's device.
     progress: show a tqdm bar.
-    cache_key: if given, load the set from ``cache_dir()/features/<cache_key>.pt`` when
-        that file holds the requested layers for ``len(data)`` images; otherwise compute
-        it and save it there (atomically).  Build keys with :func:`feature_cache_key`:
-        the key, not the file, decides what the cache holds.
+    cache: read the set from the result store (:mod:`~medadv_tutorial.cache`) when the same
+        model weights, images, layers and batch size were extracted before by the same code,
+        else extract it and store it.  Data that has no content key (a ``DataLoader``) is
+        extracted without the store.
 
     Returns
     -------
@@ -309,25 +269,22 @@ def extract_features(
     elif names is not None:
         layers = list(names)
 
-    path = feature_cache_path(cache_key) if cache_key is not None else None
-    n_expected = n_images(data)
-    if path is not None and path.is_file():
-        try:
-            cached = FeatureSet.load(path)
-        except Exception as err:  # unreadable / old format: recompute
-            warnings.warn(f"ignoring unreadable feature cache {path}: {err}", stacklevel=2)
-        else:
-            have = layers is None or all(k in cached.feats for k in layers)
-            if have and (n_expected is None or len(cached) == n_expected):
-                return cached if layers is None else cached.select(layers)
-            warnings.warn(f"feature cache {path} does not match the request (layers or size); recomputing",
-                          stacklevel=2)
-
     on = model_device(model) or torch.device("cpu")
     device = on if device is None else check_device(device)
     if device != on:
         raise ValueError(f"device={device} but the model's parameters are on {on}; move the model")
 
+    if cache:
+        from . import cache as result_cache
+
+        key = dict(model=model, data=data, layers=layers, batch_size=batch_size, device=device.type)
+        state, _ = result_cache.cached_tensors(
+            "features", key, lambda: _extract(model, data, layers, batch_size, device, progress).state(), code="features")
+        return FeatureSet.from_state(state)
+    return _extract(model, data, layers, batch_size, device, progress)
+
+
+def _extract(model, data, layers, batch_size, device, progress) -> FeatureSet:
     it, total = iter_batches(data, batch_size)
     out: OrderedDict[str, list[torch.Tensor]] | None = None
     labels, logits_all = [], []
@@ -345,11 +302,7 @@ def extract_features(
             labels.append(yb.cpu().long())
     if out is None:
         raise ValueError("data is empty")
-    fs = FeatureSet(OrderedDict((k, torch.cat(v)) for k, v in out.items()),
-                    torch.cat(labels), torch.cat(logits_all))
-    if path is not None:
-        fs.save(path)
-    return fs
+    return FeatureSet(OrderedDict((k, torch.cat(v)) for k, v in out.items()), torch.cat(labels), torch.cat(logits_all))
 
 
 # ======================================================================= outlier statistics

@@ -382,7 +382,7 @@ def fit_hfc_mixtures(
         return fit()
     dev = check_device(device) if device is not None else feats[chosen[0]].device
     key = dict(feats={l: feats[l] for l in chosen}, labels=labels, classes=classes, device=str(dev), **settings)
-    state, _ = result_cache.cached_tensors("hfc_mixtures", key, lambda: fit().state())
+    state, _ = result_cache.cached_tensors("hfc_mixtures", key, lambda: fit().state(), code="hfc")
     return HFCModel.from_state(state).to(dev)
 
 

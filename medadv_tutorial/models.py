@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .checks import (check_device, check_image_tensor, check_images, check_input_dtype, check_int, check_model,
-                     describe, eval_mode)
+                     check_unit_range, describe, eval_mode)
 
 BACKBONES = ("efficientnet_lite0", "resnet50")
 
@@ -86,9 +86,13 @@ class Classifier(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) in [0, 1] -> normalised (N, 3, H, W).
 
-        Checks what costs nothing (no device synchronisation, so attack steps stay as fast):
-        a floating tensor (N, C, H, W) of the model's dtype and channel count.  The value range
-        [0, 1] is checked by the public entry points (predict, fit, evaluate, the attacks).
+        Checks a floating tensor (N, C, H, W) of the model's dtype and channel count, and -- for
+        an input that does not require a gradient (a user's ``model(x)``, evaluation, feature
+        extraction, training batches) -- that its values lie in [0, 1]: one ``aminmax`` and one
+        read of two numbers, 0.04% of an EfficientNet-Lite0 forward pass on the CPU (25 images of
+        128 px, one thread; ``benchmarks/bench_range_check.py``).  Inside an attack the input requires a gradient
+        and the range check is skipped: the attacks project onto [0, 1] themselves and check
+        their inputs once, at entry.
         """
         check_image_tensor(x, "x", ndim=(4,))
         check_input_dtype(self, x, "x")
@@ -96,6 +100,8 @@ class Classifier(nn.Module):
             raise ValueError(
                 f"x has {x.shape[1]} channels but the model expects in_channels={self.in_channels}"
             )
+        if not x.requires_grad and x.numel():
+            check_unit_range(x, "x (the model's input)")
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std

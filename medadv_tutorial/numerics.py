@@ -22,10 +22,12 @@ kernels; MKL's default branch differs from its AVX2 and AVX-512 conditional-nume
 reproducibility branches.  ATen's AVX2 and AVX-512 kernels agreed, and are pinned anyway.
 Every x86-64 CPU made since 2015 has AVX2, so the pin costs nothing measurable in speed.
 
-:func:`pin` is applied when :mod:`medadv_tutorial` is imported, before it imports numpy or
-torch.  oneDNN, MKL and ATen read their variables when they first compute, so the pin works
-even if torch was imported earlier; OpenBLAS reads its variable when numpy is first
-imported, so import ``medadv_tutorial`` (or set the variables in the shell) *before* numpy.
+:func:`pin` is applied on purpose, never as a side effect of an import: by the experiment
+context (:meth:`medadv_tutorial.experiment.Experiment.enter`, which ``book.start()`` calls),
+by ``python -m medadv_tutorial.prepare``, by the tests and by ``.ci/run``.  oneDNN, MKL and ATen
+read their variables when they first compute, so the pin works even if torch was imported
+earlier; OpenBLAS reads its variable when numpy is first imported, so enter the context (or
+set the variables in the shell) *before* importing numpy.
 :func:`report` says what is in effect.  Set ``MEDADV_CPU_PIN=0`` to leave the libraries'
 defaults alone (faster kernels on AVX-512 CPUs, outputs that differ from the stored ones in
 the last digits and, through training, in the second).
@@ -128,7 +130,8 @@ def report() -> str:
         return f"CPU numerics: library defaults (${PIN_ENV}=0); outputs may differ from the stored ones"
     values = {k: os.environ.get(k, "") for k in PIN}
     if not any(values.values()):
-        return "CPU numerics: not pinned (no AVX2); outputs may differ from the stored ones"
+        why = "no AVX2" if cpu_has_avx2() is False else "pin() was not called: enter an Experiment or call numerics.pin()"
+        return f"CPU numerics: not pinned ({why}); outputs may differ from the stored ones"
     line = "CPU numerics pinned: " + ", ".join(f"{k}={v}" for k, v in values.items())
     if "numpy" in sys.modules:
         cores = openblas_cores()

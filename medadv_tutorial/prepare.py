@@ -24,6 +24,9 @@ BOOK_MODELS = (("cifar10", 0), ("chest_xray", 0), ("chest_xray", 1), ("pneumonia
 
 def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
     """Train or load one model in a worker process; returns its name and a short summary."""
+    from . import numerics
+
+    numerics.pin()  # on purpose, in each worker before numpy loads (workers are spawned: nothing is inherited)
     from .profiles import get_profile
     from .training import get_model
 
@@ -34,6 +37,11 @@ def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
 
 def prepare(models=BOOK_MODELS, jobs: int = 2, profile: str | None = None) -> dict[str, dict]:
     """Make sure a checkpoint exists for each ``(data set, seed)``; returns ``{name: summary}``."""
+    from . import numerics
+
+    numerics.pin()
+    print(f"prepare sets (on purpose), here and in each worker: {numerics.report()}; each model is trained "
+          "with its own seed and the profile's thread count", flush=True)
     out = {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_one, d, profile, s) for d, s in models]

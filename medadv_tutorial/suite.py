@@ -266,7 +266,7 @@ class DetectorSuite:
                                                        result_cache.source_key(e.fit_on)) for name, e in LINE_UP.items()])
             fitted, hit = result_cache.cached_object(
                 "detector_suite", key, lambda: cls.fit(model, train, fs_train, eps=eps, n_fgsm=n_fgsm, seed=seed,
-                                                       reg=reg, k=k, layers=layers))
+                                                       reg=reg, k=k, layers=layers), code="suite")
             if hit:  # a detector that holds the model (BU) gets the caller's model, not the stored copy
                 for det in fitted.detectors.values():
                     if isinstance(getattr(det, "model", None), torch.nn.Module):

@@ -1,45 +1,29 @@
-"""Fine-tuning, evaluation and the checkpoint cache.
+"""Fine-tuning, evaluation and the cached checkpoints.
 
-Later chapters call :func:`get_model`, which loads a cached checkpoint keyed by
-dataset, backbone, profile and seed, and trains (then caches) the model when the
-checkpoint is absent -- so every chapter also runs on its own in a fresh runtime.
+Later chapters call :func:`get_model`, which loads the model's checkpoint from the result store
+(:mod:`~medadv_tutorial.cache`: keyed by data set, backbone, training settings, seed and the
+version of the training code) and trains (then stores) the model when it is absent -- so every
+chapter also runs on its own in a fresh runtime.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from . import cache as result_cache
 from .checks import (CorruptFileError, as_labels, check_device, check_images, check_input_dtype, check_int,
                      check_labels, check_real, check_seed, describe, eval_mode)
 from .models import Classifier, build_model
 from .io import atomic_torch_save
 from .profiles import Profile, as_profile
 from .progress import tqdm
-
-CKPT_FORMAT = 1
-
-
-def seed_everything(seed: int, num_threads: int | None = None) -> None:
-    """Seed Python, NumPy and torch, and fix torch's CPU thread count (if given)."""
-    seed = check_seed(seed, "seed")
-    if num_threads is not None:
-        num_threads = check_int(num_threads, "num_threads")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-
+from .rng import scoped_threads, seeded_global_rng
 
 def _as_dataset(data, name: str = "data") -> Dataset:
     if isinstance(data, Dataset):
@@ -96,7 +80,10 @@ def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool 
     labels: int64 tensor (N,) on the CPU.
     """
     device = _device_of(model)
-    loader = DataLoader(_as_dataset(data), batch_size=check_int(batch_size, "batch_size"), shuffle=False)
+    # A generator of its own: a DataLoader iterator draws a base seed when it is made, from torch's
+    # global generator unless given one, and library calls leave the global generator alone.
+    loader = DataLoader(_as_dataset(data), batch_size=check_int(batch_size, "batch_size"), shuffle=False,
+                        generator=torch.Generator())
     if len(loader.dataset) == 0:
         raise ValueError("data is empty: no image to predict")
     probs, labels = [], []
@@ -180,11 +167,14 @@ def fit(
     model.train()
     for epoch in range(1, epochs + 1):
         tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        # A tqdm object even when disabled, not progress.progress (which then returns the loader
-        # itself): the first training batch differs between the two (measured: another first-step
-        # loss, from the same model, data and seed), and the book's models were trained through tqdm.
-        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        for x, y in bar:
+        # One draw of the generator per epoch before the loader's own draws.  The book's models were
+        # trained through a progress bar (tqdm.auto) that made a second iterator of the loader, and a
+        # DataLoader iterator draws its base seed from the loader's generator when it is made; the
+        # draw is made here, explicitly, so that the stored models stay those of the book while the
+        # bar (which now never touches the loader) cannot move a batch.
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for x, y in loader:
             x, y = check_images(x.to(device), "the images of train_data"), as_labels(y)
             check_input_dtype(model, x, "the images of train_data")
             check_labels(y, len(x), "the labels of train_data")
@@ -209,7 +199,9 @@ def fit(
             tot_n += len(x)
             history["step_loss"].append(loss_value)
             history["step_accuracy"].append(correct / len(x))
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}", refresh=False)
+            bar.update(1)
+        bar.close()
         history["epochs"].append({"epoch": epoch, "loss": tot_loss / tot_n, "accuracy": tot_correct / tot_n})
     model.eval()
     return history
@@ -218,17 +210,14 @@ def fit(
 # ----------------------------------------------------------------------------- cache
 
 
-def _cache_root() -> Path:
-    from .data import cache_dir
-
-    return Path(cache_dir()) / "checkpoints"
-
-
 def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int) -> str:
-    """File stem of a cached model: readable parts plus a hash of the settings that shape it."""
+    """Key of a cached model in the result store (:mod:`~medadv_tutorial.cache`): readable parts, then the
+    store's hash of every setting that shapes the weights and of the training code's version."""
+    from . import cache as result_cache
+
     profile, seed = as_profile(profile), check_seed(seed, "seed")
-    settings = json.dumps(dict(profile.training_settings(dataset), backbone=backbone), sort_keys=True)
-    digest = hashlib.sha256(f"{CKPT_FORMAT}|{settings}".encode()).hexdigest()[:10]
+    parts = dict(dataset=dataset, backbone=backbone, seed=seed, settings=profile.training_settings(dataset))
+    digest = result_cache.store_key("checkpoints", parts, code="training")[:16]
     return f"{dataset}-{backbone}-{profile.name}-seed{seed}-{digest}"
 
 
@@ -248,16 +237,27 @@ def load_checkpoint(path: Path, model: Classifier) -> dict:
     device = _device_of(model)
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
-            raise ValueError(f"it holds {describe(blob)}, not a dict with 'state_dict' and 'meta'")
-        model.load_state_dict(blob["state_dict"])
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoding error means the checkpoint is unusable
-        raise CorruptFileError.of(
-            "checkpoint", path, err, "it is corrupt, truncated or from another model. Delete it to have the model "
-            "trained again (get_model does that when the file is missing), or call get_model(..., retrain=True)."
-        ) from err
+        raise _corrupt(path, err) from err
+    return _load_state(model, blob, path)
+
+
+def _corrupt(path, err) -> CorruptFileError:
+    return CorruptFileError.of(
+        "checkpoint", path, err, "it is corrupt, truncated or from another model. Delete it to have the model "
+        "trained again (get_model does that when the file is missing), or call get_model(..., retrain=True).")
+
+
+def _load_state(model: Classifier, blob, path) -> dict:
+    """Put the weights of a checkpoint ``blob`` into ``model`` (eval mode); returns its metadata."""
+    try:
+        if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
+            raise ValueError(f"it holds {describe(blob)}, not a dict with 'state_dict' and 'meta'")
+        model.load_state_dict(blob["state_dict"])
+    except Exception as err:  # noqa: BLE001 - a blob without this model's weights is unusable
+        raise _corrupt(path, err) from err
     model.eval()
     return blob["meta"]
 
@@ -312,17 +312,21 @@ def get_model(
     profile = as_profile(profile)
     backbone = backbone or profile.backbone
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device is None else check_device(device)
-    seed_everything(seed, profile.num_threads)
-    path = _cache_root() / f"{checkpoint_key(dataset, backbone, profile, seed)}.pt"
+    seed = check_seed(seed, "seed")
+    path = result_cache.entry_path("checkpoints", checkpoint_key(dataset, backbone, profile, seed))
 
     test = load_dataset(dataset, "test", profile=profile, seed=seed)
     in_channels, num_classes = test.channels, len(test.classes)
     # One process trains a given checkpoint; others (e.g. a second chapter run in parallel) wait.
-    with _file_lock(path.with_suffix(".lock")):
-        model = build_model(backbone, num_classes, in_channels, profile.image_size, pretrained=not path.exists() or retrain)
+    # A new model's layers draw their initial weights from torch's global generator (then replaced
+    # by the ImageNet weights or a checkpoint): seeded here, and the caller's state given back.
+    with _file_lock(path.with_suffix(".lock")), seeded_global_rng(seed):
+        # read only after its sha256 matched; a corrupt entry is reported, deleted and trained again
+        blob = None if retrain else result_cache.read_entry(path)
+        model = build_model(backbone, num_classes, in_channels, profile.image_size, pretrained=blob is None)
         model.to(device)
-        if path.exists() and not retrain:
-            meta = load_checkpoint(path, model)
+        if blob is not None:
+            meta = _load_state(model, blob, path)
             meta["cached"] = True
             return model, meta
         return model, _train_and_cache(model, path, dataset, backbone, profile, seed, test, progress)
@@ -334,12 +338,15 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
     from .data import load_dataset
 
     train = load_dataset(dataset, "train", profile=profile, seed=seed)
-    seed_everything(seed, profile.num_threads)
-    model.fc.reset_parameters()
-    t0 = time.perf_counter()
-    history = fit(model, train, epochs=profile.epochs_for(dataset), batch_size=profile.batch_size, lr=profile.lr, seed=seed,
-                  class_weighted=profile.class_weighted, progress=progress)
-    seconds = time.perf_counter() - t0
+    # The head's initialisation and dropout / stochastic depth draw from torch's global generator
+    # (they take no generator): seeded for training only, and the caller's state given back after.
+    with seeded_global_rng(seed), scoped_threads(profile.num_threads):
+        model.fc.reset_parameters()
+        t0 = time.perf_counter()
+        history = fit(model, train, epochs=profile.epochs_for(dataset), batch_size=profile.batch_size, lr=profile.lr,
+                      seed=seed, class_weighted=profile.class_weighted, progress=progress)
+        seconds = time.perf_counter() - t0
+        test_record = evaluate(model, test, batch_size=profile.eval_batch_size, progress=progress)
     meta = {
         "dataset": dataset,
         "backbone": backbone,
@@ -347,12 +354,12 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
         "seed": seed,
         "classes": list(test.classes),
         "history": history,
-        "test": evaluate(model, test, batch_size=profile.eval_batch_size, progress=progress),
+        "test": test_record,
         "n_train": len(train),
         "n_test": len(test),
         "train_seconds": seconds,
     }
-    save_checkpoint(path, model, meta)
+    result_cache.write_entry(path, {"state_dict": model.state_dict(), "meta": meta})
     meta["cached"] = False
     return meta
 

@@ -7,8 +7,11 @@ run by nbval inherit these variables from the pytest process.
 import os
 from pathlib import Path
 
-import medadv_tutorial  # noqa: F401  first: pins the CPU math libraries (numerics) before numpy loads
-import torch
+from medadv_tutorial import numerics
+
+numerics.pin()  # on purpose, first: the CPU numerics pin, before numpy loads (importing the package does not)
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MEDADV_DATA", str(REPO.parent / "shared" / "data"))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from medadv_tutorial import adaptive, attacks, data, detectors, features, gmm, hfc, metrics, models, plots, profiles
-from medadv_tutorial import report, stress, suite, training
+from medadv_tutorial import experiment, report, rng, stress, suite, training
 from medadv_tutorial.attacks import BIM, CWLinf, FGSM, MIM, PGD
 from medadv_tutorial.checks import CorruptFileError
 from medadv_tutorial.data import DataIntegrityError
@@ -222,8 +222,23 @@ CASES = {
                                             TypeError, r"\bexclude must hold data-set indices"),
     "attack_and_selection_sets n_attack=0": (lambda: training.attack_and_selection_sets(MODEL, (X, Y), 0, 2),
                                              ValueError, r"\bn_attack \(the attack-set size.*\) must be an int >= 1"),
-    "seed_everything(-1)": (lambda: training.seed_everything(-1), ValueError, r"\bseed must be an int in \[0"),
-    "seed_everything(1.5)": (lambda: training.seed_everything(1.5), TypeError, r"\bseed must be an int, got float"),
+    "seeded_global_rng(-1)": (lambda: rng.seeded_global_rng(-1).__enter__(), ValueError, r"\bseed must be an int in \[0"),
+    "derive_seed(1.5)": (lambda: rng.derive_seed(1.5, "x"), TypeError, r"\bseed must be an int, got float"),
+    "derive_seed(purpose=None)": (lambda: rng.derive_seed(0, None), TypeError, r"purpose labels must be strings or ints"),
+    "scoped_threads(0)": (lambda: rng.scoped_threads(0).__enter__(), ValueError, r"\bnum_threads must be an int >= 1"),
+    "Experiment(seed=-1)": (lambda: experiment.Experiment("ci", seed=-1), ValueError, r"\bseed must be an int in \[0"),
+    "Experiment(profile='x')": (lambda: experiment.Experiment("x"), ValueError, r"unknown profile 'x'"),
+    "Experiment.data(unknown)": (lambda: experiment.Experiment("ci").data("mnist", "train"), ValueError,
+                                 r"dataset must be one of"),
+    "Experiment.data(split)": (lambda: experiment.Experiment("ci").data("chest_xray", "val"), ValueError,
+                               r"split must be 'train' or 'test', got 'val'"),
+    "Experiment.setup(features)": (lambda: experiment.Experiment("ci").setup("chest_xray", features="train"),
+                                   ValueError, r"features must be a tuple of distinct splits"),
+    "Experiment.enter(dpi=0)": (lambda: experiment.Experiment("ci").enter(dpi=0), ValueError, r"\bdpi .* must be an int >= 1"),
+    "model(x in 0..255)": (lambda: MODEL(torch.full((1, 1, 8, 8), 200.0)), ValueError,
+                           r"x \(the model's input\) must lie in \[0, 1\].*divide by 255"),
+    "model(x with NaN)": (lambda: MODEL(torch.full((1, 1, 8, 8), float("nan"))), ValueError,
+                          r"x \(the model's input\) contains NaN"),
     "class_weights float labels": (lambda: training.class_weights(torch.tensor([0.5, 1.0])), TypeError,
                                    r"\blabels must hold integer"),
     "checkpoint_key profile='fast'": (lambda: training.checkpoint_key("chest_xray", "efficientnet_lite0", "fast", 0),
@@ -509,11 +524,14 @@ def test_corrupt_feature_file_names_the_file(tmp_path):
 
 def test_corrupt_feature_cache_is_recomputed_after_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
-    path = features.feature_cache_path("toy")
+    monkeypatch.delenv("MEDADV_RESULT_CACHE", raising=False)
+    fs = features.extract_features(MODEL, (X, Y), progress=False, cache=True)
+    (path,) = (tmp_path / "results" / "features").glob("*.pt")
     write(path, b"")
-    with pytest.warns(UserWarning, match=r"unreadable feature cache .*toy\.pt"):
-        fs = features.extract_features(MODEL, (X, Y), progress=False, cache_key="toy")
-    assert torch.equal(FeatureSet.load(path).penultimate, fs.penultimate)  # rewritten, complete
+    with pytest.warns(RuntimeWarning, match=r"cached result .*\.pt does not match its sha256"):
+        again = features.extract_features(MODEL, (X, Y), progress=False, cache=True)
+    assert torch.equal(again.penultimate, fs.penultimate)
+    assert torch.equal(FeatureSet.from_state(torch.load(path, weights_only=True)).penultimate, fs.penultimate)
 
 
 def test_cache_folder_that_is_a_file_names_the_variable(tmp_path, monkeypatch):

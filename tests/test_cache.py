@@ -1,6 +1,11 @@
-"""medadv_tutorial.cache: content keys, and attack results read back bit for bit (cold = warm)."""
+"""medadv_tutorial.cache: content keys with a code version, and results read back bit for bit (cold = warm)."""
 
+import os
+import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,7 +77,9 @@ def test_run_attack_cold_and_warm_are_identical(tmp_cache, monkeypatch):
         raise AssertionError("a warm cache must not run the attack")
 
     with monkeypatch.context() as patch:
-        patch.setattr(attacks, "iterative_attack", no_attack)
+        patch.setattr(attacks.Attack, "__call__", no_attack)  # what run_attack calls per batch
+        with pytest.raises(AssertionError, match="must not run"):  # the patch is live: uncached, it fires
+            run_attack(a, m, (x, y), batch_size=5, progress=False, cache=False)
         warm = run_attack(a, m, (x, y), batch_size=5, progress=False, cache=True)
     assert warm.from_cache and warm.seconds == cold.seconds
     for field in ("x_adv", "x", "y", "pred_clean", "pred_adv"):
@@ -141,12 +148,81 @@ def test_cached_object_round_trip_and_corruption(tmp_cache):
         calls.append(1)
         return {"model": nn.Linear(2, 1), "name": "x"}
 
-    first, hit1 = cache.cached_object("things", dict(a=torch.ones(2)), compute)
-    second, hit2 = cache.cached_object("things", dict(a=torch.ones(2)), compute)
+    first, hit1 = cache.cached_object("things", dict(a=torch.ones(2)), compute, code="gaussian")
+    second, hit2 = cache.cached_object("things", dict(a=torch.ones(2)), compute, code="gaussian")
     assert (hit1, hit2, len(calls)) == (False, True, 1)
     assert torch.equal(first["model"].weight, second["model"].weight) and second["name"] == "x"
     (path,) = entries(tmp_cache)
     path.write_bytes(path.read_bytes()[:-3] + b"xyz")  # corrupt on disk
     with pytest.warns(RuntimeWarning, match="does not match its sha256"):
-        third, hit3 = cache.cached_object("things", dict(a=torch.ones(2)), compute)
+        third, hit3 = cache.cached_object("things", dict(a=torch.ones(2)), compute, code="gaussian")
     assert not hit3 and len(calls) == 2
+
+
+# ------------------------------------------------------------------ the code version in every key
+
+EDIT_SCRIPT = r"""
+import sys, torch
+from torch import nn
+from medadv_tutorial import cache
+from medadv_tutorial.attacks import PGD, run_attack
+torch.manual_seed(0)
+m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+x, y = torch.rand(6, 3, 10, 10, generator=torch.Generator().manual_seed(1)), torch.arange(6) % 2
+res = run_attack(PGD(8 / 255, steps=2, seed=0), m, (x, y), progress=False, cache=True)
+print(res.from_cache, cache.code_version("attacks"), cache.__file__)
+"""
+
+
+def test_editing_a_kernel_invalidates_what_it_produced(tmp_path):
+    """A copy of the package in a fresh process: an entry is read back until attacks.py (or a module it
+    imports) is edited; editing a module the attacks do not import leaves it valid."""
+    src = Path(cache.__file__).resolve().parent
+    pkg = tmp_path / "pkg" / "medadv_tutorial"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(pkg.parent), MEDADV_CACHE=str(tmp_path / "cache"),
+               MEDADV_RESULT_CACHE="1", PYTHONDONTWRITEBYTECODE="1")
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", EDIT_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        hit, version, where = out.stdout.split()
+        assert Path(where).resolve().parent == pkg  # the copy ran, not the installed package
+        return hit == "True", version
+
+    assert "plots" not in cache._package_imports("attacks")  # the premise of the last step
+    hit0, v0 = run()
+    hit1, v1 = run()
+    assert (hit0, hit1) == (False, True) and v0 == v1
+    with open(pkg / "attacks.py", "a") as fh:  # edit the kernel
+        fh.write("\n\ndef _an_edit():\n    return 1\n")
+    hit2, v2 = run()
+    assert not hit2 and v2 != v1
+    assert run()[0]
+    with open(pkg / "checks.py", "a") as fh:  # edit a module the attacks import
+        fh.write("\n# an edit\n")
+    assert not run()[0]
+    with open(pkg / "plots.py", "a") as fh:  # edit a module they do not import
+        fh.write("\n# an edit\n")
+    assert run()[0]
+
+
+def test_code_version_covers_the_import_closure():
+    closure = cache._package_imports("attacks")
+    assert "checks" in closure and "attacks" not in closure
+    assert cache.code_version("attacks") == cache.code_version("attacks")
+    assert cache.code_version("attacks") != cache.code_version("plots")
+    assert cache.code_version("attacks", "hfc") == cache.code_version("hfc", "attacks")
+    for bad in ((), ("medadv_tutorial.attacks",), ("",), (3,)):
+        with pytest.raises(ValueError, match="short names"):
+            cache.code_version(*bad)
+    with pytest.raises(ValueError, match="not a module"):
+        cache._package_imports("no_such_module")
+
+
+def test_every_kind_of_entry_names_its_code(tmp_cache):
+    # the same inputs under another module's code are another entry
+    k1 = cache.store_key("things", dict(a=1), "attacks")
+    assert k1 == cache.store_key("things", dict(a=1), ("attacks",))
+    assert k1 != cache.store_key("things", dict(a=1), "hfc") and k1 != cache.store_key("other", dict(a=1), "attacks")

@@ -21,7 +21,6 @@ from medadv_tutorial.features import (
     delta_w,
     direction_stats,
     extract_features,
-    feature_cache_key,
     logit_gradient_wrt_features,
     mahalanobis,
     outlier_percentiles,
@@ -43,6 +42,7 @@ class LinearFeatureNet(nn.Module):
     """
 
     feature_names = ["block1", "penultimate"]
+    _derived_attributes = ("n_forward",)  # a call counter, not content: the result store's key skips it
 
     def __init__(self, A: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, seed: int = 0):
         super().__init__()
@@ -142,31 +142,32 @@ def test_extract_features_matches_forward_in_eval_mode_for_tensors_and_datasets(
 
 def test_cached_features_equal_fresh_extraction_and_skip_the_model(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
+    monkeypatch.delenv("MEDADV_RESULT_CACHE", raising=False)
     net = _random_net(seed=3)
     x, y = _images(12, 4, seed=2), torch.arange(12) % 3
-    key = feature_cache_key("toy-model", "toy-test", len(x), extra="eps=4/255")
-    assert key == "toy-model-toy-test-n12-eps=4_255"
-    assert key != feature_cache_key("toy-model", "toy-test", 13, extra="eps=4/255")
 
-    fresh = extract_features(net, (x, y), batch_size=5, progress=False, cache_key=key)
-    path = tmp_path / "features" / f"{key}.pt"
-    assert path.is_file() and not list(path.parent.glob("*.tmp"))
+    fresh = extract_features(net, (x, y), batch_size=5, progress=False, cache=True)
+    files = sorted((tmp_path / "results" / "features").glob("*.pt"))
+    assert len(files) == 1 and files[0].with_suffix(".sha256").is_file()
     before = net.n_forward
-    cached = extract_features(net, (x, y), batch_size=5, progress=False, cache_key=key)
-    assert net.n_forward == before  # read from disk, the model was not run
+    cached = extract_features(net, (x, y), batch_size=5, progress=False, cache=True)
+    assert net.n_forward == before  # read from the store, the model was not run
     assert cached.layers == fresh.layers
     for k in fresh.layers:
         assert torch.equal(cached[k], fresh[k])
     assert torch.equal(cached.logits, fresh.logits) and torch.equal(cached.labels, fresh.labels)
-    # a subset of the cached layers is served from the file too
-    only = extract_features(net, (x, y), layers=["penultimate"], progress=False, cache_key=key)
-    assert net.n_forward == before and only.layers == ["penultimate"]
-    # a size mismatch recomputes (and warns)
-    with pytest.warns(UserWarning, match="recomputing"):
-        extract_features(net, (x[:6], y[:6]), progress=False, cache_key=key)
+    # the key is the content: other images, other weights or other layers are computed, not read
+    x2 = x.clone()
+    x2[0, 0, 0, 0] = 1 - x2[0, 0, 0, 0]
+    extract_features(net, (x2, y), batch_size=5, progress=False, cache=True)
     assert net.n_forward > before
-    with pytest.raises(ValueError, match="cache_key"):
-        extract_features(net, (x, y), progress=False, cache_key="../escape")
+    n = net.n_forward
+    only = extract_features(net, (x, y), layers=["penultimate"], batch_size=5, progress=False, cache=True)
+    assert net.n_forward > n and only.layers == ["penultimate"]
+    other = _random_net(seed=4)
+    extract_features(other, (x, y), batch_size=5, progress=False, cache=True)
+    assert other.n_forward > 0
+    assert len(list((tmp_path / "results" / "features").glob("*.pt"))) == 4
 
 
 # ------------------------------------------------------------------- outlier statistics

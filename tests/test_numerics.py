@@ -20,8 +20,8 @@ SCRIPT = r"""
 import hashlib, sys
 if sys.argv[1] == "torch-first":
     import torch
-import medadv_tutorial
 from medadv_tutorial import numerics
+numerics.pin()  # what the experiment context, prepare and the tests do first
 import numpy as np
 import torch
 import torch.nn.functional as F

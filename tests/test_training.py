@@ -8,6 +8,7 @@ from torch import nn
 
 from medadv_tutorial import training
 from medadv_tutorial.models import build_model
+from medadv_tutorial.rng import seeded_global_rng
 from medadv_tutorial.profiles import PROFILES, get_profile
 
 TINY = dataclasses.replace(PROFILES["ci"], name="tiny", image_size=32, n_train=64, n_test=40, epochs=1, batch_size=16)
@@ -54,12 +55,58 @@ def test_class_weights_known_answer():
     torch.testing.assert_close(training.class_weights(torch.tensor([0, 1, 2, 0, 1, 2])), torch.ones(3))
 
 
-def _train_once(seed):
-    training.seed_everything(seed)
-    model = build_model("efficientnet_lite0", 2, 3, 32)
-    model.fc.reset_parameters()
-    hist = training.fit(model, _synthetic(96), epochs=4, batch_size=16, lr=3e-3, seed=seed, progress=False)
+def _train_once(seed, progress=False):
+    with seeded_global_rng(seed):  # the head's initialisation and dropout draw from torch's global generator
+        model = build_model("efficientnet_lite0", 2, 3, 32)
+        model.fc.reset_parameters()
+        hist = training.fit(model, _synthetic(96), epochs=4, batch_size=16, lr=3e-3, seed=seed, progress=progress)
     return model, hist
+
+
+def test_training_is_bit_identical_with_and_without_a_progress_bar():
+    m1, h1 = _train_once(0, progress=False)
+    m2, h2 = _train_once(0, progress=True)
+    assert h1 == h2
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_progress_bar_over_a_loader_leaves_its_generator_alone():
+    # tqdm.auto's class made a second iterator of what it shows, and a DataLoader iterator draws its
+    # base seed from the loader's generator when it is made: a bar moved every later shuffle
+    from medadv_tutorial.progress import progress, tqdm
+
+    gen = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(list(range(10)), batch_size=2, shuffle=True, generator=gen)
+    before = gen.get_state().clone()
+    progress(loader, desc="p", enabled=True).close()
+    tqdm(loader, desc="t", disable=True)
+    assert torch.equal(gen.get_state(), before)
+
+
+def test_the_epoch_draw_keeps_the_stored_shuffle():
+    # fit draws once from its generator before each epoch's loader iterator: the draw the book's
+    # models were trained with (a tqdm.auto bar's extra iterator). The first batch is then this one:
+    data = torch.arange(40.0).view(40, 1)
+    gen = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, generator=gen)
+    torch.empty((), dtype=torch.int64).random_(generator=gen)
+    expected = next(iter(loader))
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2, 1))
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x.flatten(1)[:, :1] @ self.w.T
+
+    xs = torch.arange(40.0).view(40, 1, 1, 1) / 40
+    training.fit(Spy(), (xs, torch.zeros(40, dtype=torch.long)), epochs=1, batch_size=8, lr=1e-3, seed=0,
+                 hflip=False, progress=False)
+    torch.testing.assert_close(seen[0].flatten() * 40, expected.flatten())
 
 
 def test_fit_is_deterministic_and_learns():
