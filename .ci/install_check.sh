@@ -113,7 +113,7 @@ assert medadv_tutorial.__version__ == md.version("medadv-tutorial") == expected,
     f"versions differ: __version__ {medadv_tutorial.__version__}, metadata "
     f"{md.version('medadv-tutorial')}, pyproject {expected}")
 failed = []
-modules = sorted(m.name for m in pkgutil.iter_modules(medadv_tutorial.__path__, "medadv_tutorial."))
+modules = sorted(m.name for m in pkgutil.walk_packages(medadv_tutorial.__path__, "medadv_tutorial."))
 for name in modules:
     try:
         importlib.import_module(name)

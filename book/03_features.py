@@ -23,13 +23,13 @@
 #   line through $\pm(w_1 - w_0)$ for every image, with the sign set by the image's source class,
 #   and under which assumptions that holds;
 # - follow the features through a PGD attack with
-#   {py:func}`features.pgd_feature_trajectory <medadv_tutorial.features.pgd_feature_trajectory>`
+#   {py:func}`direction.pgd_feature_trajectory <medadv_tutorial.direction.pgd_feature_trajectory>`
 #   and measure how well their drift follows $\Delta w$ with
-#   {py:func}`features.direction_stats <medadv_tutorial.features.direction_stats>`, against the
+#   {py:func}`direction.direction_stats <medadv_tutorial.direction.direction_stats>`, against the
 #   cosine that chance gives in $d$ dimensions;
 # - express how unusual a feature vector is, layer by layer, as a Mahalanobis percentile among
 #   clean reference images
-#   ({py:class}`features.MahalanobisOutliers <medadv_tutorial.features.MahalanobisOutliers>`), and
+#   ({py:class}`outliers.MahalanobisOutliers <medadv_tutorial.outliers.MahalanobisOutliers>`), and
 #   check whether that scale is calibrated for new clean images;
 # - put 95% bootstrap intervals on rates and means measured on a few dozen images, and compare
 #   two measurements by their intervals.
@@ -77,7 +77,7 @@ from sklearn.manifold import TSNE
 
 from scipy.stats import spearmanr
 
-from medadv_tutorial import data, features, metrics, plots, training
+from medadv_tutorial import data, direction, features, metrics, outliers, plots, training
 from medadv_tutorial.report import interval_cell, show_table, span
 
 
@@ -160,8 +160,8 @@ yy = fs_test.labels[:8]
 loss = torch.nn.functional.cross_entropy(m.fc(h), yy, reduction="sum")
 (g_auto,) = torch.autograd.grad(loss, h)
 p = m.fc(h).softmax(1).detach()
-g_formula = features.logit_gradient_wrt_features(W, p, yy)
-dw = features.attack_direction(W, yy)
+g_formula = direction.logit_gradient_wrt_features(W, p, yy)
+dw = direction.attack_direction(W, yy)
 # float64 and no norm clamping: the gradient of a confident image is short (assumption 2);
 # images whose p_t underflowed to 0 have no direction and are left out of the cosine
 nonzero = g_auto.norm(dim=1) > 0
@@ -187,14 +187,14 @@ eps, std_steps = 1 / 255, profile.attack_steps
 steps = 2 * std_steps
 n_random = 200  # random directions for the chance level of the cosine
 book.glue_results(pgd_long_steps=steps, n_random=n_random)
-traj, x_adv20 = features.pgd_feature_trajectory(
+traj, x_adv20 = direction.pgd_feature_trajectory(
     m, x, y, {"eps": eps, "steps": steps, "random_start": True, "seed": 0}, return_adv=True
 )
-u = features.attack_direction(W, y)
-stats20 = features.direction_stats(traj, u, n_random=n_random, seed=0)
-stats = features.direction_stats(traj[: std_steps + 1], u, n_random=n_random, seed=0)
+u = direction.attack_direction(W, y)
+stats20 = direction.direction_stats(traj, u, n_random=n_random, seed=0)
+stats = direction.direction_stats(traj[: std_steps + 1], u, n_random=n_random, seed=0)
 # the adversarial images of the standard attack (first std_steps steps of the same run)
-x_adv = features.pgd_feature_trajectory(
+x_adv = direction.pgd_feature_trajectory(
     m, x, y, {"eps": eps, "steps": std_steps, "random_start": True, "seed": 0}, return_adv=True
 )[1]
 with torch.no_grad():
@@ -222,7 +222,7 @@ def grows_per_image(tr, direction, first_step=1):
     """(N,) share of each image's steps first_step, ..., T that increase the projection of its
     features on direction (step t goes from tr[t - 1] to tr[t])."""
     u = direction.double() / direction.double().norm(dim=-1, keepdim=True)
-    proj = ((tr.double() - tr[0].double()) * u).sum(-1)  # (T + 1, N), as in features.direction_stats
+    proj = ((tr.double() - tr[0].double()) * u).sum(-1)  # (T + 1, N), as in direction.direction_stats
     return (proj[1:] > proj[:-1])[first_step - 1:].double().mean(0)
 
 
@@ -350,7 +350,7 @@ if book.check_claims(profile):
 mc, _ = training.get_model("cifar10", profile=profile, seed=0)
 test_c = data.load_dataset("cifar10", "test", profile=profile)
 xc, yc = training.correctly_classified(mc, test_c, n=profile.n_attack)
-traj_c, xc_adv = features.pgd_feature_trajectory(
+traj_c, xc_adv = direction.pgd_feature_trajectory(
     mc, xc, yc, {"eps": eps, "steps": steps, "random_start": True, "seed": 0}, return_adv=True
 )
 with torch.no_grad():
@@ -360,8 +360,8 @@ with torch.no_grad():
 # reached, or, where it failed, the one it came closest to (so that Δw is never zero).
 yc_adv = logits_c.scatter(1, yc[:, None].to(logits_c.device), float("-inf")).argmax(1).cpu()
 Wc = mc.fc.weight.detach()
-u_c = features.delta_w(Wc, yc, yc_adv)
-stats_c = features.direction_stats(traj_c, u_c, n_random=n_random, seed=0)
+u_c = direction.delta_w(Wc, yc, yc_adv)
+stats_c = direction.direction_stats(traj_c, u_c, n_random=n_random, seed=0)
 
 # %% tags=["remove-output", "nbval-ignore-output"]
 fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
@@ -507,7 +507,7 @@ if book.check_claims(profile):
 #
 # For each tapped layer we fit one Gaussian per class (shared covariance, a small ridge: the
 # model of the MAHA detector of {cite:t}`lee2018simple`;
-# {py:class}`features.MahalanobisOutliers <medadv_tutorial.features.MahalanobisOutliers>`) to the
+# {py:class}`outliers.MahalanobisOutliers <medadv_tutorial.outliers.MahalanobisOutliers>`) to the
 # clean training features and measure the Mahalanobis distance of a sample to the Gaussian of the
 # class the model *predicts*, which is all a detector can see (an adversarial image is measured
 # against the class it now claims to be). Distances are expressed as percentiles among clean
@@ -522,11 +522,11 @@ if book.check_claims(profile):
 # %% tags=["nbval-ignore-output"]
 fs_adv = features.extract_features(m, (x_adv, y), progress=False)
 fs_clean_att = features.extract_features(m, (x, y), progress=False)
-outliers = features.MahalanobisOutliers(reg=1e-3).fit(fs_train)
-pct = {"clean test": outliers.percentiles(fs_test), "attacked images (clean)": outliers.percentiles(fs_clean_att),
-       "PGD 1/255": outliers.percentiles(fs_adv)}
-book.glue_results(n_reference=len(outliers.reference_), ref_fraction=outliers.ref_fraction,
-                  outlier_reg=f"{outliers.reg:g}")  # the relative ridge, as text
+outlier_model = outliers.MahalanobisOutliers(reg=1e-3).fit(fs_train)
+pct = {"clean test": outlier_model.percentiles(fs_test), "attacked images (clean)": outlier_model.percentiles(fs_clean_att),
+       "PGD 1/255": outlier_model.percentiles(fs_adv)}
+book.glue_results(n_reference=len(outlier_model.reference_), ref_fraction=outlier_model.ref_fraction,
+                  outlier_reg=f"{outlier_model.reg:g}")  # the relative ridge, as text
 
 # %% tags=["remove-output", "nbval-ignore-output"]
 layers = fs_train.layers
@@ -592,7 +592,7 @@ if book.check_claims(profile):
 # reference images.
 
 # %%
-ref_fs = outliers.reference_  # the held-out training images (a FeatureSet)
+ref_fs = outlier_model.reference_  # the held-out training images (a FeatureSet)
 pen_test = pct["clean test"]["penultimate"]
 correct_test = fs_test.predictions == fs_test.labels
 no_images = metrics.Interval(float("nan"), float("nan"), float("nan"))  # a rate over no image
@@ -611,7 +611,7 @@ def logit_margin(fs):
     return top[:, 0] - top[:, 1]
 
 
-ref_dist = outliers.distances(ref_fs)["penultimate"].cpu().numpy()
+ref_dist = outlier_model.distances(ref_fs)["penultimate"].cpu().numpy()
 rho = float(spearmanr(ref_fs.penultimate.norm(dim=1).numpy(), ref_dist)[0])
 calib_numbers = {
     "norm_test_pen": float(fs_test.penultimate.norm(dim=1).median()),
@@ -807,7 +807,7 @@ u_mine = u.double()
 cos_mine = float(((disp_mine * u_mine).sum(1) / (disp_mine.norm(dim=1) * u_mine.norm(dim=1))).mean())
 
 # %%
-# Check of Exercise 3.1 against features.direction_stats
+# Check of Exercise 3.1 against direction.direction_stats
 book.check_answer("cos_mine", cos_mine, stats["cos_total"], tol=1e-6,
                   hint="divide the dot product of each displacement with its u by the product of their "
                        "norms, one cosine per image (row), then average over the images.")
@@ -861,8 +861,8 @@ book.check_answer("(rms_mine, mean_abs_mine)", (rms_mine, mean_abs_mine), (cos_c
 #
 # ### Exercise 3.3 (checked): a percentile by hand
 #
-# `outliers.reference_distances()["penultimate"]` holds the sorted penultimate-layer distances of
-# the {glue:}`n_reference` clean reference images, and `outliers.distances(fs_test)["penultimate"]`
+# `outlier_model.reference_distances()["penultimate"]` holds the sorted penultimate-layer distances of
+# the {glue:}`n_reference` clean reference images, and `outlier_model.distances(fs_test)["penultimate"]`
 # those of the clean test images. Compute each test image's percentile among the reference
 # distances yourself, as the package defines it (mid-rank: the share of reference distances below
 # the image's, counting ties as one half, times 100), and store them in `pct_mine` (one per test
@@ -871,8 +871,8 @@ book.check_answer("(rms_mine, mean_abs_mine)", (rms_mine, mean_abs_mine), (cos_c
 
 # %% tags=["hide-input"]
 # Exercise 3.3, your answer
-ref_d = outliers.reference_distances()["penultimate"]
-test_d = outliers.distances(fs_test)["penultimate"]
+ref_d = outlier_model.reference_distances()["penultimate"]
+test_d = outlier_model.distances(fs_test)["penultimate"]
 below = (ref_d[None, :] < test_d[:, None]).double().sum(1)
 ties = (ref_d[None, :] == test_d[:, None]).double().sum(1)
 pct_mine = 100 * (below + ties / 2) / len(ref_d)
@@ -909,7 +909,7 @@ print(f"share of clean test images below the 50th percentile: {metrics.rate_inte
 # ```python
 # rows = []
 # for rule in ("predicted", "nearest", "true"):
-#     model_r = features.MahalanobisOutliers(reg=1e-3, classes=rule).fit(fs_train)
+#     model_r = outliers.MahalanobisOutliers(reg=1e-3, classes=rule).fit(fs_train)
 #     p_adv = model_r.percentiles(fs_adv)
 #     rows.append([rule] + [interval_cell(metrics.rate_interval(p_adv[l] > 95))
 #                           for l in ("block8", "block13", "penultimate")])
@@ -937,10 +937,10 @@ print(f"share of clean test images below the 50th percentile: {metrics.rate_inte
 # :class: dropdown
 #
 # ```python
-# traj4, x_adv4 = features.pgd_feature_trajectory(
+# traj4, x_adv4 = direction.pgd_feature_trajectory(
 #     m, x, y, {"eps": 4 / 255, "steps": std_steps, "random_start": True, "seed": 0}, return_adv=True)
-# stats4 = features.direction_stats(traj4, u, n_random=n_random, seed=0)
-# pct4 = outliers.percentiles(features.extract_features(m, (x_adv4, y), progress=False))
+# stats4 = direction.direction_stats(traj4, u, n_random=n_random, seed=0)
+# pct4 = outlier_model.percentiles(features.extract_features(m, (x_adv4, y), progress=False))
 # print(f"cos {metrics.mean_interval(stats4['cos_total_per_image'])} against {ci['cos']}; "
 #       f"projection grows {metrics.mean_interval(grows_per_image(traj4, u))} against {ci['grows']}")
 # print(f"penultimate share above 95th: {metrics.rate_interval(pct4['penultimate'] > 95)}")

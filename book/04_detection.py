@@ -134,7 +134,7 @@ attack_zoo = {"FGSM": attacks.FGSM(eps), "BIM": attacks.BIM(eps, steps=steps),
 dets = ctx.suite("chest_xray")  # the line-up fitted on clean training features (the same suite as Chapter 5)
 n_fgsm = ctx.n_fgsm  # training images drawn for the supervised detectors
 fs_clean, clean = protocol.score_clean(m, x, y, dets)  # clean features and their scores: the negatives
-evals = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, progress=True)
+evals = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, clean_features=fs_clean, progress=True)
 n_eval, feature_dim = len(y), int(fs_train.penultimate.shape[1])
 eval_set = (f"the {n_eval} correctly classified test images drawn for the attacks (`n_attack`)"
             if n_eval == profile.n_attack else  # a small test set is split between the attack and selection sets
@@ -231,7 +231,8 @@ if book.check_claims(profile):
 
 # %% tags=["nbval-ignore-output"]
 sub, sub_rec = ctx.model("chest_xray", seed=1)  # the substitute: same recipe, seed 1
-evals_bb = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, source_model=sub, progress=True)
+evals_bb = protocol.evaluate_attacks(attack_zoo, m, x, y, dets, clean, clean_features=fs_clean, source_model=sub,
+                                     progress=True)
 
 # %% tags=["full-width"]
 bb = protocol.black_box_table(dets, ["MGM", "ISO", "OCSVM"], fs_clean, evals_bb)

@@ -68,7 +68,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.decomposition import PCA
 
-from medadv_tutorial import adaptive, attacks, features, hfc, metrics, protocol, suite
+from medadv_tutorial import adaptive, attacks, hfc, metrics, outliers, protocol, suite
 from medadv_tutorial.plots import MIN_FONT, to_display
 from medadv_tutorial.report import and_join, show_table, span
 
@@ -178,7 +178,6 @@ book.glue_results(hfc_min_class=min(info[(L[-1], c)]["n_samples"] for c in (0, 1
 
 # %%
 eps = ctx.eps  # the experiments' budget
-eps_text = f"{eps * 255:g}/255"  # as the tables write it
 hfc_steps, hfc_alpha = 4 * profile.attack_steps, eps / 4
 CATCHES, HIDES = 0.9, 0.60  # a detector "catches" an attack at AUROC >= 0.9; an attack "hides" at <= 0.60
 book.glue_results(hfc_steps=hfc_steps, catches_level=f"{CATCHES:.1f}", hides_level=f"{HIDES:.2f}")
@@ -235,7 +234,8 @@ book.glue_results(n_attack_used=len(idx_att), n_select_used=len(idx_sel), sets_n
                   attack_set_text=attack_set_text)
 dets = ctx.suite("chest_xray").with_two_sided()  # Chapter 4's suite, plus two-sided MGM and MAHA
 fs_sel, clean_sel = protocol.score_clean(m, x_sel, y_sel, dets)
-on_sel = dict(model=m, x=x_sel, y=y_sel, suite=dets, clean_scores=clean_sel, targets=hfc.other_class(y_sel))
+on_sel = dict(model=m, x=x_sel, y=y_sel, suite=dets, clean_scores=clean_sel, clean_features=fs_sel,
+              targets=hfc.other_class(y_sel))
 
 
 def pgd_hfc(lam, alpha=hfc_alpha):
@@ -313,14 +313,14 @@ if book.check_claims(profile):
 
 # %% tags=["nbval-ignore-output"]
 fs_att, clean_att = protocol.score_clean(m, x_att, y_att, dets)
-on_att = dict(model=m, x=x_att, y=y_att, suite=dets, clean_scores=clean_att)
+on_att = dict(model=m, x=x_att, y=y_att, suite=dets, clean_scores=clean_att, clean_features=fs_att)
 t_att = hfc.other_class(y_att)
 runs = protocol.evaluate_attacks({"PGD": attacks.PGD(eps, steps=profile.attack_steps, seed=0)}, **on_att)
 runs.update(protocol.evaluate_attacks({"PGD (targeted)": pgd_hfc(0.0), "PGD+HFC": pgd_hfc(lam_star)}, **on_att,
                                       targets=t_att))
 
 # %% tags=["full-width"]
-show_table(*protocol.success_table(runs, f"attack (ε = {eps_text}, {len(x_att)} images)"))
+show_table(*protocol.success_table(runs, f"attack (ε = {eps * 255:g}/255, {len(x_att)} images)"))
 show_table(*protocol.detection_table(runs, detectors=suite.DETECTOR_NAMES).table())
 
 # %%
@@ -457,9 +457,9 @@ book.glue("fig_pca", fig)
 # draw of {glue:}`n_attack_used` images, not of clean test images in general.
 
 # %% tags=["remove-output", "nbval-ignore-output"]
-outliers = features.MahalanobisOutliers(reg=1e-3).fit(fs_train)
-pct = {"clean (attacked images)": outliers.percentiles(fs_att), "targeted PGD": outliers.percentiles(pgd_t.fs),
-       "PGD+HFC": outliers.percentiles(hfc_run.fs)}
+outlier_model = outliers.MahalanobisOutliers(reg=1e-3).fit(fs_train)
+pct = {"clean (attacked images)": outlier_model.percentiles(fs_att), "targeted PGD": outlier_model.percentiles(pgd_t.fs),
+       "PGD+HFC": outlier_model.percentiles(hfc_run.fs)}
 layers = list(pct["targeted PGD"])
 fig, ax = plt.subplots(figsize=(10, 3.8))
 for (name, p), col in zip(pct.items(), ["k", "tab:red", "tab:green"]):

@@ -100,6 +100,7 @@ __all__ = [
     "MIM",
     "CWLinf",
     "iterative_attack",
+    "outcomes",
     "ce_loss",
     "cw_loss",
     "margin",
@@ -669,16 +670,28 @@ def _predict(run, x: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1)
 
 
-def _stats(y, pred_clean, pred_adv, target=None) -> dict[str, float]:
-    n = len(y)
+def outcomes(y, pred_clean, pred_adv, target=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one definition of an attack's success, per image: ``(attacked, success)``, two ``(N,)`` bools.
+
+    ``attacked``: the image counts for a success rate -- classified correctly when clean (and, for
+    a targeted attack, with a target other than its label).  ``success``: attacked, and the
+    adversarial image is classified as the target (targeted) or as any wrong class (untargeted).
+    """
     correct = pred_clean == y
     if target is None:
         attacked, hit = correct, pred_adv != y
     else:
         attacked, hit = correct & (target != y), pred_adv == target
+    return attacked, attacked & hit
+
+
+def _stats(y, pred_clean, pred_adv, target=None) -> dict[str, float]:
+    n = len(y)
+    correct = pred_clean == y
+    attacked, success = outcomes(y, pred_clean, pred_adv, target)
     n_att = int(attacked.sum())
     return {
-        "success_rate": int((hit & attacked).sum()) / n_att if n_att else float("nan"),
+        "success_rate": int(success.sum()) / n_att if n_att else float("nan"),
         "adv_accuracy": int((pred_adv == y).sum()) / n if n else float("nan"),
         "clean_accuracy": int(correct.sum()) / n if n else float("nan"),
         "n_attacked": n_att,
@@ -696,7 +709,8 @@ class AttackResult:
     ----------
     x_adv, x: ``(N, C, H, W)`` adversarial and clean images in [0, 1].
     y: ``(N,)`` true labels.
-    pred_clean, pred_adv: ``(N,)`` predicted classes on ``x`` and ``x_adv``.
+    pred_clean, pred_adv: ``(N,)`` predicted classes on ``x`` and ``x_adv`` (``None`` from
+        ``run_attack(..., predict=False)`` until the caller fills them in).
     target: ``(N,)`` target classes of a targeted attack, else ``None``.
     seconds: wall time of the attack when it was computed (also when read from the cache).
     from_cache: ``True`` when the result was read from the result cache (:mod:`~medadv_tutorial.cache`).
@@ -705,8 +719,8 @@ class AttackResult:
     x_adv: torch.Tensor
     x: torch.Tensor
     y: torch.Tensor
-    pred_clean: torch.Tensor
-    pred_adv: torch.Tensor
+    pred_clean: torch.Tensor | None
+    pred_adv: torch.Tensor | None
     target: torch.Tensor | None = None
     seconds: float = float("nan")
     from_cache: bool = False
@@ -720,15 +734,13 @@ class AttackResult:
     @property
     def attacked(self) -> torch.Tensor:
         """``(N,)`` bool: the images a success rate is taken over: classified correctly when
-        clean (and, for a targeted attack, with a target other than the label)."""
-        correct = self.pred_clean == self.y
-        return correct if self.target is None else correct & (self.target != self.y)
+        clean (and, for a targeted attack, with a target other than the label); see :func:`outcomes`."""
+        return outcomes(self.y, self.pred_clean, self.pred_adv, self.target)[0]
 
     @property
     def success(self) -> torch.Tensor:
-        """``(N,)`` bool: attacked (clean-correct, target != y) and fooled (wrong / at target)."""
-        hit = self.pred_adv != self.y if self.target is None else self.pred_adv == self.target
-        return self.attacked & hit
+        """``(N,)`` bool: attacked (clean-correct, target != y) and fooled (wrong / at target); see :func:`outcomes`."""
+        return outcomes(self.y, self.pred_clean, self.pred_adv, self.target)[1]
 
     def success_interval(self, **bootstrap):
         """:attr:`success_rate` with its 95% bootstrap interval over the attacked images
@@ -782,6 +794,7 @@ def run_attack(
     progress: bool = True,
     targets=None,
     cache: bool = False,
+    predict: bool = True,
 ) -> AttackResult:
     """Attack every image of a data set, batch by batch, with a progress bar.
 
@@ -804,6 +817,10 @@ def run_attack(
         computed before, else compute it and store it (:mod:`~medadv_tutorial.cache`).
         Only runs on a pair of tensors with tensor (or no) targets are cached; others are
         computed.  The cached result is bit-identical to the computed one.
+    predict: classify the clean and the adversarial images (``pred_clean``, ``pred_adv``).
+        With ``False`` neither pass runs and both are ``None``: for a caller that runs the
+        model on the images anyway (:func:`~medadv_tutorial.protocol.evaluate_attack` takes
+        them from the features' logits), so that no image goes through the model twice.
 
     Returns
     -------
@@ -824,8 +841,9 @@ def run_attack(
                 xb, yb = xb.to(device), yb.to(device)
                 tb = _targets_for(targets, yb, start) if attack.targeted else None
                 x_adv = attack(model, xb, tb if tb is not None else yb, generator=gen)
-                out["pred_clean"].append(_predict(run, xb).cpu())
-                out["pred_adv"].append(_predict(run, x_adv).cpu())
+                if predict:
+                    out["pred_clean"].append(_predict(run, xb).cpu())
+                    out["pred_adv"].append(_predict(run, x_adv).cpu())
                 out["x_adv"].append(x_adv.cpu())
                 out["x"].append(xb.cpu())
                 out["y"].append(yb.cpu())
@@ -839,7 +857,7 @@ def run_attack(
     keyable = is_pair(data) and isinstance(data[1], torch.Tensor)  # x is a tensor (checked by _batches)
     if cache and keyable and (targets is None or isinstance(targets, torch.Tensor)):
         key = dict(attack=attack, model=model, x=data[0], y=labels_of(data[1]), targets=targets,
-                   batch_size=batch_size, device=device.type)
+                   batch_size=batch_size, device=device.type, predict=bool(predict))
         entry, hit = result_cache.cached_tensors("attacks", key, compute, code="attacks")
         return AttackResult(**entry, from_cache=hit)
     return AttackResult(**compute())

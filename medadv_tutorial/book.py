@@ -47,7 +47,9 @@ def in_colab() -> bool:
 
 def _mount_drive_if_asked() -> str | None:
     """Mount Google Drive when ``$MEDADV_CACHE`` lies inside it (Colab only); returns a note."""
-    cache = os.environ.get("MEDADV_CACHE", "")
+    from . import environ
+
+    cache = environ.value(environ.CACHE)
     if not in_colab():
         return None
     if not cache.startswith(COLAB_DRIVE):

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import environ
 from .io import atomic_torch_save, file_sha256
 
 __all__ = ["FORMAT", "Uncacheable", "fingerprint", "code_version", "source_key", "enabled", "entry_path",
@@ -58,7 +59,7 @@ FORMAT = 2
 
 _PACKAGE = __name__.rsplit(".", 1)[0]
 
-ENV = "MEDADV_RESULT_CACHE"
+from .environ import RESULT_CACHE as ENV
 
 
 class Uncacheable(TypeError):
@@ -67,7 +68,7 @@ class Uncacheable(TypeError):
 
 def enabled() -> bool:
     """``False`` when ``$MEDADV_RESULT_CACHE`` is ``0``/``false``/``no``/``off``."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return environ.switched_on(ENV)
 
 
 def _feed(h, obj, path: str, seen: set) -> None:
@@ -172,37 +173,54 @@ def source_key(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}:{source}"
 
 
-def _package_imports(module: str) -> set[str]:
-    """The package modules (short names) that ``module``'s source imports, at any depth of the file."""
-    import ast
+def _spec_origin(name: str) -> Path | None:
+    """The source file of the module ``name`` (dotted, full), or ``None`` when there is none."""
     import importlib.util
 
-    spec = importlib.util.find_spec(f"{_PACKAGE}.{module}")
-    if spec is None or spec.origin is None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def _package_imports(module: str) -> set[str]:
+    """The package modules (dotted names below the package, e.g. ``"checks"``, ``"detectors.base"``)
+    that ``module``'s source imports, anywhere in the file (also inside functions), and the
+    sub-packages whose ``__init__`` importing them runs."""
+    import ast
+
+    full = f"{_PACKAGE}.{module}"
+    origin = _spec_origin(full)
+    if origin is None:
         raise ValueError(f"{module!r} is not a module of {_PACKAGE}")
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    is_package = origin.name == "__init__.py"
+    package = full if is_package else full.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(origin.read_text(encoding="utf-8"))):
+        targets = []
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:  # from .x import y
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import x, y
-                found.update(a.name for a in node.names)
-            elif node.level == 0 and node.module and node.module.split(".")[0] == _PACKAGE:
-                parts = node.module.split(".")
-                found.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            targets = [target] + [f"{target}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
-            for a in node.names:
-                parts = a.name.split(".")
-                if parts[0] == _PACKAGE and len(parts) > 1:
-                    found.add(parts[1])
-    return {m for m in found if importlib.util.find_spec(f"{_PACKAGE}.{m}") is not None}
+            targets = [a.name for a in node.names]
+        for t in targets:
+            if t.startswith(f"{_PACKAGE}.") and _spec_origin(t) is not None:
+                found.add(t[len(_PACKAGE) + 1:])
+    # importing a.b.c runs the __init__ of the sub-package a.b too
+    for m in list(found):
+        parts = m.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    found.discard(module)
+    return found
 
 
 @functools.lru_cache(maxsize=None)
 def _closure_version(modules: tuple[str, ...]) -> str:
-    import importlib.util
-
     todo, seen = list(modules), set()
     while todo:
         m = todo.pop()
@@ -213,18 +231,19 @@ def _closure_version(modules: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for m in sorted(seen):
         h.update(f"{m}:".encode())
-        h.update(Path(importlib.util.find_spec(f"{_PACKAGE}.{m}").origin).read_bytes())
+        h.update(_spec_origin(f"{_PACKAGE}.{m}").read_bytes())
     return h.hexdigest()
 
 
 def code_version(*modules: str) -> str:
-    """sha256 (hex) of the source of the package ``modules`` (short names, e.g. ``"attacks"``) and of
-    every package module they import, transitively: the version of the code that computes an entry.
+    """sha256 (hex) of the source of the package ``modules`` (names below the package, e.g. ``"attacks"``
+    or ``"detectors.gaussians"``) and of every package module they import, transitively (a sub-package
+    counts with all the modules its ``__init__`` imports): the version of the code that computes an entry.
 
     Read from the files on disk once per process (a later edit is seen by the next process).
     """
-    if not modules or not all(isinstance(m, str) and m and "." not in m for m in modules):
-        raise ValueError(f"modules must be short names of {_PACKAGE} modules such as 'attacks', got {modules!r}")
+    if not modules or not all(isinstance(m, str) and m and not m.startswith((".", _PACKAGE + ".")) for m in modules):
+        raise ValueError(f"modules must be names below {_PACKAGE} such as 'attacks', got {modules!r}")
     return _closure_version(tuple(sorted(set(modules))))
 
 

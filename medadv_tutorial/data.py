@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import io
 import numbers
-import os
 import warnings
 import zipfile
 import zlib
@@ -61,8 +60,7 @@ from .checks import describe as _describe
 from .io import file_sha256
 from .profiles import Profile, as_profile
 
-DATA_ENV = "MEDADV_DATA"
-CACHE_ENV = "MEDADV_CACHE"
+from .environ import CACHE as CACHE_ENV, DATA as DATA_ENV, value as _env_value
 
 DATASETS: tuple[str, ...] = ("chest_xray", "pneumoniamnist", "retinamnist", "cifar10")
 
@@ -118,7 +116,7 @@ def data_dir() -> Path | None:
 
     Raises ``FileNotFoundError`` if the variable is set but the folder does not exist.
     """
-    value = os.environ.get(DATA_ENV, "").strip()
+    value = _env_value(DATA_ENV)
     if not value:
         return None
     path = Path(value).expanduser()
@@ -133,7 +131,7 @@ def data_dir() -> Path | None:
 
 def cache_dir() -> Path:
     """Download folder: ``$MEDADV_CACHE`` or ``~/.cache/medadv_tutorial`` (created on demand)."""
-    value = os.environ.get(CACHE_ENV, "").strip()
+    value = _env_value(CACHE_ENV)
     path = Path(value).expanduser() if value else Path.home() / ".cache" / "medadv_tutorial"
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ leaves the process alone.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from typing import NamedTuple
 
@@ -256,8 +255,9 @@ class Experiment:
 def environment_note() -> str:
     """Where data and caches come from, naming the variables, not their paths (stored outputs must not
     depend on the machine)."""
-    from .data import CACHE_ENV, cache_dir, data_dir
+    from . import environ
+    from .data import cache_dir, data_dir
 
-    data_note = "offline copies in $MEDADV_DATA" if data_dir() else "downloaded on first use"
-    cache_note = f"${CACHE_ENV}" if os.environ.get(CACHE_ENV, "").strip() else str(cache_dir())
+    data_note = f"offline copies in ${environ.DATA}" if data_dir() else "downloaded on first use"
+    cache_note = f"${environ.CACHE}" if environ.value(environ.CACHE) else str(cache_dir())
     return f"data: {data_note}; models and caches: {cache_note}"

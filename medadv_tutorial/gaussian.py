@@ -1,7 +1,7 @@
 r"""Gaussian densities and Mahalanobis distances: the one implementation, on Cholesky factors.
 
 Every Gaussian of the package goes through this module: the class-conditional Gaussians of
-chapter 3's outlier percentiles (:class:`~medadv_tutorial.features.ClassGaussian`), the MGM
+chapter 3's outlier percentiles (:class:`~medadv_tutorial.outliers.ClassGaussian`), the MGM
 and MAHA detectors (:mod:`~medadv_tutorial.detectors`), the EM fit of the Gaussian mixtures
 (:mod:`~medadv_tutorial.gmm`) and the HFC energy (:mod:`~medadv_tutorial.hfc`).
 
@@ -62,6 +62,7 @@ from .checks import check_real, describe
 __all__ = [
     "LOG_2PI",
     "Whitening",
+    "class_moments",
     "gaussian_log_prob",
     "half_log_det_precision",
     "log_density",
@@ -80,6 +81,24 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 _MIN_MEAN_VARIANCE = 1e-12  # floor of trace(cov)/d in the ridge: constant features still factorise
 _MIN_PIVOT = 1e-10  # a Cholesky pivot below this times the largest diagonal entry counts as a failure
+
+
+# =========================================================================== class-conditional moments
+
+
+def class_moments(x: torch.Tensor, classes: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor]:
+    r"""The class-conditional fit shared by the outlier statistics and MAHA: class means and residuals.
+
+    ``x`` ``(N, d)`` float64 rows, ``classes`` ``(N,)`` int64 class indices in ``0..num_classes-1``
+    (on ``x``'s device).  Returns ``(means (K, d), counts (K,) int64, centred (N, d))`` with
+    ``means[c]`` the mean of class ``c``'s rows (zero for an empty class) and ``centred = x -
+    means[classes]``; the pooled (tied) maximum-likelihood covariance is ``centred.T @ centred / N``.
+    """
+    counts = torch.bincount(classes, minlength=num_classes)
+    means = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, classes, x)
+    means /= counts.clamp_min(1)[:, None].to(x.dtype)
+    return means, counts, x - means[classes]
 
 
 # =========================================================================== the ridge

@@ -44,7 +44,7 @@ import os
 import sys
 import warnings
 
-PIN_ENV = "MEDADV_CPU_PIN"
+from .environ import CPU_PIN as PIN_ENV, switched_on
 
 #: Environment variable -> pinned value.  One place for CI, the tests, ``prepare`` and the chapters.
 PIN: dict[str, str] = {
@@ -62,7 +62,7 @@ _state: dict[str, object] = {"applied": False, "kept": {}}
 
 def enabled() -> bool:
     """False when ``$MEDADV_CPU_PIN`` is ``0``/``off``/``false``/``no``."""
-    return os.environ.get(PIN_ENV, "1").strip().lower() not in {"0", "off", "false", "no"}
+    return switched_on(PIN_ENV)
 
 
 def cpu_has_avx2() -> bool | None:

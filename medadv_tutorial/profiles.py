@@ -18,10 +18,9 @@ Every chapter calls :func:`get_profile` once; the profile is chosen by, in order
 from __future__ import annotations
 
 import dataclasses
-import os
 
 
-PROFILE_ENV = "MEDADV_PROFILE"
+from .environ import PROFILE as PROFILE_ENV, value as _env_value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +140,7 @@ def get_profile(name: str | None = None) -> Profile:
         runs it in minutes).  ``full`` is opt-in: ``MEDADV_PROFILE=full``.
     """
     if name is None:
-        name = os.environ.get(PROFILE_ENV) or "ci"
+        name = _env_value(PROFILE_ENV) or "ci"
     if not isinstance(name, str):
         raise TypeError(f"profile name must be a string such as 'ci', 'full' or 'smoke' (the argument name of "
                         f"get_profile, or profile=), got {type(name).__name__} {name!r}")

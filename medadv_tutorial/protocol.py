@@ -130,7 +130,8 @@ def _check_clean_scores(suite, clean_scores) -> None:
 
 def evaluate_attack(name: str, attack, model, x: torch.Tensor, y: torch.Tensor, suite,
                     clean_scores: Mapping[str, torch.Tensor], *, targets: torch.Tensor | None = None,
-                    source_model=None, batch_size: int | None = None, cache: bool = True) -> AttackEvaluation:
+                    source_model=None, batch_size: int | None = None, cache: bool = True,
+                    clean_features: features.FeatureSet | None = None) -> AttackEvaluation:
     """Run ``attack`` on ``(x, y)`` and score the result with every detector of ``suite``.
 
     Parameters
@@ -147,17 +148,27 @@ def evaluate_attack(name: str, attack, model, x: torch.Tensor, y: torch.Tensor, 
     batch_size: images per attack call (default: the device's).
     cache: read the adversarial images of a run computed before from the result cache
         (bit-identical; see :func:`~medadv_tutorial.attacks.run_attack`).
+    clean_features: the deployed model's features of ``(x, y)`` (:func:`score_clean` returns them):
+        the clean predictions are read from their logits instead of running ``model`` on ``x``
+        again.
+
+    Every image goes through the deployed model once: the adversarial images in the feature
+    pass, whose logits give their predictions; the clean ones in :func:`score_clean` (or once
+    here, when ``clean_features`` is not given).
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str (a label for the run), got {describe(name)}")
     _check_suite(suite)
     _check_clean_scores(suite, clean_scores)
+    if clean_features is not None:
+        _check_clean_features(clean_features, y)
     res = attacks.run_attack(attack, model if source_model is None else source_model, (x, y),
-                             batch_size=batch_size, progress=False, targets=targets, cache=cache)
+                             batch_size=batch_size, progress=False, targets=targets, cache=cache, predict=False)
     fs = features.extract_features(model, (res.x_adv, y), progress=False)
-    if source_model is not None:  # success as the deployed model sees it
-        pred_clean = training.predict_proba(model, (res.x, res.y))[0].argmax(1)
-        res = dataclasses.replace(res, pred_clean=pred_clean, pred_adv=fs.predictions.cpu())
+    # success as the deployed model sees it (also for a transfer attack crafted on source_model)
+    pred_clean = (clean_features.predictions if clean_features is not None
+                  else training.predict_proba(model, (res.x, res.y))[0].argmax(1))
+    res = dataclasses.replace(res, pred_clean=pred_clean.cpu(), pred_adv=fs.predictions.cpu())
     scores = suite.score(fs, res.x_adv)
     auroc = OrderedDict((n, metrics.auroc(clean_scores[n], s)) for n, s in scores.items())
     tpr = OrderedDict((n, metrics.tpr_at_tnr(clean_scores[n], s, 0.90)) for n, s in scores.items())
@@ -165,9 +176,19 @@ def evaluate_attack(name: str, attack, model, x: torch.Tensor, y: torch.Tensor, 
                             OrderedDict((n, clean_scores[n]) for n in scores), res.success[res.attacked])
 
 
+def _check_clean_features(clean_features, y) -> None:
+    if not isinstance(clean_features, features.FeatureSet):
+        raise TypeError(f"clean_features must be the FeatureSet of the clean images (score_clean), "
+                        f"got {describe(clean_features)}")
+    if len(clean_features) != len(y) or not torch.equal(clean_features.labels.cpu(), torch.as_tensor(y).cpu().long()):
+        raise ValueError(f"clean_features must be the features of the same {len(y)} images (x, y), in the same "
+                         f"order: got {len(clean_features)} rows whose labels differ from y")
+
+
 def score_clean(model, x: torch.Tensor, y: torch.Tensor, suite) -> "tuple[features.FeatureSet, OrderedDict]":
     """The clean half of an evaluation: ``(fs, suite.score(fs, x))`` with ``fs`` the model's
-    features of ``(x, y)``; pass the scores to :func:`evaluate_attack` as ``clean_scores``."""
+    features of ``(x, y)``; pass the scores to :func:`evaluate_attack` as ``clean_scores`` and
+    ``fs`` as ``clean_features`` (the clean images then go through the model only here)."""
     _check_suite(suite)
     fs = features.extract_features(model, (x, y), progress=False)
     return fs, suite.score(fs, x)
@@ -182,11 +203,15 @@ def _check_mapping(value, name: str, what: str) -> None:
 def evaluate_attacks(attack_zoo: Mapping[str, Any], model, x: torch.Tensor, y: torch.Tensor, suite,
                      clean_scores: Mapping[str, torch.Tensor], *, targets: torch.Tensor | None = None,
                      source_model=None, batch_size: int | None = None, cache: bool = True,
-                     progress: bool = False) -> "OrderedDict[str, AttackEvaluation]":
+                     progress: bool = False,
+                     clean_features: features.FeatureSet | None = None) -> "OrderedDict[str, AttackEvaluation]":
     """:func:`evaluate_attack` for each ``{name: attack}`` of ``attack_zoo``, in its order."""
     _check_mapping(attack_zoo, "attack_zoo", "{name: attack}")
+    if clean_features is None:  # the clean pass once for all the attacks
+        clean_features = features.extract_features(model, (x, y), progress=False)
     return OrderedDict((name, evaluate_attack(name, a, model, x, y, suite, clean_scores, targets=targets,
-                                              source_model=source_model, batch_size=batch_size, cache=cache))
+                                              source_model=source_model, batch_size=batch_size, cache=cache,
+                                              clean_features=clean_features))
                        for name, a in progress_bar(list(attack_zoo.items()), desc="attacks", enabled=progress))
 
 
@@ -203,7 +228,8 @@ def _label(weight) -> str:
 def sweep_weight(make_attack: Callable[[Any], Any], weights: Sequence, model, x: torch.Tensor, y: torch.Tensor,
                  suite, clean_scores: Mapping[str, torch.Tensor], *, targets: torch.Tensor | None = None,
                  name: str = "", desc: str = "weight sweep", batch_size: int | None = None, cache: bool = True,
-                 progress: bool = True) -> "OrderedDict[Any, AttackEvaluation]":
+                 progress: bool = True,
+                 clean_features: features.FeatureSet | None = None) -> "OrderedDict[Any, AttackEvaluation]":
     """Evaluate ``make_attack(w)`` for every weight ``w`` of ``weights`` (with a progress bar).
 
     ``weights``: distinct hashable values, usually numbers (HFC's λ); a tuple of settings
@@ -220,8 +246,11 @@ def sweep_weight(make_attack: Callable[[Any], Any], weights: Sequence, model, x:
         raise ValueError(f"weights must be distinct hashable values (they key the result), got {list(weights)!r}")
     _check_suite(suite)
     _check_clean_scores(suite, clean_scores)
+    if clean_features is None:  # the clean pass once for the whole sweep
+        clean_features = features.extract_features(model, (x, y), progress=False)
     return OrderedDict((w, evaluate_attack(f"{name} λ={_label(w)}".strip(), make_attack(w), model, x, y, suite,
-                                           clean_scores, targets=targets, batch_size=batch_size, cache=cache))
+                                           clean_scores, targets=targets, batch_size=batch_size, cache=cache,
+                                           clean_features=clean_features))
                        for w in progress_bar(list(weights), desc=desc, enabled=progress))
 
 

@@ -49,11 +49,34 @@ from . import attacks, detectors, features, training
 from . import cache as result_cache
 from .checks import check_eps, check_features, check_int, check_real, check_seed
 
-__all__ = ["ENSEMBLE_LAYERS", "LINE_UP", "DETECTOR_NAMES", "Entry", "FitContext", "FitRows", "clean_train",
+__all__ = ["ENSEMBLE_LAYERS", "BACKBONE_ENSEMBLE_LAYERS", "ensemble_layers",
+           "LINE_UP", "DETECTOR_NAMES", "Entry", "FitContext", "FitRows", "clean_train",
            "random_500", "clean_train_vs_fgsm", "first_500_vs_fgsm", "fgsm_pairs", "kd_bandwidth", "DetectorSuite"]
 
 ENSEMBLE_LAYERS = ("block3", "block8", "block13", "penultimate")
-"""Layers of the MAHA-LR and LID-LR ensembles."""
+"""Layers of the MAHA-LR and LID-LR ensembles on the book's backbone, EfficientNet-Lite0."""
+
+BACKBONE_ENSEMBLE_LAYERS = {"efficientnet_lite0": ENSEMBLE_LAYERS}
+"""Ensemble layers chosen per backbone; another backbone gets :func:`ensemble_layers`' depth rule."""
+
+
+def ensemble_layers(model) -> tuple:
+    """The layers of the MAHA-LR and LID-LR ensembles for ``model``'s backbone.
+
+    :data:`BACKBONE_ENSEMBLE_LAYERS` when it names the backbone (``model.backbone_name``); for
+    any other backbone, the taps at a quarter, a half and three quarters of the depth of
+    ``model.feature_names`` (without the penultimate layer) and the penultimate layer, so
+    that the suite runs on another architecture without a table entry.
+    """
+    names = list(getattr(model, "feature_names", None) or ())
+    if len(names) < 2 or names[-1] != "penultimate":
+        raise ValueError(f"model must expose feature_names ending in 'penultimate' (a Classifier), got {names!r}")
+    chosen = BACKBONE_ENSEMBLE_LAYERS.get(getattr(model, "backbone_name", None))
+    if chosen is not None and all(layer in names for layer in chosen):
+        return tuple(chosen)
+    inner = names[:-1]
+    picks = sorted({round(f * (len(inner) - 1)) for f in (0.25, 0.5, 0.75)})
+    return tuple(inner[i] for i in picks) + ("penultimate",)
 
 
 def kd_bandwidth(feats: torch.Tensor, n: int = 500) -> float:
@@ -226,7 +249,7 @@ class DetectorSuite:
 
     @classmethod
     def fit(cls, model, train, fs_train: features.FeatureSet, *, eps: float = 1 / 255, n_fgsm: int = 100,
-            seed: int = 0, reg: float = 1e-3, k: int = 20, layers=ENSEMBLE_LAYERS,
+            seed: int = 0, reg: float = 1e-3, k: int = 20, layers=None,
             cache: bool = False) -> "DetectorSuite":
         """Fit the line-up on clean training data.
 
@@ -242,6 +265,7 @@ class DetectorSuite:
             images first, then the rows of :data:`LINE_UP` in order).
         reg, k: the MGM / MAHA relative ridge (see :mod:`~medadv_tutorial.gaussian`) and the LID
             neighbourhood size.
+        layers: the ensembles' layers; default :func:`ensemble_layers` of ``model``'s backbone.
         cache: read the fitted suite from the result cache when the same model, training data,
             features, settings and line-up (its rows keyed by their source text) were fitted
             before, else fit it and store it (:func:`~medadv_tutorial.cache.cached_object`).
@@ -253,6 +277,7 @@ class DetectorSuite:
         """
         if not isinstance(fs_train, features.FeatureSet):
             raise TypeError(f"fs_train must be a FeatureSet (from extract_features), got {type(fs_train).__name__}")
+        layers = ensemble_layers(model) if layers is None else tuple(layers)
         eps, n_fgsm, seed = check_eps(eps, "eps"), check_int(n_fgsm, "n_fgsm"), check_seed(seed)
         reg, k = check_real(reg, "reg", low=0.0), check_int(k, "k")
         missing = [l for l in layers if l not in fs_train.feats]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from medadv_tutorial import adaptive, attacks, data, detectors, features, gmm, hfc, metrics, models, plots, profiles
-from medadv_tutorial import experiment, report, rng, stress, suite, training
+from medadv_tutorial import direction, experiment, outliers, report, rng, stress, suite, training
 from medadv_tutorial.attacks import BIM, CWLinf, FGSM, MIM, PGD
 from medadv_tutorial.checks import CorruptFileError
 from medadv_tutorial.data import DataIntegrityError
@@ -305,40 +305,40 @@ CASES = {
                                       ValueError, r"\bbatch_size must be an int >= 1"),
     "FeatureSet float labels": (lambda: fs_of(labels=LAB.float()), TypeError, r"\blabels must be an integer tensor"),
     "FeatureSet.subset out of range": (lambda: fs_of().subset([100]), IndexError, r"\bidx holds row 100"),
-    "mahalanobis NaN features": (lambda: features.mahalanobis(nan_at(F), F.mean(0), torch.eye(4)), ValueError,
+    "mahalanobis NaN features": (lambda: outliers.mahalanobis(nan_at(F), F.mean(0), torch.eye(4)), ValueError,
                                  r"\bfeats contains NaN"),
-    "mahalanobis upper-triangular chol": (lambda: features.mahalanobis(F, F.mean(0), torch.ones(4, 4).triu()),
+    "mahalanobis upper-triangular chol": (lambda: outliers.mahalanobis(F, F.mean(0), torch.ones(4, 4).triu()),
                                           ValueError, r"\bchol must be a lower Cholesky factor"),
-    "mahalanobis singular chol": (lambda: features.mahalanobis(F, F.mean(0), torch.zeros(4, 4)), ValueError,
+    "mahalanobis singular chol": (lambda: outliers.mahalanobis(F, F.mean(0), torch.zeros(4, 4)), ValueError,
                                   r"\bchol must be a lower Cholesky factor"),
-    "ClassGaussian.fit NaN features": (lambda: features.ClassGaussian.fit(nan_at(F), LAB), ValueError,
+    "ClassGaussian.fit NaN features": (lambda: outliers.ClassGaussian.fit(nan_at(F), LAB), ValueError,
                                        r"\bfeats contains NaN"),
-    "ClassGaussian.fit huge features": (lambda: features.ClassGaussian.fit(F * 1e200, LAB), ValueError,
+    "ClassGaussian.fit huge features": (lambda: outliers.ClassGaussian.fit(F * 1e200, LAB), ValueError,
                                         r"\bfeats are too large.*rescale"),
-    "ClassGaussian.fit float labels": (lambda: features.ClassGaussian.fit(F, LAB.float()), ValueError,
+    "ClassGaussian.fit float labels": (lambda: outliers.ClassGaussian.fit(F, LAB.float()), ValueError,
                                        r"\blabels must be integer class indices"),
-    "ClassGaussian.distance NaN": (lambda: features.ClassGaussian.fit(F, LAB).distance(nan_at(F), LAB), ValueError,
+    "ClassGaussian.distance NaN": (lambda: outliers.ClassGaussian.fit(F, LAB).distance(nan_at(F), LAB), ValueError,
                                    r"\bfeats contains NaN"),
-    "delta_w(W, 5, 1)": (lambda: features.delta_w(MODEL.fc.weight, 5, 1), ValueError, r"\bsource holds class index 5"),
-    "delta_w(W, 0.5, 1)": (lambda: features.delta_w(MODEL.fc.weight, 0.5, 1), TypeError, r"\bsource must be a class"),
-    "attack_direction y=2": (lambda: features.attack_direction(MODEL.fc.weight, Y + 1), ValueError,
+    "delta_w(W, 5, 1)": (lambda: direction.delta_w(MODEL.fc.weight, 5, 1), ValueError, r"\bsource holds class index 5"),
+    "delta_w(W, 0.5, 1)": (lambda: direction.delta_w(MODEL.fc.weight, 0.5, 1), TypeError, r"\bsource must be a class"),
+    "attack_direction y=2": (lambda: direction.attack_direction(MODEL.fc.weight, Y + 1), ValueError,
                              r"\by holds class index 2"),
-    "logit_gradient y out of range": (lambda: features.logit_gradient_wrt_features(MODEL.fc.weight.detach(),
+    "logit_gradient y out of range": (lambda: direction.logit_gradient_wrt_features(MODEL.fc.weight.detach(),
                                                                                     torch.full((8, 2), 0.5), Y + 5),
                                       ValueError, r"\by holds class index"),
-    "direction_stats NaN": (lambda: features.direction_stats(nan_at(torch.rand(3, 4, 5)), torch.ones(5)), ValueError,
+    "direction_stats NaN": (lambda: direction.direction_stats(nan_at(torch.rand(3, 4, 5)), torch.ones(5)), ValueError,
                             r"\btraj contains NaN"),
-    "direction_stats zero direction": (lambda: features.direction_stats(torch.rand(3, 4, 5), torch.zeros(5)),
+    "direction_stats zero direction": (lambda: direction.direction_stats(torch.rand(3, 4, 5), torch.zeros(5)),
                                        ValueError, r"\bdirection has zero length"),
-    "direction_stats n_random=-1": (lambda: features.direction_stats(torch.rand(3, 4, 5), torch.ones(5), n_random=-1),
+    "direction_stats n_random=-1": (lambda: direction.direction_stats(torch.rand(3, 4, 5), torch.ones(5), n_random=-1),
                                     ValueError, r"\bn_random must be an int >= 0"),
-    "pgd_feature_trajectory attack_kwargs=4/255": (lambda: features.pgd_feature_trajectory(MODEL, X, Y, 4 / 255),
+    "pgd_feature_trajectory attack_kwargs=4/255": (lambda: direction.pgd_feature_trajectory(MODEL, X, Y, 4 / 255),
                                                    TypeError, r"\battack_kwargs must be a dict"),
-    "MahalanobisOutliers ref_fraction=1.5": (lambda: features.MahalanobisOutliers(ref_fraction=1.5), ValueError,
+    "MahalanobisOutliers ref_fraction=1.5": (lambda: outliers.MahalanobisOutliers(ref_fraction=1.5), ValueError,
                                              r"\bref_fraction must be <= 1"),
-    "MahalanobisOutliers.fit(str)": (lambda: features.MahalanobisOutliers().fit("fs"), TypeError,
+    "MahalanobisOutliers.fit(str)": (lambda: outliers.MahalanobisOutliers().fit("fs"), TypeError,
                                      r"\bclean_train must be a FeatureSet"),
-    "outlier_rate level=200": (lambda: features.outlier_rate({"a": torch.rand(3)}, level=200), ValueError,
+    "outlier_rate level=200": (lambda: outliers.outlier_rate({"a": torch.rand(3)}, level=200), ValueError,
                                r"\blevel \(a percentile\) must be <= 100"),
     # ---- detectors
     "MGM.fit huge features": (lambda: fitted(detectors.MGM(), F * 1e200), ValueError,
@@ -451,7 +451,7 @@ WARNINGS = {
 
 def test_a_fraction_given_as_percentile_level_warns():
     with pytest.warns(UserWarning, match=r"\blevel=0\.95 is a percentile .*did you mean level=95"):
-        features.outlier_rate({"a": torch.rand(3)}, level=0.95)
+        outliers.outlier_rate({"a": torch.rand(3)}, level=0.95)
 
 
 @pytest.mark.parametrize("case", list(WARNINGS))
@@ -623,7 +623,7 @@ HELPERS = {
     "stress.push_features": lambda m: stress.push_features(m, X, "stem", eps=1 / 255, steps=1),
     "stress.stress_test": lambda m: stress.stress_test(m, X, ["stem"], eps=1 / 255, steps=1, progress=False),
     "features.extract_features": lambda m: features.extract_features(m, (X, Y), progress=False),
-    "features.pgd_feature_trajectory": lambda m: features.pgd_feature_trajectory(m, X, Y, {"eps": 1 / 255,
+    "direction.pgd_feature_trajectory": lambda m: direction.pgd_feature_trajectory(m, X, Y, {"eps": 1 / 255,
                                                                                            "steps": 2}),
     "attacks.PGD": lambda m: PGD(1 / 255, steps=2, seed=0)(m, X, Y),
     "attacks.run_attack": lambda m: attacks.run_attack(FGSM(1 / 255), m, (X, Y), progress=False),

@@ -208,6 +208,27 @@ def test_editing_a_kernel_invalidates_what_it_produced(tmp_path):
     assert run()[0]
 
 
+def test_editing_a_detector_module_changes_the_suite_code_version(tmp_path):
+    """A detector lives in a sub-package module: its edit must reach the suite's code version."""
+    src = Path(cache.__file__).resolve().parent
+    pkg = tmp_path / "pkg" / "medadv_tutorial"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(pkg.parent), PYTHONDONTWRITEBYTECODE="1")
+    script = "from medadv_tutorial import cache; print(cache.code_version('suite'), cache.code_version('attacks'))"
+
+    def versions():
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    suite0, attacks0 = versions()
+    with open(pkg / "detectors" / "gaussians.py", "a") as fh:
+        fh.write("\n# an edit of MGM's module\n")
+    suite1, attacks1 = versions()
+    assert suite1 != suite0 and attacks1 == attacks0
+
+
 def test_code_version_covers_the_import_closure():
     closure = cache._package_imports("attacks")
     assert "checks" in closure and "attacks" not in closure
@@ -215,10 +236,15 @@ def test_code_version_covers_the_import_closure():
     assert cache.code_version("attacks") != cache.code_version("plots")
     assert cache.code_version("attacks", "hfc") == cache.code_version("hfc", "attacks")
     for bad in ((), ("medadv_tutorial.attacks",), ("",), (3,)):
-        with pytest.raises(ValueError, match="short names"):
+        with pytest.raises(ValueError, match="names below medadv_tutorial"):
             cache.code_version(*bad)
     with pytest.raises(ValueError, match="not a module"):
         cache._package_imports("no_such_module")
+    # a sub-package: the suite's closure holds every detector module, and the parent __init__ of each
+    suite_closure = cache._package_imports("suite")
+    assert {"detectors", "attacks", "features"} <= suite_closure
+    assert {"detectors.base", "detectors.gaussians", "detectors.ensembles"} <= cache._package_imports("detectors")
+    assert {"checks", "metrics"} <= cache._package_imports("detectors.base")
 
 
 def test_every_kind_of_entry_names_its_code(tmp_cache):

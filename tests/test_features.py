@@ -11,22 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medadv_tutorial import features as ft
 from medadv_tutorial.attacks import BIM, PGD
-from medadv_tutorial.features import (
-    ClassGaussian,
-    FeatureSet,
-    MahalanobisOutliers,
-    attack_direction,
-    delta_w,
-    direction_stats,
-    extract_features,
-    logit_gradient_wrt_features,
-    mahalanobis,
-    outlier_percentiles,
-    outlier_rate,
-    pgd_feature_trajectory,
-)
+from medadv_tutorial.direction import (attack_direction, delta_w, direction_stats, logit_gradient_wrt_features,
+                                       pgd_feature_trajectory)
+from medadv_tutorial.features import FeatureSet, extract_features
+from medadv_tutorial.outliers import ClassGaussian, MahalanobisOutliers, mahalanobis, outlier_percentiles, outlier_rate
 
 torch.set_num_threads(1)
 

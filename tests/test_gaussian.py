@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from medadv_tutorial import gaussian as G
-from medadv_tutorial import detectors, features, gmm, hfc
+from medadv_tutorial import detectors, features, gmm, hfc, outliers
 
 D = 6
 
@@ -52,8 +52,8 @@ def test_log_density_and_distances_equal_scipy(reg):
     expected = np.array([scipy_mahalanobis(r, mean.numpy(), inv) ** 2 for r in q.numpy()])
     np.testing.assert_allclose(G.mahalanobis_sq(q, mean[None], U)[:, 0].numpy(), expected, rtol=1e-10)
     assert float(G.half_log_det_precision(U)) == pytest.approx(-0.5 * np.linalg.slogdet(sigma)[1], rel=1e-12)
-    # features.mahalanobis is the same kernel, on the covariance factor
-    np.testing.assert_allclose(features.mahalanobis(q, mean, L).numpy(), np.sqrt(expected), rtol=1e-10)
+    # outliers.mahalanobis is the same kernel, on the covariance factor
+    np.testing.assert_allclose(outliers.mahalanobis(q, mean, L).numpy(), np.sqrt(expected), rtol=1e-10)
 
 
 @pytest.mark.parametrize("s", [1e-4, 0.37, 1e3])

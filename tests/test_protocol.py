@@ -380,3 +380,46 @@ def test_evaluation_bad_inputs(toy, call, exc, match):
     model, suite, x, y, clean = toy
     with pytest.raises(exc, match=match):
         call(model, suite, x, y, clean)
+
+
+class Counting(Brightness):
+    """Brightness that counts the images it classifies without a gradient (not attack steps)."""
+
+    _derived_attributes = ("seen",)  # a counter, not content: the result store's key skips it
+
+    def __init__(self, cut=0.5):
+        super().__init__(cut)
+        self.seen = 0
+
+    def forward_features(self, x, layers=None, logits=True):
+        if not x.requires_grad:
+            self.seen += len(x)
+        return super().forward_features(x, layers, logits)
+
+
+def test_every_image_goes_through_the_deployed_model_once(toy):
+    _, suite, x, y, clean = toy
+    model = Counting().eval()
+    fs_clean, clean = protocol.score_clean(model, x, y, suite)
+    assert model.seen == len(x)  # the clean pass
+    zoo = {"PGD": PGD(0.12, steps=3, seed=0), "PGD 2": PGD(0.08, steps=3, seed=1)}
+    evals = protocol.evaluate_attacks(zoo, model, x, y, suite, clean, clean_features=fs_clean, cache=False)
+    assert model.seen == len(x) + len(zoo) * len(x)  # one pass per adversarial set, none for the clean images
+    # the predictions come from the features' logits, and success agrees with run_attack's own passes
+    for name, e in evals.items():
+        res = run_attack(zoo[name], Brightness().eval(), (x, y), progress=False)
+        assert e.success == res.success_rate and torch.equal(e.fs.predictions, res.pred_adv)
+    # without the clean features, evaluate_attacks runs the clean pass once for all its attacks
+    model.seen = 0
+    protocol.evaluate_attacks(zoo, model, x, y, suite, clean, cache=False)
+    assert model.seen == len(x) + len(zoo) * len(x)
+
+
+def test_clean_features_must_be_those_of_the_images(toy):
+    model, suite, x, y, clean = toy
+    fs = extract_features(model, (x, y), progress=False)
+    with pytest.raises(TypeError, match="clean_features must be the FeatureSet"):
+        protocol.evaluate_attack("PGD", PGD(0.1, steps=2), model, x, y, suite, clean, clean_features=clean)
+    with pytest.raises(ValueError, match="same 4 images"):
+        protocol.evaluate_attack("PGD", PGD(0.1, steps=2), model, x[:4], y[:4], suite,
+                                 {k: v[:4] for k, v in clean.items()}, clean_features=fs)

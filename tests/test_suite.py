@@ -263,3 +263,22 @@ def test_suite_cache_cold_and_warm_score_alike(fitted, tmp_path, monkeypatch):
         assert list(got) == list(reference)
         assert all(torch.equal(got[n], reference[n]) for n in reference), [n for n in reference
                                                                           if not torch.equal(got[n], reference[n])]
+
+
+def test_ensemble_layers_come_from_the_backbone():
+    from medadv_tutorial.models import build_model
+    from medadv_tutorial.suite import ensemble_layers
+
+    lite = build_model("efficientnet_lite0", 2, 3, 32, pretrained=False)
+    assert ensemble_layers(lite) == ENSEMBLE_LAYERS
+
+    class Other:  # another architecture, no table entry: quarter, half, three quarters of its depth
+        backbone_name = "resnet50"
+        feature_names = ["stem"] + [f"layer{i}" for i in range(1, 9)] + ["penultimate"]
+
+    assert ensemble_layers(Other()) == ("layer2", "layer4", "layer6", "penultimate")
+    Other.feature_names = ["stem", "a", "penultimate"]
+    assert ensemble_layers(Other()) == ("stem", "a", "penultimate")
+    Other.feature_names = ["stem", "logits"]
+    with pytest.raises(ValueError, match="feature_names ending in 'penultimate'"):
+        ensemble_layers(Other())

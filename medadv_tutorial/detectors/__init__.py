@@ -88,6 +88,15 @@ and HFC do: the covariance gets the *relative* ridge ``reg * trace(cov) / d`` (`
 times the mean feature variance, default ``1e-3``; scale free, so one value suits every
 layer), is factorised once by Cholesky, and every distance is one matrix product.  OCSVM, ISO and the logistic regressions of
 the ensembles use scikit-learn on the CPU.
+
+Modules
+-------
+One file per detector family, all re-exported here: :mod:`.base` (the API: :class:`Detector`,
+:class:`Inputs`, the fitted check, input validation), :mod:`.gaussians` (MGM, MAHA),
+:mod:`.kernel_density` (KD), :mod:`.lid` (LID), :mod:`.ensembles` (MAHA-LR, LID-LR, which fit
+and score their per-layer detectors through the public ``fit`` / ``score`` only),
+:mod:`.one_class` (OCSVM, ISO), :mod:`.dnn` (DNN), :mod:`.uncertainty` (BU) and
+:mod:`.two_sided` (TwoSided).
 """
 
 from __future__ import annotations

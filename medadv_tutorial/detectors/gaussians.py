@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_real
-from ..gaussian import (gaussian_log_prob, half_log_det_precision, log_density, mahalanobis_sq, precision_cholesky, regularised_cholesky, residuals, whitening)
+from ..gaussian import (class_moments, gaussian_log_prob, half_log_det_precision, log_density, mahalanobis_sq,
+                        precision_cholesky, regularised_cholesky, residuals, whitening)
 from .base import Detector, Inputs, _compute_device, _f64, _on
 
 
@@ -147,16 +148,14 @@ class Mahalanobis(_GaussianBase):
         labels = labels.to(x64.device)
         classes, inverse = torch.unique(labels, return_inverse=True)
         C = len(classes)
-        counts = torch.bincount(inverse, minlength=C).to(x64.dtype)
-        if C > 1 and float(counts.min()) < 2:
+        means, counts, xc = class_moments(x64, inverse, C)  # the class-conditional fit of the outlier statistics
+        if C > 1 and int(counts.min()) < 2:
             raise ValueError(f"Mahalanobis needs at least 2 clean training features per class, got class counts "
-                             f"{dict(zip(classes.tolist(), counts.long().tolist()))}")
-        means = torch.zeros(C, d, dtype=x64.dtype, device=x64.device).index_add_(0, inverse, x64) / counts[:, None]
-        xc = x64 - means[inverse]
+                             f"{dict(zip(classes.tolist(), counts.tolist()))}")
         self._factorise(xc.T @ xc / n, n)
         self.classes_ = classes
         self.means_ = means
-        self._counts = counts
+        self._counts = counts.to(x64.dtype)
 
     def class_distances(self, features) -> torch.Tensor:
         """Squared Mahalanobis distances to every class mean: (N, C) float64 (columns follow ``classes_``)."""
