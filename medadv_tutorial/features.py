@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from .batching import iter_batches, model_device
-from .checks import (CorruptFileError, check_device, check_images, check_input_dtype, check_labels, check_model,
+from .checks import (check_device, check_images, check_input_dtype, check_labels, check_model,
                      describe, eval_mode)
 from .io import atomic_torch_save
+from .persistence import load_state
 from .progress import progress as progress_bar
 
 __all__ = [
@@ -153,13 +154,8 @@ class FeatureSet:
 
         Raises :class:`~medadv_tutorial.checks.CorruptFileError` naming the file when it cannot be read.
         """
-        try:
-            return cls.from_state(torch.load(path, map_location="cpu", weights_only=True))
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any decoding error means the file is unusable
-            raise CorruptFileError.of("feature file", path, err, "it is corrupt, truncated or not a feature set; "
-                                      "delete it and save the features again") from err
+        return load_state(path, cls.from_state, "feature file", "it is corrupt, truncated or not a feature set; "
+                          "delete it and save the features again")
 
 
 def extract_features(

@@ -75,9 +75,10 @@ import torch
 
 from . import cache as result_cache
 from .io import atomic_torch_save
+from .persistence import load_state
 from .progress import progress as progress_bar
 from .attacks import BIM, MIM, PGD
-from .checks import CorruptFileError, check_device, check_features, check_finite, check_int, check_real, check_seed
+from .checks import check_device, check_features, check_finite, check_int, check_real, check_seed
 from .gaussian import half_log_det_precision, log_density, mahalanobis_sq, sample_ridge, whitened_sq, whitening
 from .gmm import GaussianMixture
 
@@ -270,13 +271,8 @@ class HFCModel:
 
         Raises :class:`~medadv_tutorial.checks.CorruptFileError` naming the file when it cannot be read.
         """
-        try:
-            return cls.from_state(torch.load(path, map_location=map_location, weights_only=True))
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any decoding error means the file is unusable
-            raise CorruptFileError.of("HFC model file", path, err, "it is corrupt or truncated. Delete it and fit "
-                                      "the model again (fit_hfc_mixtures(...).save(path))") from err
+        return load_state(path, cls.from_state, "HFC model file", "it is corrupt or truncated. Delete it and fit "
+                          "the model again (fit_hfc_mixtures(...).save(path))", map_location=map_location)
 
 
 # =========================================================================== fitting
