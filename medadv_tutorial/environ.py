@@ -1,14 +1,12 @@
 """The package's environment variables, named and read in one place.
 
-=========================  ============================================================  =====================
-variable                   what it sets                                                  default
-=========================  ============================================================  =====================
-``MEDADV_DATA``            folder of the offline data copies (:mod:`~medadv_tutorial.data`)  unset: download
-``MEDADV_CACHE``           folder of downloads and of the result store                   ``~/.cache/medadv_tutorial``
-``MEDADV_PROFILE``         the run profile, ``ci``, ``full`` or ``smoke``                ``ci``
-``MEDADV_RESULT_CACHE``    ``0`` switches the result store off                           on
-``MEDADV_CPU_PIN``         ``0`` leaves the CPU math libraries' defaults                 on
-=========================  ============================================================  =====================
+* ``MEDADV_DATA``: the folder of the offline data copies (:mod:`~medadv_tutorial.data`);
+  unset, the data sets are downloaded.
+* ``MEDADV_CACHE``: the folder of downloads and of the result store (default
+  ``~/.cache/medadv_tutorial``).
+* ``MEDADV_PROFILE``: the run profile, ``ci`` (default), ``full`` or ``smoke``.
+* ``MEDADV_RESULT_CACHE``: ``0`` switches the result store off (default on).
+* ``MEDADV_CPU_PIN``: ``0`` leaves the CPU math libraries' defaults (default: the pin applies).
 
 Reading them is all this module does (it imports nothing heavy); the package never writes
 them.  The experiment context reads them when it is made.

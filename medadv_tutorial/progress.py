@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from tqdm.autonotebook import tqdm  # noqa: F401
 
-__all__ = ["tqdm", "progress"]
+__all__ = ["progress"]  # tqdm is re-exported for the package's own loops, not documented here
 
 
 def progress(iterable, *, desc: str, total: int | None = None, enabled: bool = True, leave: bool = True):
