@@ -2,8 +2,8 @@
 
 An :class:`Experiment` owns
 
-* the profile (:mod:`~medadv_tutorial.profiles`) and the experiment seed, from which every
-  random choice it makes is derived (:func:`~medadv_tutorial.rng.derive_seed`);
+* the profile (:mod:`~medadv_tutorial.profiles`) and the experiment seed, which it passes to
+  every seeded step it makes (training, the attack-set draw, the detector suite's draws);
 * the protocol's budget :attr:`Experiment.eps` and the size of the supervised detectors'
   training draw :attr:`Experiment.n_fgsm`, written here once instead of in each chapter;
 * the models, data sets, features, attack / selection sets and the fitted detector suite of a

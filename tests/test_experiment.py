@@ -120,14 +120,6 @@ def test_seeded_global_rng_seeds_inside():
     assert torch.equal(a, torch.rand(4))
 
 
-def test_derived_seeds():
-    assert rng.derive_seed(5) == 5
-    seeds = {rng.derive_seed(0, p) for p in ("a", "b", 1, "1")}
-    assert len(seeds) == 4 and all(0 <= s < 2**63 for s in seeds)
-    assert rng.derive_seed(0, "a") == rng.derive_seed(0, "a") != rng.derive_seed(1, "a")
-    assert torch.equal(torch.rand(3, generator=rng.generator(0, "a")), torch.rand(3, generator=rng.generator(0, "a")))
-
-
 # ------------------------------------------------------------------ the context
 
 
