@@ -177,8 +177,12 @@ def check_labels(y: torch.Tensor, n: int, name: str = "y", num_classes: int | No
     return y
 
 
-def check_features(x, name: str, d: int | None = None) -> torch.Tensor:
-    """``x`` must be a floating tensor (N, d), N >= 1, finite; ``d`` as fitted when given."""
+def check_features(x, name: str, d: int | None = None, *, finite: bool = True) -> torch.Tensor:
+    """``x`` must be a floating tensor (N, d), N >= 1, finite; ``d`` as fitted when given.
+
+    ``finite=False`` skips the scan for NaN and infinite values (for rows already scanned where
+    they entered, e.g. a :class:`~medadv_tutorial.features.FeatureSet`); shapes are always checked.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, d), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -191,7 +195,8 @@ def check_features(x, name: str, d: int | None = None) -> torch.Tensor:
     if d is not None and x.shape[1] != d:
         raise ValueError(f"{name} must have shape (N, {d}) as the features the detector was fitted on, "
                          f"got {tuple(x.shape)}")
-    check_finite(x, name)
+    if finite:
+        check_finite(x, name)
     return x
 
 

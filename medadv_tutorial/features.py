@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .batching import iter_batches, model_device
-from .checks import (check_device, check_images, check_input_dtype, check_labels, check_model,
+from .checks import (check_device, check_finite, check_images, check_input_dtype, check_labels, check_model,
                      describe, eval_mode)
 from .io import atomic_torch_save
 from .persistence import load_state
@@ -81,6 +81,10 @@ class FeatureSet:
         for k, v in self.feats.items():
             if v.ndim != 2 or v.shape[0] != n:
                 raise ValueError(f"feats[{k!r}] must have shape ({n}, C), got {tuple(v.shape)}")
+        # Scanned once, here, where the rows enter: the suite's detectors then check shapes only.
+        for k, v in self.feats.items():
+            check_finite(v, f"feats[{k!r}]")
+        check_finite(self.logits, "logits")
 
     def __len__(self) -> int:
         return self.labels.shape[0]

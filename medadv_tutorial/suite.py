@@ -47,7 +47,7 @@ import torch
 
 from . import attacks, detectors, features, training
 from . import cache as result_cache
-from .checks import check_eps, check_features, check_int, check_real, check_seed
+from .checks import check_eps, check_features, check_images, check_int, check_real, check_seed
 
 __all__ = ["ENSEMBLE_LAYERS", "BACKBONE_ENSEMBLE_LAYERS", "ensemble_layers",
            "LINE_UP", "DETECTOR_NAMES", "Entry", "FitContext", "FitRows", "clean_train",
@@ -331,15 +331,35 @@ class DetectorSuite:
         """
         if not isinstance(name, str) or name not in self.detectors:
             raise KeyError(f"unknown detector {name!r}; the suite has {list(self.detectors)}")
-        if not isinstance(fs, features.FeatureSet):
-            raise TypeError(f"fs must be a FeatureSet (from extract_features), got {type(fs).__name__}")
-        det = self.detectors[name]
-        labels = fs.predictions if det.inputs.score_labels == "predicted" else None
-        s = det.score(_view(name, det, fs, images, self.layers), labels)
-        return s.detach().to("cpu", torch.float64)
+        return self._score_one(name, *self._checked_inputs(fs, images))
 
     def score(self, fs: features.FeatureSet, images: torch.Tensor | None = None, names=None) -> "OrderedDict[str, torch.Tensor]":
-        """``{name: (N,) scores}`` for every detector (or those in ``names``)."""
+        """``{name: (N,) scores}`` for every detector (or those in ``names``).
+
+        The feature set and the images are checked once here (a ``FeatureSet`` scanned its values
+        when it was made); the detectors then check only the shapes of their views.
+        """
         names = list(self.detectors) if names is None else list(names)
-        return OrderedDict((n, self.score_one(n, fs, images)) for n in names)
+        unknown = [n for n in names if not isinstance(n, str) or n not in self.detectors]
+        if unknown:
+            raise KeyError(f"unknown detectors {unknown}; the suite has {list(self.detectors)}")
+        fs, images = self._checked_inputs(fs, images)
+        return OrderedDict((n, self._score_one(n, fs, images)) for n in names)
+
+    @staticmethod
+    def _checked_inputs(fs, images):
+        if not isinstance(fs, features.FeatureSet):
+            raise TypeError(f"fs must be a FeatureSet (from extract_features), got {type(fs).__name__}")
+        if images is not None:
+            check_images(images, "images")
+            if len(images) != len(fs):
+                raise ValueError(f"images must be the {len(fs)} images the features were computed from, "
+                                 f"got {len(images)}")
+        return fs, images
+
+    def _score_one(self, name, fs, images) -> torch.Tensor:
+        det = self.detectors[name]
+        labels = fs.predictions if det.inputs.score_labels == "predicted" else None
+        s = det.score(_view(name, det, fs, images, self.layers), labels, scanned=True)
+        return s.detach().to("cpu", torch.float64)
 

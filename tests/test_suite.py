@@ -116,9 +116,10 @@ class Recorder(Detector):
             self.reference_scores_ = torch.zeros(len(labels), dtype=torch.float64)
         return self
 
-    def score(self, features, labels=None):
+    def score(self, features, labels=None, *, scanned=False):
         self._check_fitted("score")
         self.score_args_ = (features, labels)
+        self.scanned_ = scanned
         return torch.zeros(len(labels), dtype=torch.float64)
 
 
@@ -186,6 +187,41 @@ def test_suite_errors_name_what_is_missing(fitted):
         DetectorSuite.fit(model, Pairs(x, y), fs.select(["penultimate"]))
     with pytest.raises(ValueError, match="rows"):
         DetectorSuite.fit(model, Pairs(x[:10], y[:10]), fs)
+
+
+def test_values_are_scanned_once_where_they_enter(fitted, monkeypatch):
+    """A FeatureSet scans its values when it is made; the suite checks its images once and tells the
+    detectors (and the ensembles their per-layer detectors) not to scan again; shapes are still checked."""
+    import medadv_tutorial.checks as checks
+    import medadv_tutorial.detectors.base as base
+    from medadv_tutorial.features import FeatureSet
+
+    suite, model, x, y = fitted["suite"], fitted["model"], fitted["x"], fitted["y"]
+    fs = extract_features(model, (x, y), progress=False)
+    bad = OrderedDict((k, v.clone()) for k, v in fs.feats.items())
+    bad["block8"][3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"feats\['block8'\] contains NaN"):
+        FeatureSet(bad, fs.labels, fs.logits)
+    calls = []
+    real = checks.check_finite
+    monkeypatch.setattr(base, "check_features", lambda *a, **k: (calls.append(k.get("finite", True)),
+                                                                   checks.check_features(*a, **k))[1])
+    monkeypatch.setattr(base, "_check_features", base.check_features)
+    scans = []
+    monkeypatch.setattr(checks, "check_finite", lambda v, name: (scans.append(name), real(v, name))[1])
+    scores = suite.score(fs, x)
+    assert calls and not any(calls), "a detector scanned rows the FeatureSet had scanned"
+    assert scans == [], f"values scanned again while scoring: {scans}"
+    assert set(scores) == set(suite.detectors)
+    # a direct call of a detector's public score still scans its input
+    calls.clear()
+    suite.detectors["MGM"].score(fs.penultimate)
+    assert calls == [True]
+    # shapes are checked whatever the caller says
+    with pytest.raises(ValueError, match=r"shape \(N, 8\)"):
+        suite.detectors["MGM"].score(fs.penultimate[:, :5], scanned=True)
+    with pytest.raises(ValueError, match="images must be the 60 images"):
+        suite.score(fs, x[:10])
 
 
 def test_two_sided_entries_and_evaluate_attack(fitted):

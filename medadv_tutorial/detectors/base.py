@@ -95,7 +95,8 @@ def _check_labels(labels, n: int, name: str = "labels", device=None) -> torch.Te
     return labels.to(device=device, dtype=torch.int64) if device is not None else labels.long()
 
 
-def _check_layers(features, name: str, expected: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
+def _check_layers(features, name: str, expected: Mapping[str, int] | None = None, *,
+                  finite: bool = True) -> dict[str, torch.Tensor]:
     """Features of several layers -> ``{layer: (N, d_l)}`` with a common N.
 
     Accepts a mapping ``{layer: tensor}``, a list/tuple of tensors (named "0", "1", ...)
@@ -122,7 +123,7 @@ def _check_layers(features, name: str, expected: Mapping[str, int] | None = None
     out = {}
     n = None
     for k, v in layers.items():
-        v = _check_features(v, f"{name}[{k!r}]", None if expected is None else expected[k])
+        v = _check_features(v, f"{name}[{k!r}]", None if expected is None else expected[k], finite=finite)
         if n is None:
             n = v.shape[0]
         elif v.shape[0] != n:
@@ -183,8 +184,9 @@ class Detector:
     inputs = Inputs()  #: what fit and score take (one layer's features, no labels, clean only)
 
     # -- helpers subclasses can override ----------------------------------------------
-    def _validate(self, x, name: str, fitting: bool):
-        return _check_features(x, name, None if fitting else self.n_features_in_)
+    def _validate(self, x, name: str, fitting: bool, finite: bool = True):
+        """Check ``x`` (shapes always; the NaN / infinity scan unless ``finite`` is False) and return it."""
+        return _check_features(x, name, None if fitting else self.n_features_in_, finite=finite)
 
     @staticmethod
     def _n_rows(x) -> int:
@@ -266,15 +268,19 @@ class Detector:
             self.reference_scores_ = self._training_scores(x, y).detach().to(torch.float64)
         return self
 
-    def score(self, features, labels=None) -> torch.Tensor:
+    def score(self, features, labels=None, *, scanned: bool = False) -> torch.Tensor:
         """Scores (N,) float64 on the features' device; higher = more adversarial.
 
         ``features``: what ``inputs.view`` says.  ``labels`` (N,) are the classes the
         classifier *predicts* for these rows; detectors whose ``inputs.score_labels`` is
         ``"predicted"`` read them (KD needs them), the others ignore them.
+        ``scanned=True``: the caller has already scanned these values for NaN and infinity
+        where they entered (a :class:`~medadv_tutorial.features.FeatureSet` does when it is
+        made; :class:`~medadv_tutorial.suite.DetectorSuite` and the ensembles pass it), so the
+        scan is not repeated; types and shapes are still checked.
         """
         self._check_fitted("score")
-        x = self._validate(features, "features", fitting=False)
+        x = self._validate(features, "features", fitting=False, finite=not scanned)
         y = None if labels is None else _check_labels(labels, self._n_rows(x), "labels", self._device(x))
         return _out(self._score(x, y), self._device(x))
 

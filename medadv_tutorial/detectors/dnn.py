@@ -35,13 +35,13 @@ class DNNDetector(Detector):
     def _params(self):
         return {"hidden": self.hidden, "epochs": self.epochs, "lr": self.lr, "seed": self.seed}
 
-    def _validate(self, x, name, fitting):
+    def _validate(self, x, name, fitting, finite=True):
         if isinstance(x, torch.Tensor):
-            return _check_features(x, name, None if fitting else self.n_features_in_)
+            return _check_features(x, name, None if fitting else self.n_features_in_, finite=finite)
         if not fitting and self._layer_dims is None:
             raise TypeError(f"{name}: the detector was fitted on one tensor (N, {self.n_features_in_}); "
                             "pass a tensor of that shape, not a dict of layers")
-        layers = _check_layers(x, name, None if fitting else self._layer_dims)
+        layers = _check_layers(x, name, None if fitting else self._layer_dims, finite=finite)
         if fitting:
             self._layer_dims = {k: v.shape[1] for k, v in layers.items()}
         return torch.cat(list(layers.values()), dim=1)

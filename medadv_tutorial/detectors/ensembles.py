@@ -26,8 +26,8 @@ class _LayerLR(Detector):
         self.C = check_real(C, "C (inverse regularisation of the logistic regression)", low=0.0, low_open=True)
         self.seed = check_seed(seed)
 
-    def _validate(self, x, name, fitting):
-        return _check_layers(x, name, None if fitting else self.n_features_in_)
+    def _validate(self, x, name, fitting, finite=True):
+        return _check_layers(x, name, None if fitting else self.n_features_in_, finite=finite)
 
     def _make_base(self) -> Detector:
         raise NotImplementedError
@@ -37,7 +37,8 @@ class _LayerLR(Detector):
 
     def _layer_scores(self, x: dict) -> np.ndarray:
         """(N, L) the per-layer detectors' scores of ``x``, through their public ``score``."""
-        return np.stack([det.score(x[k]).detach().cpu().numpy() for k, det in self.layer_detectors_.items()], axis=1)
+        return np.stack([det.score(x[k], scanned=True).detach().cpu().numpy()
+                         for k, det in self.layer_detectors_.items()], axis=1)
 
     def _training_layer_scores(self) -> np.ndarray:
         """(N, L) the per-layer detectors' own clean training scores (their ``reference_scores_``)."""
@@ -100,7 +101,7 @@ class _LayerLR(Detector):
         """The unsupervised per-layer scores {layer: (N,) float64} that the regression combines."""
         self._check_fitted("layer_scores")
         x = self._validate(features, "features", fitting=False)
-        return {k: det.score(x[k]) for k, det in self.layer_detectors_.items()}
+        return {k: det.score(x[k], scanned=True) for k, det in self.layer_detectors_.items()}
 
 
 class MahaEnsemble(_LayerLR):

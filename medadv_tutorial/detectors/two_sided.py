@@ -53,10 +53,11 @@ class TwoSided(Detector):
             self._set_reference(self.detector.reference_scores_)
         return self
 
-    def score(self, features, labels=None) -> torch.Tensor:
-        """``|s(features) - median|``, ``(N,)`` float64 on the features' device."""
+    def score(self, features, labels=None, *, scanned: bool = False) -> torch.Tensor:
+        """``|s(features) - median|``, ``(N,)`` float64 on the features' device (``scanned``: as
+        :meth:`Detector.score <medadv_tutorial.detectors.base.Detector.score>`)."""
         self._check_fitted("score")
-        return (self.detector.score(features, labels) - self.center_).abs()
+        return (self.detector.score(features, labels, scanned=scanned) - self.center_).abs()
 
     def calibrate(self, clean_features, labels=None) -> "TwoSided":
         """Median and threshold from held-out clean features instead of the training scores."""

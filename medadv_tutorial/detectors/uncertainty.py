@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import check_finite, check_images, check_int, check_seed, describe, eval_mode
+from ..checks import check_finite, check_image_tensor, check_images, check_int, check_seed, describe, eval_mode
 from ..models import Classifier
 from .base import Detector, Inputs
 
@@ -59,13 +59,13 @@ def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, 
     return torch.cat(out)
 
 
-def _check_inputs(x, name: str, model=None) -> torch.Tensor:
+def _check_inputs(x, name: str, model=None, finite: bool = True) -> torch.Tensor:
     """Model inputs for BU: a non-empty, finite floating tensor (N, ...); images in [0, 1] for a Classifier."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
         raise ValueError(f"{name} must be a non-empty floating tensor of model inputs (N, C, H, W), got {describe(x)}")
     if isinstance(model, Classifier):
-        check_images(x, name, ndim=(4,))
-    return check_finite(x, name)
+        (check_images if finite else check_image_tensor)(x, name, ndim=(4,))
+    return check_finite(x, name) if finite else x
 
 
 class BU(Detector):
@@ -90,8 +90,8 @@ class BU(Detector):
     def _params(self):
         return {"n_samples": self.n_samples, "seed": self.seed}
 
-    def _validate(self, x, name, fitting):
-        _check_inputs(x, name, self.model)
+    def _validate(self, x, name, fitting, finite=True):
+        _check_inputs(x, name, self.model, finite)
         if not fitting and tuple(x.shape[1:]) != self.n_features_in_:
             raise ValueError(f"{name} must have shape (N, {', '.join(map(str, self.n_features_in_))}) as at fit, "
                              f"got {tuple(x.shape)}")
