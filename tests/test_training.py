@@ -165,6 +165,24 @@ def test_get_model_trains_then_loads_from_cache(tmp_path, monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_a_corrupt_checkpoint_is_reported_deleted_and_trained_again(tmp_path, monkeypatch):
+    """A checkpoint whose bytes no longer match its sha256 is never loaded: a warning names the file,
+    the entry is deleted, and the model is trained again (bit-identical to the first training)."""
+    monkeypatch.setenv("MEDADV_CACHE", str(tmp_path))
+    m1, rec1 = training.get_model("pneumoniamnist", profile=TINY, progress=False)
+    (path,) = list(tmp_path.rglob("*.pt"))
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
+    path.write_bytes(bytes(blob))
+    with pytest.warns(RuntimeWarning, match=f"{path.name} does not match its sha256"):
+        m2, rec2 = training.get_model("pneumoniamnist", profile=TINY, progress=False)
+    assert rec2["cached"] is False, "the corrupt checkpoint was loaded instead of trained again"
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    m3, rec3 = training.get_model("pneumoniamnist", profile=TINY, progress=False)
+    assert rec3["cached"] is True  # the new entry is sound
+
+
 def test_correctly_classified_known_answer():
     x = (torch.arange(6).float() / 1000).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
     y = torch.tensor([0, 0, 0, 1, 1, 1])
