@@ -326,7 +326,7 @@ import torch
 
 from medadv_tutorial import metrics
 
-test_probs = {k: training.predict_proba(trained_models[k], test_sets[k], profile.eval_batch_size) for k in names}
+test_probs = {k: training.predict_proba(trained_models[k], test_sets[k]) for k in names}
 
 # %%
 rows = []

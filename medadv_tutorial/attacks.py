@@ -87,7 +87,8 @@ import torch
 import torch.nn.functional as F
 
 from . import cache as result_cache
-from .batching import Forward, is_pair, iter_batches, labels_of, model_device, n_images, resolve_forward
+from .batching import (Forward, default_batch_size, is_pair, iter_batches, labels_of, model_device, n_images,
+                       resolve_forward)
 from .progress import progress as progress_bar
 from .checks import (check_device, check_eps, check_images, check_input_dtype, check_int, check_labels,
                      check_model, check_real, check_seed, describe, eval_mode)
@@ -631,26 +632,6 @@ class CWLinf(Attack):
 # ------------------------------------------------------------------ data-set helpers
 
 
-CPU_BATCH_SIZE = 25
-"""Images per attack call on the CPU when none is given.
-
-Measured with the book's EfficientNet-Lite0 at 128 px, one thread, 10 PGD steps: 25 images per
-call take 16.5 ms per image and step, 50 take 28 ms (larger activations are allocated and
-page-faulted afresh at every step) and 10 take 17.5 ms.  For the attacks of this module, batches
-of 25 and 50 give bit-identical adversarial images (the random start is one stream over the
-whole set).  Attacks with an extra loss need not: the HFC term's float32 matrix products round
-differently for a different number of rows, and an attack's trajectory follows (chapter 5's
-selection-set AUROCs moved by up to 0.02 between batch 50 and 25)."""
-
-CUDA_BATCH_SIZE = 128
-"""Images per attack call on a GPU when none is given (a GPU wants large batches)."""
-
-
-def default_batch_size(device: str | torch.device) -> int:
-    """:data:`CUDA_BATCH_SIZE` on a GPU, :data:`CPU_BATCH_SIZE` elsewhere."""
-    return CUDA_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
-
-
 def _targets_for(targets, y: torch.Tensor, start: int) -> torch.Tensor:
     if callable(targets):
         t = targets(y)
@@ -807,7 +788,7 @@ def run_attack(
         ``(x (N, C, H, W), y (N,))`` of tensors.  Labels of shape ``(1,)`` (MedMNIST)
         are accepted.
     batch_size: images per attack call (ignored for a ``DataLoader``); default
-        :func:`default_batch_size` of ``device``.
+        :func:`~medadv_tutorial.batching.default_batch_size` of ``device``.
     device: where to attack; default: the model's device.
     progress: show a tqdm bar.
     targets: for targeted attacks only: a ``(N,)`` tensor of target classes in data-set

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .batching import iter_batches, model_device
+from .batching import iter_batches, model_device, resolve_batch_size
 from .checks import (check_device, check_finite, check_images, check_input_dtype, check_labels, check_model,
                      describe, eval_mode)
 from .io import atomic_torch_save
@@ -166,7 +166,7 @@ def extract_features(
     model,
     data,
     layers: Sequence[str] | None = None,
-    batch_size: int = 100,
+    batch_size: int | None = None,
     device=None,
     progress: bool = True,
     cache: bool = False,
@@ -185,7 +185,8 @@ def extract_features(
         MedMNIST-style labels of shape ``(1,)`` are accepted.
     layers: taps to keep (default: all of ``model.feature_names``).  The result keeps the
         model's shallow-to-deep order.
-    batch_size: images per forward pass (ignored for a ``DataLoader``).
+    batch_size: images per forward pass (ignored for a ``DataLoader``); default: the device's
+        (:func:`~medadv_tutorial.batching.default_batch_size`).
     device: where to compute; default (and required to match): the model's device.
     progress: show a tqdm bar.
     cache: read the set from the result store (:mod:`~medadv_tutorial.cache`) when the same
@@ -218,6 +219,7 @@ def extract_features(
     device = on if device is None else check_device(device)
     if device != on:
         raise ValueError(f"device={device} but the model's parameters are on {on}; move the model")
+    batch_size = resolve_batch_size(batch_size, device)
 
     if cache:
         from . import cache as result_cache

@@ -37,7 +37,6 @@ class Profile:
     epochs: fine-tuning epochs.
     dataset_epochs: per-data-set exceptions to ``epochs`` (see :meth:`epochs_for`).
     batch_size: training batch size.
-    eval_batch_size: batch size for evaluation and feature extraction.
     n_attack: correctly classified test images attacked per data set in the experiments
         (fewer when a test set has fewer; see :func:`medadv_tutorial.training.attack_and_selection_sets`).
     n_stress: images of each attack set the stress test runs on (a seeded subset; it runs two
@@ -61,7 +60,6 @@ class Profile:
     epochs: int
     dataset_epochs: tuple[tuple[str, int], ...]
     batch_size: int
-    eval_batch_size: int
     n_attack: int
     n_stress: int
     n_select: int
@@ -101,7 +99,6 @@ _CI = Profile(
     # 0.97 training accuracy in two.
     dataset_epochs=(("cifar10", 4),),
     batch_size=32,
-    eval_batch_size=100,
     n_attack=50,
     n_stress=32,
     n_select=30,
@@ -119,14 +116,14 @@ PROFILES: dict[str, Profile] = {
     # Full size: every image at 224 px, the paper-scale attack and selection sets; what differs from ci.
     "full": dataclasses.replace(
         _CI, name="full", image_size=224, n_train=None, n_test=None, epochs=10, dataset_epochs=(), batch_size=64,
-        eval_batch_size=256, n_attack=1000, n_stress=200, n_select=300, attack_steps=20, lr=3e-4, num_threads=None),
+        n_attack=1000, n_stress=200, n_select=300, attack_steps=20, lr=3e-4, num_threads=None),
     # As few images as keep every step defined (CIFAR-10 still gets a few correct ones): smoke runs
     # every chapter in CI, and at 224 px on a CPU each image costs. n_attack asks for more than a
     # small test set can give (exercises the split that caps the attack set); n_stress is fewer
     # than the attack set, as in full (a seeded subset is drawn).
     "smoke": dataclasses.replace(
         _CI, name="smoke", image_size=224, n_train=32, n_test=32, epochs=1, dataset_epochs=(), batch_size=16,
-        eval_batch_size=32, n_attack=1000, n_stress=4, n_select=300, attack_steps=2, lr=3e-4, check_claims=False),
+        n_attack=1000, n_stress=4, n_select=300, attack_steps=2, lr=3e-4, check_claims=False),
 }
 
 

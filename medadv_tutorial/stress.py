@@ -28,6 +28,7 @@ import torch
 
 from . import metrics
 from .attacks import iterative_attack
+from .batching import resolve_batch_size
 from .checks import (check_eps, check_finite, check_images, check_int, check_labels, check_model, check_seed,
                      eval_mode)
 
@@ -37,11 +38,12 @@ def _zero_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pooled_features(model, x: torch.Tensor, layers: list[str], batch_size: int = 100) -> dict[str, torch.Tensor]:
-    """Pooled clean features ``{layer: (N, C_l)}`` of ``x`` (N, C, H, W) in [0, 1], eval mode."""
+def pooled_features(model, x: torch.Tensor, layers: list[str], batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Pooled clean features ``{layer: (N, C_l)}`` of ``x`` (N, C, H, W) in [0, 1], eval mode
+    (``batch_size``: default the device's, :func:`~medadv_tutorial.batching.default_batch_size`)."""
     check_model(model, "model", "forward_features")
     check_images(x, "x", ndim=(4,))
-    layers, batch_size = _check_layers(layers), check_int(batch_size, "batch_size")
+    layers, batch_size = _check_layers(layers), resolve_batch_size(batch_size, x.device)
     if len(x) == 0:
         raise ValueError("x is empty: no image to compute features of")
     out: dict[str, list[torch.Tensor]] = {k: [] for k in layers}
@@ -131,7 +133,7 @@ def stress_test(
     eps: float,
     reference: torch.Tensor | None = None,
     steps: int = 10,
-    batch_size: int = 50,
+    batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -143,6 +145,9 @@ def stress_test(
     layers: tap names (see ``model.feature_names``).
     eps: L-inf budget.
     reference: clean images whose feature spread defines the radius (default: ``x``).
+    batch_size: images per attack call (default: the device's,
+        :func:`~medadv_tutorial.batching.default_batch_size`); image ``i`` of a batch starting at
+        ``b`` is pushed from the random start of seed ``seed + b``.
 
     Returns ``{layer: {"max": D_max, "min": D_min, "mean": (D_max + D_min) / 2, "per_image":
     (N,) float64, "mean_ci": Interval}}`` with the mean deviations :math:`D` defined in the
@@ -159,7 +164,7 @@ def stress_test(
         raise ValueError(f"{name} must hold at least 2 clean images: the radius is the spread of their features, "
                          f"got {len(ref)}")
     layers, eps = _check_layers(layers), check_eps(eps, "eps")
-    steps, batch_size, seed = check_int(steps, "steps"), check_int(batch_size, "batch_size"), check_seed(seed)
+    steps, batch_size, seed = check_int(steps, "steps"), resolve_batch_size(batch_size, x.device), check_seed(seed)
     clean_ref = pooled_features(model, ref, layers)
     radius = {k: clean_radius(v) for k, v in clean_ref.items()}
     flat = [k for k, r in radius.items() if not float(r) > 0]
@@ -185,7 +190,7 @@ def stress_test(
     return out
 
 
-def input_gradient_l1(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+def input_gradient_l1(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Per-image L1 norm of the input gradient of the cross-entropy, ``||grad_x L(f(x), y)||_1``: (N,).
 
     To first order, the largest loss increase an L-inf perturbation of size eps can buy is
@@ -196,7 +201,7 @@ def input_gradient_l1(model, x: torch.Tensor, y: torch.Tensor, batch_size: int =
     check_model(model)
     check_images(x, "x", ndim=(4,))
     check_labels(y, len(x), "y", getattr(model, "num_classes", None))
-    batch_size = check_int(batch_size, "batch_size")
+    batch_size = resolve_batch_size(batch_size, x.device)
     if len(x) == 0:
         raise ValueError("x is empty: no image to differentiate at")
     out = []

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from . import cache as result_cache
 from .checks import (CorruptFileError, as_labels, check_device, check_images, check_input_dtype, check_int,
                      check_labels, check_real, check_seed, describe, eval_mode)
+from .batching import resolve_batch_size
 from .models import Classifier, build_model
 from .io import atomic_torch_save
 from .profiles import Profile, as_profile
@@ -66,13 +67,15 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool = False):
+def predict_proba(model: nn.Module, data, batch_size: int | None = None, progress: bool = False):
     """Softmax probabilities and labels over a dataset, in eval mode.
 
     Parameters
     ----------
     model: maps (N, C, H, W) images in [0, 1] to logits (N, K).
     data: Dataset yielding (image (C, H, W) in [0, 1], label) or an (x, y) tensor pair.
+    batch_size: images per forward pass (default: the device's,
+        :func:`~medadv_tutorial.batching.default_batch_size`).
 
     Returns
     -------
@@ -82,7 +85,7 @@ def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool 
     device = _device_of(model)
     # A generator of its own: a DataLoader iterator draws a base seed when it is made, from torch's
     # global generator unless given one, and library calls leave the global generator alone.
-    loader = DataLoader(_as_dataset(data), batch_size=check_int(batch_size, "batch_size"), shuffle=False,
+    loader = DataLoader(_as_dataset(data), batch_size=resolve_batch_size(batch_size, device), shuffle=False,
                         generator=torch.Generator())
     if len(loader.dataset) == 0:
         raise ValueError("data is empty: no image to predict")
@@ -98,7 +101,7 @@ def predict_proba(model: nn.Module, data, batch_size: int = 100, progress: bool 
     return torch.cat(probs), torch.cat(labels)
 
 
-def evaluate(model: nn.Module, data, batch_size: int = 100, progress: bool = False) -> dict:
+def evaluate(model: nn.Module, data, batch_size: int | None = None, progress: bool = False) -> dict:
     """Accuracy, AUROC and confusion matrix of ``model`` on ``data``.
 
     Returns a dict with ``accuracy`` (float in [0, 1]), ``auroc`` (binary: of the
@@ -346,7 +349,7 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
         history = fit(model, train, epochs=profile.epochs_for(dataset), batch_size=profile.batch_size, lr=profile.lr,
                       seed=seed, class_weighted=profile.class_weighted, progress=progress)
         seconds = time.perf_counter() - t0
-        test_record = evaluate(model, test, batch_size=profile.eval_batch_size, progress=progress)
+        test_record = evaluate(model, test, progress=progress)
     meta = {
         "dataset": dataset,
         "backbone": backbone,
@@ -365,7 +368,7 @@ def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progre
 
 
 @torch.no_grad()
-def correctly_classified(model: nn.Module, data, n: int | None = None, batch_size: int = 100, seed: int = 0,
+def correctly_classified(model: nn.Module, data, n: int | None = None, batch_size: int | None = None, seed: int = 0,
                          *, exclude=None, return_indices: bool = False):
     """A seeded random sample of ``n`` images of ``data`` that ``model`` classifies correctly.
 
@@ -425,7 +428,7 @@ def _draw(candidates: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def attack_and_selection_sets(model: nn.Module, data, n_attack: int, n_select: int, seed: int = 0, *,
-                              select_seed: int | None = None, min_each: int = 10, batch_size: int = 100):
+                              select_seed: int | None = None, min_each: int = 10, batch_size: int | None = None):
     """Two disjoint, seeded samples of the images of ``data`` that ``model`` classifies correctly.
 
     The *attack* set is what an experiment evaluates on; the *selection* set, disjoint from it,

@@ -5,15 +5,18 @@ run by nbval inherit these variables from the pytest process.
 """
 
 import os
+import sys
 from pathlib import Path
 
 from medadv_tutorial import numerics
 
 numerics.pin()  # on purpose, first: the CPU numerics pin, before numpy loads (importing the package does not)
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/budget.py
 os.environ.setdefault("MEDADV_DATA", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("MEDADV_CACHE", str(REPO / ".cache" / "medadv"))
 os.environ.setdefault("MEDADV_PROFILE", "ci")
@@ -56,6 +59,29 @@ def pytest_runtest_logreport(report):
     _SECONDS_PER_FILE[path] = _SECONDS_PER_FILE.get(path, 0.0) + report.duration
 
 
+# --------------------------------------------------------------------------- time budget
+# A chapter whose nbval run took more than 1.5x its budget (tests/ci_budget.json, scaled to this
+# machine by a one-second calibration; see tests/budget.py) fails the run, so that an expensive
+# addition is noticed in the change that makes it.
+_OVER_BUDGET: list[str] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    chapters = {p: s for p, s in _SECONDS_PER_FILE.items() if p.endswith(".ipynb")}
+    if hasattr(config, "workerinput") or not chapters or os.environ.get("MEDADV_PROFILE") != "ci":
+        return
+    import budget
+
+    calibration = budget.calibrate()
+    plan = budget.load()
+    _OVER_BUDGET[:] = [f"calibration on this machine: {calibration:.2f} s (reference {plan['calibration_s']:.2f} s)"]
+    over = budget.over_budget(chapters, plan, calibration)
+    _OVER_BUDGET.extend(over)
+    if over and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput") or not _SECONDS_PER_FILE:  # an xdist worker: the controller reports
         return
@@ -66,3 +92,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"{s:8.1f} s  {path}")
     tr.write_line(f"{sum(_SECONDS_PER_FILE.values()):8.1f} s  in all ({sum(chapters.values()):.1f} s of nbval "
                   f"in {len(chapters)} chapters)")
+    if _OVER_BUDGET:
+        tr.section("chapter time budget (tests/ci_budget.json, x1.5, scaled to this machine)")
+        for line in _OVER_BUDGET[1:] or ["every executed chapter within its budget"]:
+            tr.write_line(line, red=line is not None and len(_OVER_BUDGET) > 1)
+        tr.write_line(_OVER_BUDGET[0])

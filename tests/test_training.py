@@ -142,7 +142,7 @@ def test_checkpoint_key_depends_on_every_setting():
     assert k != training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, epochs=3), 0)
     assert k != training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, lr=1e-4), 0)
     # settings that do not change the weights do not change the key
-    assert k == training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, eval_batch_size=7), 0)
+    assert k == training.checkpoint_key("chest_xray", "efficientnet_lite0", dataclasses.replace(ci, n_attack=7), 0)
     # a per-data-set epoch count changes only that data set's key
     more = dataclasses.replace(ci, dataset_epochs=(("cifar10", 9),))
     assert k == training.checkpoint_key("chest_xray", "efficientnet_lite0", more, 0)

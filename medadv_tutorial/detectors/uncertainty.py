@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from ..checks import check_finite, check_image_tensor, check_images, check_int, check_seed, describe, eval_mode
+from ..batching import resolve_batch_size
 from ..models import Classifier
 from .base import Detector, Inputs
 
 
-def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, *, batch_size: int = 256,
+def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, *, batch_size: int | None = None,
                         seed: int | None = 0) -> torch.Tensor:
     """Bayesian-uncertainty score of Feinman et al. (2017) by Monte-Carlo dropout.
 
@@ -24,15 +25,21 @@ def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, 
     ----------
     model: maps ``x`` to logits (N, C); must contain ``nn.Dropout``-type layers with p > 0.
     x: (N, ...) model inputs (images in [0, 1] for the book's classifiers).
-    n_samples: T >= 2.  batch_size: inputs per forward pass.
+    n_samples: T >= 2.  batch_size: inputs per forward pass (default: the device's,
+        :func:`~medadv_tutorial.batching.default_batch_size`).
     seed: seeds the dropout masks (the global RNG is left untouched); None = global RNG.
 
     Returns (N,) float64 on ``x``'s device.  The model's train/eval flags are restored.
+
+    When the only active dropout is a :class:`~medadv_tutorial.models.Classifier`'s own, before
+    its linear head (the book's models), the backbone is deterministic: it runs once per batch
+    and only the dropout and the head run ``T`` times -- the same masks from the same generator,
+    the same numbers as ``T`` whole passes, at about ``1/T`` of the cost.
     """
     from torch.nn.modules.dropout import _DropoutNd
 
     _check_inputs(x, "x", model)
-    n_samples, batch_size = check_int(n_samples, "n_samples", 2), check_int(batch_size, "batch_size")
+    n_samples, batch_size = check_int(n_samples, "n_samples", 2), resolve_batch_size(batch_size, x.device)
     seed = None if seed is None else check_seed(seed)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module with dropout, got {type(model).__name__}")
@@ -41,6 +48,7 @@ def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, 
         raise ValueError("model has no dropout layer with p > 0: the MC-dropout variance would be 0 for "
                          "every input (BU needs a model with dropout)")
     devices = [x.device] if x.device.type == "cuda" else []
+    head_only = isinstance(model, Classifier) and drops == [model.dropout]
     with eval_mode(model):  # every submodule's flag is restored afterwards, the dropout layers' too
         for m in drops:
             m.train()
@@ -50,9 +58,14 @@ def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, 
             out = []
             for i in range(0, len(x), batch_size):
                 xb = x[i : i + batch_size]
+                if head_only:  # the backbone once; the dropout masks and the head T times
+                    pooled = model.forward_features(xb, layers=["penultimate"], logits=False)[1]["penultimate"]
+                    sample = lambda: model.fc(model.dropout(pooled))  # noqa: E731
+                else:
+                    sample = lambda: model(xb)  # noqa: E731
                 s1 = s2 = 0.0
                 for _ in range(n_samples):
-                    p = torch.softmax(model(xb).double(), dim=1)
+                    p = torch.softmax(sample().double(), dim=1)
                     s1, s2 = s1 + p, s2 + p * p
                 mean = s1 / n_samples
                 out.append((s2 / n_samples - mean * mean).sum(1).clamp_min(0.0))
@@ -81,11 +94,12 @@ class BU(Detector):
     name = "BU"
     inputs = Inputs(view="images")
 
-    def __init__(self, model: nn.Module, n_samples: int = 20, batch_size: int = 256, seed: int = 0):
+    def __init__(self, model: nn.Module, n_samples: int = 20, batch_size: int | None = None, seed: int = 0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module with dropout, got {type(model).__name__}")
         self.model, self.n_samples = model, check_int(n_samples, "n_samples", 2)
-        self.batch_size, self.seed = check_int(batch_size, "batch_size"), None if seed is None else check_seed(seed)
+        self.batch_size = None if batch_size is None else check_int(batch_size, "batch_size")
+        self.seed = None if seed is None else check_seed(seed)
 
     def _params(self):
         return {"n_samples": self.n_samples, "seed": self.seed}
