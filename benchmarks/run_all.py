@@ -23,7 +23,9 @@ LID scoring         sklearn ``NearestNeighbors`` + MLE  2 n m d                 
 EM K=2, EM K=8      sklearn ``GaussianMixture``         4 N K d^2 + 4/3 K d^3      GPU >= 50x
                     (per iteration)                     per iteration
 EM E-step           sklearn ``GaussianMixture._e_step`` 2 N K d^2                  CPU >= 60%
-PGD step            ``torchattacks.PGD`` (optional)     counted, see below         GPU: ours <= 1.05x theirs
+PGD step            ``torchattacks.PGD`` (optional)     counted, see below         GPU: ours <= 1.05x theirs;
+                                                                                   before (NCHW weights) and
+                                                                                   after (channels-last)
 PGD+HFC step        our plain PGD step                  counted, see below         HFC <= 1.3x PGD
 ==================  ==================================  =========================  ===========================
 
@@ -264,18 +266,24 @@ def em_rows(s: Sizes, device: torch.device, repeats: int, failures: list[str]) -
     return rows
 
 
-def pgd_row(s: Sizes, device: torch.device, repeats: int) -> Row:
-    """Our PGD step vs torchattacks' (``bench_pgd``), EfficientNet-Lite0, 3 channels, float32."""
+def pgd_row(s: Sizes, device: torch.device, repeats: int, before: bool = False) -> Row:
+    """Our PGD step vs torchattacks' (``bench_pgd``), EfficientNet-Lite0, 3 channels, float32.
+
+    ``before``: the model's weights in the contiguous (NCHW) format the package used before it
+    switched to channels-last (``models.build_model``), for the before/after pair of rows.
+    """
     torch.manual_seed(0)
     model, _ = bench_pgd.build("efficientnet_lite0", 2, s.size)
     model = model.to(device).eval()
+    if before:
+        model = model.to(memory_format=torch.contiguous_format)
     x = torch.rand(s.batch, 3, s.size, s.size, device=device)
     y = torch.randint(0, 2, (s.batch,), device=device)
     r = bench_pgd.time_steps(model, x, y, eps=4 / 255, steps=s.steps, repeats=repeats, warmup=1, device=device)
     flops = attack_step_flops(model, x, y)
     t_theirs = statistics.median(r["theirs"]) if r["theirs"] is not None else None
     ta = r["torchattacks"]
-    return Row("PGD step", "float32", flops, statistics.median(r["ours"]),
+    return Row("PGD step (NCHW, before)" if before else "PGD step", "float32", flops, statistics.median(r["ours"]),
                f"torchattacks {ta.__version__} PGD" if ta is not None else "torchattacks PGD", t_theirs,
                GOALS["PGD"], None, f"batch {s.batch}x3x{s.size}x{s.size}",
                skip="" if ta is not None else "skipped: torchattacks not installed")
@@ -378,6 +386,7 @@ def main(argv=None) -> int:
     failures: list[str] = []
     rows = detector_rows(s, device, args.repeats)
     rows += em_rows(s, device, args.repeats, failures)
+    rows.append(pgd_row(s, device, args.repeats, before=True))
     rows.append(pgd_row(s, device, args.repeats))
     rows.append(hfc_step_row(s, device, args.repeats))
 

@@ -267,8 +267,8 @@ if book.check_claims(profile):
 # from the clean median on either side
 # ({py:class}`detectors.TwoSided <medadv_tutorial.detectors.TwoSided>`): it catches a shift in
 # either direction, at the price of some power against a shift in the expected one (Exercise 4.5
-# measures both). MGM, on the same features, reaches AUROC {glue:md}`bb_auroc_mgm`, with its
-# interval wholly above 0.5 for {glue:md}`mgm_above`.
+# measures both). MGM, on the same features, reaches AUROC {glue:md}`bb_auroc_mgm`; the attacks
+# for which its interval lies wholly above 0.5: {glue:md}`mgm_above`.
 #
 # Our reading of the difference, not verified here: a perturbation aimed at the substitute's
 # decision boundary mostly lowers the deployed model's confidence, which moves the features from

@@ -450,10 +450,11 @@ book.glue("fig_pca", fig)
 # uniformly over [0, 100] by construction (median 50); 100 means farther than every one of them.
 # The clean test images attacked here do not sit at 50: across the 18 layers their medians lie
 # between {glue:md}`clean_median_min` and {glue:md}`clean_median_max`, and from the stem to
-# block 8 at {glue:md}`clean_shallow_median_min` to {glue:md}`clean_shallow_median_max`, below
-# 50. Chapter 3's table of median percentiles measures both these {glue:}`n_attack_used` images
-# and all clean test images the same way: all clean test images sit near 50 in the shallow
-# layers and below it in the penultimate layer. The shallow shortfall here is a property of this
+# block 8 at {glue:md}`clean_shallow_median_min` to {glue:md}`clean_shallow_median_max`, mostly
+# below 50 ({glue:md}`n_shallow_below` of those nine layers; their mean
+# {glue:md}`clean_shallow_median_mean`). Chapter 3's table of median percentiles measures both
+# these {glue:}`n_attack_used` images and all clean test images the same way: all clean test
+# images sit near 50 in the shallow layers and below it in the penultimate layer. The shallow shortfall here is a property of this
 # draw of {glue:}`n_attack_used` images, not of clean test images in general.
 
 # %% tags=["remove-output", "nbval-ignore-output"]
@@ -476,25 +477,33 @@ fig.tight_layout()
 book.glue("fig_percentiles", fig)
 clean_med = {l: float(pct["clean (attacked images)"][l].median()) for l in layers}
 hfc_med = {l: float(pct["PGD+HFC"][l].median()) for l in layers}
+pgd_med = {l: float(pct["targeted PGD"][l].median()) for l in layers}
 deep = ["block13", "block16", "penultimate"]  # the deep layers of the table below
 shallow = layers[:layers.index("block8") + 1]  # the stem to block 8
 book.glue_results(
     clean_median_min=f"{min(clean_med.values()):.1f}", clean_median_max=f"{max(clean_med.values()):.1f}",
     clean_shallow_median_min=f"{min(clean_med[l] for l in shallow):.1f}",
     clean_shallow_median_max=f"{max(clean_med[l] for l in shallow):.1f}",
+    clean_shallow_median_mean=f"{np.mean([clean_med[l] for l in shallow]):.1f}",
+    n_shallow_below=str(sum(clean_med[l] < 50 for l in shallow)),
     hfc_deep_median_min=f"{min(hfc_med[l] for l in deep):.1f}",
     hfc_deep_median_max=f"{max(hfc_med[l] for l in deep):.1f}",
     clean_deep_median_min=f"{min(clean_med[l] for l in deep):.1f}",
     clean_deep_median_max=f"{max(clean_med[l] for l in deep):.1f}",
-    hfc_shallow_median=span([hfc_med[l] for l in shallow], 1))
+    hfc_shallow_median=span([hfc_med[l] for l in shallow], 1),
+    pgd_shallow_median=span([pgd_med[l] for l in shallow], 1))
 if book.check_claims(profile):
     # Over-hiding in the deep layers: in each of block13, block16 and penultimate the median
     # percentile of PGD+HFC lies at least 20 points below that of the same images when clean.
     assert all(hfc_med[l] <= clean_med[l] - 20 for l in deep), {l: (clean_med[l], hfc_med[l]) for l in deep}
-    # The clean attacked images sit below the held-out median 50 in the shallow layers (band: every
-    # median from the stem to block 8 below 50), and HFC's sit near it (band: within 10 points of 50).
-    assert all(clean_med[l] < 50 for l in shallow), {l: clean_med[l] for l in shallow}
-    assert all(abs(hfc_med[l] - 50) <= 10 for l in shallow), {l: hfc_med[l] for l in shallow}
+    # The clean attacked images sit mostly below the held-out median 50 in the shallow layers (band:
+    # the mean of the nine medians from the stem to block 8 below 50, and most of them below 50),
+    # HFC pushes none of those layers outwards (band: every median at most 60), and targeted PGD
+    # does (band: its median above HFC's in each of them).
+    assert np.mean([clean_med[l] for l in shallow]) < 50, {l: clean_med[l] for l in shallow}
+    assert sum(clean_med[l] < 50 for l in shallow) > len(shallow) / 2, {l: clean_med[l] for l in shallow}
+    assert all(hfc_med[l] <= 60 for l in shallow), {l: hfc_med[l] for l in shallow}
+    assert all(pgd_med[l] > hfc_med[l] for l in shallow), {l: (pgd_med[l], hfc_med[l]) for l in shallow}
 
 # %% [markdown]
 # ```{glue:figure} fig_percentiles
@@ -735,7 +744,10 @@ ends = [f"{ci[n].estimate:.2f} ({n})" for n in by_hfc[:1] + by_hfc[-1:]] or ["n/
 below, rose = [n for n in caught if ci[n].high < 0.5], [n for n in uncaught if ci[n].low > pgd_ci[n].high]
 # the highest TPR at 90% TNR of the detectors that caught PGD, and the highest upper end of their intervals
 tmax, thi = max([0.0] + [tpr_ci[n].estimate for n in caught]), max([0.0] + [tpr_ci[n].high for n in caught])
-inside_worst = {max(watch, key=lambda n: ev.auroc[n]) for ev in inside.values()}  # who decides each setting
+# who decides each setting: the detector with the worst (highest) AUROC, the one the rule minimises
+inside_worst_at = {k: max(watch, key=lambda n: ev.auroc[n]) for k, ev in inside.items()}
+best_setting = f"λ = {best.weight[0]:g}, step ε/{best.weight[1]}"
+inside_found = best.worst_auroc <= HIDES  # a setting kept every AUROC at the hiding level or below
 
 
 def vs(a, b):  # the verdict on two AUROCs from their 95% intervals (b higher or lower than a only when apart)
@@ -767,7 +779,12 @@ book.glue_results(
     inside_small_lam=f"{inside_grid[0][0]:g}", inside_two_sided=named(two_sided, in_ci), inside_kd=said(in_ci["KD"]),
     inside_grid_text=(f"λ ∈ {{{', '.join(sorted({f'{l:g}' for l, _ in inside_grid}, key=float))}}}, step "
                       + " or ".join(dict.fromkeys(f"ε/{d}" for _, d in inside_grid))),
-    inside_worst_names=and_join(sorted(inside_worst)), inside_small_two_sided=named(two_sided, small),
+    inside_worst_names=and_join(f"{n} at λ = {k[0]:g}, step ε/{k[1]}" for k, n in inside_worst_at.items()),
+    inside_small_two_sided=named(two_sided, small), inside_best=best_setting,
+    inside_verdict=(f"the setting {best_setting} kept every AUROC, one- and two-sided, at {best.worst_auroc:.2f} or "
+                    f"less on the selection set" if inside_found else "no setting of the grid kept every AUROC, one- "
+                    f"and two-sided, at {HIDES:.2f} or less on the selection set (the best setting's worst AUROC: "
+                    f"{best.worst_auroc:.2f})"),
     inside_best_worst=f"{best.worst_auroc:.2f}", ci_half=f"{np.median([iv.half_width for iv in ci.values()]):.2f}")
 
 if book.check_claims(profile):
@@ -792,10 +809,11 @@ if book.check_claims(profile):
     # Feature matching gets a higher AUROC than HFC from every detector that caught PGD
     # (band: strict, on the estimates; the prose says where the intervals overlap).
     assert all(fm_ci[n].estimate > ci[n].estimate for n in caught), {n: (f"{fm_ci[n]}", f"{ci[n]}") for n in caught}
-    # KD, not a two-sided detector, has the worst AUROC at every setting of the two-sided-aware grid
-    # (the two-sided AUROCs at the smallest λ and at the chosen λ: intervals overlap), and no setting hid
-    # from every detector on the selection set (band: worst AUROC above HIDES = 0.60). Values: the tables.
-    assert inside_worst == {"KD"} and best.worst_auroc > HIDES and all(small[n].overlaps(sel_ci[n]) for n in two_sided)
+    # The two-sided AUROCs at the smallest λ and at the chosen λ: intervals overlap. A setting of the
+    # two-sided-aware grid hid from every detector, one- and two-sided, on the selection set (band: the
+    # best setting's worst AUROC at most HIDES = 0.60). Values: the tables.
+    assert best.worst_auroc <= HIDES and all(small[n].overlaps(sel_ci[n]) for n in two_sided), \
+        (best.weight, best.worst_auroc, {n: (f"{small[n]}", f"{sel_ci[n]}") for n in two_sided})
 
 # %% [markdown]
 # ## Reading the results
@@ -827,11 +845,11 @@ if book.check_claims(profile):
 #
 # **HFC over-hides.** {glue:md}`n_below_chance` detectors that caught PGD are below chance
 # against HFC ({glue:md}`below_chance_text`): they rank the HFC images as *more* typical than the
-# clean ones. The percentile plot shows where: HFC keeps the early layers near the held-out
-# median 50 (from the stem to block 8, HFC's medians are {glue:md}`hfc_shallow_median`, where
-# the same images sit at {glue:md}`clean_shallow_median_min` to
-# {glue:md}`clean_shallow_median_max` when clean and targeted PGD moves them up) and pushes the
-# deep ones towards the class centre: in block 13, block 16 and the penultimate layer
+# clean ones. The percentile plot shows where: HFC pushes no early layer outwards (from the stem
+# to block 8, HFC's medians are {glue:md}`hfc_shallow_median`, where the same images sit at
+# {glue:md}`clean_shallow_median_min` to {glue:md}`clean_shallow_median_max` when clean and
+# targeted PGD moves them up, to {glue:md}`pgd_shallow_median`) and pushes the deeper ones
+# towards the class centre: in block 13, block 16 and the penultimate layer
 # its median percentiles are {glue:md}`hfc_deep_median_min` to {glue:md}`hfc_deep_median_max`,
 # where the same images sit at {glue:md}`clean_deep_median_min` to
 # {glue:md}`clean_deep_median_max` when clean. The two-sided MGM and MAHA turn this into a signal:
@@ -844,9 +862,9 @@ if book.check_claims(profile):
 # {glue:md}`layer_two_sided_max` at {glue:md}`layer_two_sided_argmax` and falls to
 # {glue:md}`layer_two_sided_min` at {glue:md}`layer_two_sided_argmin`. An AUROC below chance there
 # would mean that the HFC images' percentiles lie *closer* to 50 than the clean images' do, which
-# in the shallow layers spread around medians below 50 (the percentile section above). A defender
-# would have to fix a layer *before* seeing the attack; we show the curve, not a detector tuned
-# on it.
+# in the shallow layers spread around medians mostly below 50 (the percentile section above). A
+# defender would have to fix a layer *before* seeing the attack; we show the curve, not a
+# detector tuned on it.
 #
 # **KD resists the most.** Of the detectors that caught PGD, KD keeps the highest AUROC against
 # PGD+HFC, {glue:md}`kd_hfc`; the next highest is {glue:md}`runner_up`. KD is nonparametric:
@@ -891,17 +909,17 @@ if book.check_claims(profile):
 # chance against it. One guide's feature is a single clean point, not a dense region, and the
 # earlier layers are not constrained at all.
 #
-# **Hiding inside, not at the centre, was not found.** On the selection set, KD blocks the
-# search: at every setting of the grid the worst AUROC, the one the rule minimises, is
-# {glue:md}`inside_worst_names`'s (the table's last column), not a two-sided detector's. The
-# smallest λ, {glue:md}`inside_small_lam`, leaves the two-sided detectors at
-# {glue:md}`inside_small_two_sided`; at the chosen λ = {glue:md}`lam_star` they reach
+# **Hiding inside, not at the centre.** Over the grid ({glue:md}`inside_grid_text`,
+# {glue:}`hfc_steps` steps, K = 2, all layers; "hides" means AUROC {glue:md}`hides_level` or
+# less), {glue:md}`inside_verdict`. The worst AUROC, the one the rule minimises (the table's last
+# column), belongs to {glue:md}`inside_worst_names`: the two-sided detectors and KD take turns in
+# blocking the search. The smallest λ, {glue:md}`inside_small_lam`, leaves the two-sided detectors
+# at {glue:md}`inside_small_two_sided`; at the chosen λ = {glue:md}`lam_star` they reach
 # {glue:md}`sel_two_sided`. The intervals at the two λ overlap for {glue:md}`two_sided_small_vs`:
-# on {glue:}`n_select_used` images, less pull is not shown to help against them. No setting of
-# the grid ({glue:md}`inside_grid_text`, {glue:}`hfc_steps` steps, K = 2, all layers) kept every
-# AUROC, one- and two-sided, at {glue:md}`hides_level` or less on the selection set (the best
-# setting's worst AUROC: {glue:md}`inside_best_worst`); on the attack set that setting gives
-# {glue:md}`inside_two_sided` and KD {glue:md}`inside_kd`. We did not search the number of
+# on {glue:}`n_select_used` images, less pull is not shown to help against them. The selection set
+# chose the setting; the attack set, which played no part in the choice, is the test: there
+# {glue:md}`inside_best` gives {glue:md}`inside_two_sided` and KD {glue:md}`inside_kd`. We did
+# not search the number of
 # components or layer subsets here (Exercise 5.4 starts on the latter), and a different term
 # (for example a penalty only on energies *below* a clean quantile) might succeed; this is a
 # question the papers leave open, and the measurement above is one data point on it, not a
@@ -924,9 +942,10 @@ if book.check_claims(profile):
 #   {glue:md}`clean_deep_median_min`–{glue:md}`clean_deep_median_max` for the same images when
 #   clean. In the penultimate layer an unseen clean image's HFC energy per channel is many times
 #   that of the other layers (median {glue:}`ec_penult`), so that layer dominates the attack's
-#   pull. The clean attacked images do not sit at the held-out median 50 in the shallow layers
+#   pull. The clean attacked images sit mostly below the held-out median 50 in the shallow layers
 #   (medians {glue:md}`clean_shallow_median_min`–{glue:md}`clean_shallow_median_max` from the stem
-#   to block 8), a property of this draw: Chapter 3 finds all clean test images near 50 there.
+#   to block 8, mean {glue:md}`clean_shallow_median_mean`), a property of this draw: Chapter 3
+#   finds all clean test images near 50 there.
 # - A two-sided detector turns over-hiding into a signal: {glue:md}`two_sided_hfc`. At 90% TNR
 #   its TPR is too uncertain to say how many HFC images it flags there:
 #   {glue:md}`two_sided_hfc_tpr`. KD, a nonparametric density, does not rank HFC images as more
@@ -935,9 +954,9 @@ if book.check_claims(profile):
 #   penultimate layer, is above chance for none of the detectors that caught PGD either. The
 #   difference between the two attacks is over-hiding: MAHA-LR ranks HFC's images at
 #   {glue:md}`hfc_maha_lr`, the MGM-aware attack's at {glue:md}`aware_maha_lr`.
-# - No setting of the small grid searched hid inside the clean distribution from the one- and
-#   two-sided detectors at once; KD had the worst AUROC at every setting (best worst AUROC on the
-#   selection set: {glue:md}`inside_best_worst`).
+# - Hiding inside the clean distribution from the one- and two-sided detectors at once: over the
+#   small grid searched, {glue:md}`inside_verdict`; on the attack set that setting gives
+#   {glue:md}`inside_two_sided` and KD {glue:md}`inside_kd`.
 # - An AUROC on the {glue:}`n_attack_used` attacked images has a 95% interval of about
 #   ±{glue:md}`ci_half`: differences between detectors or attacks smaller than that are not
 #   resolved by this run.

@@ -34,7 +34,7 @@ import dataclasses
 import random
 from typing import NamedTuple
 
-from . import numerics
+from . import allocator, numerics
 from .profiles import Profile, as_profile
 
 __all__ = ["EPS", "FGSM_PER_ATTACKED", "Experiment", "AttackSets", "ModelAndFeatures"]
@@ -145,6 +145,8 @@ class Experiment:
         * Python's, NumPy's and torch's global generators seeded with :attr:`seed` (for code in a
           notebook that draws from them; the package itself draws from its own generators);
         * torch's CPU thread count, ``profile.num_threads`` (when set);
+        * the memory allocator: freed memory kept in the process
+          (:func:`~medadv_tutorial.allocator.retain_freed_memory`; glibc only);
         * matplotlib's ``figure.dpi`` (``dpi``), where matplotlib is installed.
         """
         from .checks import check_int
@@ -161,6 +163,7 @@ class Experiment:
         if self.profile.num_threads is not None:
             torch.set_num_threads(self.profile.num_threads)
             changed.append(f"torch threads = {self.profile.num_threads}")
+        changed.append(allocator.retain_freed_memory())
         try:
             import matplotlib
 

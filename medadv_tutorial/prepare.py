@@ -27,6 +27,9 @@ def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
     from . import numerics
 
     numerics.pin()  # on purpose, in each worker before numpy loads (workers are spawned: nothing is inherited)
+    from .allocator import retain_freed_memory
+
+    retain_freed_memory()  # on purpose: training allocates and frees the same large blocks at every step
     from .profiles import get_profile
     from .training import get_model
 
@@ -40,8 +43,10 @@ def prepare(models=BOOK_MODELS, jobs: int = 2, profile: str | None = None) -> di
     from . import numerics
 
     numerics.pin()
-    print(f"prepare sets (on purpose), here and in each worker: {numerics.report()}; each model is trained "
-          "with its own seed and the profile's thread count", flush=True)
+    from .allocator import retain_freed_memory
+
+    print(f"prepare sets (on purpose), here and in each worker: {numerics.report()}; {retain_freed_memory()}; "
+          "each model is trained with its own seed and the profile's thread count", flush=True)
     out = {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_one, d, profile, s) for d, s in models]

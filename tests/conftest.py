@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from medadv_tutorial import numerics
+from medadv_tutorial import allocator, numerics
 
 numerics.pin()  # on purpose, first: the CPU numerics pin, before numpy loads (importing the package does not)
+allocator.retain_freed_memory()  # on purpose: freed memory stays in the process (medadv_tutorial/allocator.py)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -33,13 +34,13 @@ LONGEST_FIRST = (
     "book/02_attacks.ipynb",
     "tests/test_smoke_05.py",
     "book/04_detection.ipynb",
-    "tests/test_smoke_02.py",
     "book/03_features.ipynb",
+    "tests/test_full_path.py",
     "tests/test_smoke_04.py",
-    "tests/test_book_build.py",
-    "tests/test_smoke_03.py",
-    "tests/test_smoke_01.py",
     "book/01_training.ipynb",
+    "tests/test_smoke_01.py",
+    "tests/test_smoke_03.py",
+    "tests/test_book_build.py",
 )
 
 

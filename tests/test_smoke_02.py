@@ -1,7 +1,0 @@
-"""Chapter 02_attacks runs end to end under the ``smoke`` profile (see ``tests/smoke.py``)."""
-
-from smoke import run_under_smoke
-
-
-def test_runs_under_smoke(tmp_path):
-    run_under_smoke("02_attacks.ipynb", tmp_path)
