@@ -5,8 +5,9 @@ glibc's ``malloc`` serves a large request (a layer's activations: megabytes) fro
 training step allocates and frees the same large blocks at every step, so the kernel maps and
 zeroes those pages again and again: a fifth of a CI run's CPU time was system time (681 of
 3,389 s).  Measured on the book's EfficientNet-Lite0 (128 px, one thread,
-``benchmarks/bench_attack_step.py``), with freed memory kept an attack step in batches of 25
-took 13.8 instead of 18.0 ms per image, and a training step 20.9 instead of 25.2.
+``benchmarks/bench_attack_step.py``, channels-last weights), with freed memory kept an attack
+step in batches of 25 took 13.3 instead of 19.8 ms per image, in batches of 10 14.5 instead of
+15.3, and a training step (batch 32) 21.8 instead of 24.7.
 
 :func:`retain_freed_memory` raises glibc's mmap and trim thresholds to 1 GiB
 (``mallopt(M_MMAP_THRESHOLD)`` and ``mallopt(M_TRIM_THRESHOLD)``): blocks below that size come

@@ -28,10 +28,12 @@ CPU_BATCH_SIZE = 10
 """Images per forward pass or attack call on the CPU when none is given.
 
 Measured with the book's EfficientNet-Lite0 at 128 px, one thread, channels-last weights
-(``benchmarks/bench_attack_step.py``; AMD EPYC, AVX-512, pinned to AVX2): one attack step costs
-15.4 ms per image in batches of 10, 19.2 at 25 and 20.5 at 50; a forward pass of every tap
-6.6 ms per image at 10, 7.8 at 25 and 13.7 at 100.  Small batches keep each layer's activations
-in the core's cache.  A plain attack gives the same adversarial images in batches of 4 to 10
+(``benchmarks/bench_attack_step.py``; AMD EPYC, AVX-512, pinned to AVX2), with glibc's default
+allocator: one attack step costs 15.3 ms per image in batches of 10, 19.8 at 25 and 23.1 at 50;
+a forward pass of every tap 6.6 ms per image at 10, 7.8 at 25 and 13.7 at 100.  With freed
+memory kept in the process (:mod:`~medadv_tutorial.allocator`, what the experiment context sets)
+the attack step costs 14.5, 13.3 and 13.6 ms: most of the cost of large batches was the kernel
+mapping their memory afresh, and 10 is within 9% of the best there.  A plain attack gives the same adversarial images in batches of 4 to 10
 (the random start is one stream over the whole set); attacks with an extra loss need not (the
 HFC term's float32 matrix products round differently for a different number of rows)."""
 

@@ -247,8 +247,8 @@ def build_model(
     pretrained: load ImageNet weights (offline for EfficientNet-Lite0, downloaded for ResNet-50).
 
     The weights are stored channels-last (NHWC, ``torch.channels_last``), so every convolution
-    runs on oneDNN's NHWC kernels: on the CPU (one thread, 128 px) an attack step is 1.25-1.45x
-    and a training step 1.44x faster than with contiguous (NCHW) weights
+    runs on oneDNN's NHWC kernels: on the CPU (one thread, 128 px) an attack step is 1.2-1.4x
+    and a training step 1.6x faster than with contiguous (NCHW) weights
     (``benchmarks/bench_attack_step.py``).  Inputs need no conversion.  The format changes the
     order of floating-point sums, so its outputs differ from NCHW ones in the last bits (and,
     through training, more); ``state_dict`` values compare equal either way.
