@@ -530,3 +530,33 @@ def test_bu_detector_flags_inputs_near_the_decision_boundary():
     assert abs(auroc(det.score(1.5 + torch.randn(500, DIM, generator=g)), det.score(clean)) - 0.5) < 0.07
     with pytest.raises(ValueError, match=r"must have shape \(N, 16\)"):
         det.score(torch.zeros(3, 4))
+
+
+def test_bu_runs_the_backbone_once_and_gives_the_numbers_of_whole_passes():
+    """With only the head's dropout active, MC dropout may run the backbone once per batch: same masks from
+    the same generator, so the same variances as T whole forward passes (a wrapper hides the Classifier)."""
+    from medadv_tutorial.detectors import mc_dropout_variance
+    from medadv_tutorial.models import build_model
+    from medadv_tutorial.rng import seeded_global_rng
+
+    with seeded_global_rng(0):
+        model = build_model("efficientnet_lite0", 2, 1, 32, pretrained=False).eval()
+    x = torch.rand(7, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # a head whose logits vary by about 1 over the (tiny, untrained) features
+        pooled = model.forward_features(x, layers=["penultimate"], logits=False)[1]["penultimate"]
+        w = torch.randn(model.fc.weight.shape, generator=torch.Generator().manual_seed(2))
+        model.fc.weight.copy_(w / pooled.std() / pooled.shape[1] ** 0.5)
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x)
+
+    fast = mc_dropout_variance(model, x, 6, batch_size=3, seed=0)
+    slow = mc_dropout_variance(Hidden(model), x, 6, batch_size=3, seed=0)
+    assert float(fast.max()) > 1e-3, "the test needs dropout to change the softmax"
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    assert not torch.equal(fast, mc_dropout_variance(model, x, 6, batch_size=3, seed=1))  # the masks matter
