@@ -87,8 +87,8 @@ import torch
 import torch.nn.functional as F
 
 from . import cache as result_cache
-from .batching import (Forward, default_batch_size, is_pair, iter_batches, labels_of, model_device, n_images,
-                       resolve_forward)
+from .batching import (Forward, is_pair, iter_batches, labels_of, model_device, n_images,
+                       resolve_batch_size, resolve_forward)
 from .progress import progress as progress_bar
 from .checks import (check_device, check_eps, check_images, check_input_dtype, check_int, check_labels,
                      check_model, check_real, check_seed, describe, eval_mode)
@@ -809,7 +809,7 @@ def run_attack(
     measured on the images the model classifies correctly when clean.
     """
     device, run = _setup(attack, model, device, targets, data)
-    batch_size = default_batch_size(device) if batch_size is None else batch_size
+    batch_size = resolve_batch_size(batch_size, device)
     it, total = iter_batches(data, batch_size)
 
     def compute() -> dict:
@@ -884,7 +884,7 @@ def success_rate(
     eps = list(attacks)
     gens = {e: _make_generator(attack.seed, None, device) if attack.random_start else None for e in eps}
     ys, clean, tgts, adv = [], [], [], {e: [] for e in eps}
-    it, total = iter_batches(data, default_batch_size(device) if batch_size is None else batch_size)
+    it, total = iter_batches(data, resolve_batch_size(batch_size, device))
     start = 0
     with eval_mode(model):
         for xb, yb in progress_bar(it, total=total, enabled=progress, desc=f"{type(attack).__name__} x {len(eps)} eps"):

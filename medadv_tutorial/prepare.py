@@ -22,14 +22,19 @@ import time
 BOOK_MODELS = (("cifar10", 0), ("chest_xray", 0), ("chest_xray", 1), ("pneumoniamnist", 0), ("retinamnist", 0))
 
 
-def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
-    """Train or load one model in a worker process; returns its name and a short summary."""
+def _set_process_state() -> str:
+    """What prepare sets on purpose, in its own process and in each (spawned) worker, before numpy
+    loads: the CPU numerics pin and the retained allocator; returns the line saying so."""
     from . import numerics
-
-    numerics.pin()  # on purpose, in each worker before numpy loads (workers are spawned: nothing is inherited)
     from .allocator import retain_freed_memory
 
-    retain_freed_memory()  # on purpose: training allocates and frees the same large blocks at every step
+    numerics.pin()
+    return f"{numerics.report()}; {retain_freed_memory()}"
+
+
+def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
+    """Train or load one model in a worker process; returns its name and a short summary."""
+    _set_process_state()  # workers are spawned: nothing is inherited
     from .profiles import get_profile
     from .training import get_model
 
@@ -40,12 +45,7 @@ def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
 
 def prepare(models=BOOK_MODELS, jobs: int = 2, profile: str | None = None) -> dict[str, dict]:
     """Make sure a checkpoint exists for each ``(data set, seed)``; returns ``{name: summary}``."""
-    from . import numerics
-
-    numerics.pin()
-    from .allocator import retain_freed_memory
-
-    print(f"prepare sets (on purpose), here and in each worker: {numerics.report()}; {retain_freed_memory()}; "
+    print(f"prepare sets (on purpose), here and in each worker: {_set_process_state()}; "
           "each model is trained with its own seed and the profile's thread count", flush=True)
     out = {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
