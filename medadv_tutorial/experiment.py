@@ -81,6 +81,14 @@ def _check_dataset(dataset) -> str:
     return dataset
 
 
+def _check_backbone(backbone) -> str:
+    from .models import BACKBONES
+
+    if not isinstance(backbone, str) or backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    return backbone
+
+
 def _check_split(split) -> str:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -106,9 +114,7 @@ class Experiment:
 
         self.profile = as_profile(profile)
         self.seed = check_seed(seed, "seed")
-        if backbone is not None and not isinstance(backbone, str):
-            raise TypeError(f"backbone must be a backbone name such as 'efficientnet_lite0', got {backbone!r}")
-        self.backbone = backbone or self.profile.backbone
+        self.backbone = self.profile.backbone if backbone is None else _check_backbone(backbone)
         self._device = None if device is None else check_device(device)
         self._memo: dict = {}
         self.entered = False
@@ -187,23 +193,27 @@ class Experiment:
         dataset, split = _check_dataset(dataset), _check_split(split)
         return self._once(("data", dataset, split), lambda: data.load_dataset(dataset, split, profile=self.profile))
 
-    def model(self, dataset: str, *, seed: int | None = None, progress: bool = True):
-        """``(model, record)``: the classifier of ``dataset`` trained with ``seed`` (default :attr:`seed`),
-        loaded from the checkpoint cache or trained and cached (:func:`~medadv_tutorial.training.get_model`)."""
+    def model(self, dataset: str, *, seed: int | None = None, backbone: str | None = None, progress: bool = True):
+        """``(model, record)``: the classifier of ``dataset`` trained with ``seed`` (default :attr:`seed`) on
+        ``backbone`` (default :attr:`backbone`; another one makes, say, a black-box substitute of another
+        architecture), loaded from the checkpoint cache or trained and cached
+        (:func:`~medadv_tutorial.training.get_model`)."""
         from . import training
         from .checks import check_seed
 
         dataset = _check_dataset(dataset)
         seed = self.seed if seed is None else check_seed(seed, "seed")
-        return self._once(("model", dataset, seed), lambda: training.get_model(
-            dataset, profile=self.profile, seed=seed, backbone=self.backbone, device=self.device, progress=progress))
+        backbone = self.backbone if backbone is None else _check_backbone(backbone)
+        return self._once(("model", dataset, seed, backbone), lambda: training.get_model(
+            dataset, profile=self.profile, seed=seed, backbone=backbone, device=self.device, progress=progress))
 
-    def model_key(self, dataset: str, *, seed: int | None = None) -> str:
+    def model_key(self, dataset: str, *, seed: int | None = None, backbone: str | None = None) -> str:
         """The checkpoint key of :meth:`model` in the result store."""
         from . import training
 
         seed = self.seed if seed is None else seed
-        return training.checkpoint_key(_check_dataset(dataset), self.backbone, self.profile, seed)
+        backbone = self.backbone if backbone is None else _check_backbone(backbone)
+        return training.checkpoint_key(_check_dataset(dataset), backbone, self.profile, seed)
 
     def features(self, dataset: str, split: str):
         """The :class:`~medadv_tutorial.features.FeatureSet` of :meth:`model` on :meth:`data` ``(dataset, split)``,

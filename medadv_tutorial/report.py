@@ -70,15 +70,41 @@ def markdown_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int
     return "\n".join(lines)
 
 
-def show_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2) -> None:
-    """Display :func:`markdown_table` as Markdown in a notebook (falls back to print)."""
-    text = markdown_table(rows, headers, digits)
-    try:
-        from IPython.display import Markdown, display
+def text_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2) -> str:
+    """The same table as :func:`markdown_table`, as plain text for a terminal: columns padded to
+    their widest cell, intervals on one line (``0.93 [0.89, 0.96]``), a rule under the headers."""
+    cells = _plain_cells(rows, headers, digits)
+    widths = [max(len(r[j]) for r in cells) for j in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
-        display(Markdown(text))
-    except ImportError:  # pragma: no cover - outside IPython
-        print(text)
+
+def _plain_cells(rows, headers, digits) -> list[list[str]]:
+    markdown_table(rows, headers, digits)  # the same checks of rows and headers
+    return [[_fmt(h, digits).replace("\\|", "|") for h in headers]] + \
+        [[_fmt(v, digits).replace("\\|", "|") for v in r] for r in rows]
+
+
+def in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel (where Markdown is displayed), not in a terminal."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with Jupyter
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_table(rows: Sequence[Sequence], headers: Sequence[str], digits: int = 2) -> None:
+    """Display :func:`markdown_table` as Markdown in a notebook; in a terminal (a script,
+    ``python -m ...``) print :func:`text_table` instead."""
+    if not in_notebook():
+        print(text_table(rows, headers, digits))
+        return
+    from IPython.display import Markdown, display
+
+    display(Markdown(markdown_table(rows, headers, digits)))
 
 
 def interval_cell(interval, digits: int = 2) -> str:

@@ -243,3 +243,20 @@ def test_the_copy_check_catches_a_copy(tmp_path):
     lines = _code_lines(chapter)
     assert any("1 / 255" in line for line in lines)
     ast.parse("\n".join(lines))
+
+
+def test_model_of_another_backbone_is_its_own_object_and_key(monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "get_model", lambda ds, profile, seed, backbone, device, progress:
+                        calls.append((ds, seed, backbone)) or (f"MODEL-{backbone}-{seed}", {}))
+    ctx = Experiment("ci")
+    assert ctx.model("chest_xray")[0] == "MODEL-efficientnet_lite0-0"
+    assert ctx.model("chest_xray", backbone="efficientnet_lite2")[0] == "MODEL-efficientnet_lite2-0"
+    assert ctx.model("chest_xray", backbone="efficientnet_lite2")[0] == "MODEL-efficientnet_lite2-0"  # made once
+    assert calls == [("chest_xray", 0, "efficientnet_lite0"), ("chest_xray", 0, "efficientnet_lite2")]
+    assert ctx.model_key("chest_xray", backbone="efficientnet_lite2") != ctx.model_key("chest_xray")
+    assert "efficientnet_lite2" in ctx.model_key("chest_xray", backbone="efficientnet_lite2")
+    with pytest.raises(ValueError, match=r"backbone must be one of .*'vgg16'"):
+        ctx.model("chest_xray", backbone="vgg16")
+    with pytest.raises(ValueError, match=r"backbone must be one of .*'vgg16'"):
+        Experiment("ci", backbone="vgg16")

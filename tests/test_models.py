@@ -92,3 +92,18 @@ def test_bad_arguments():
         build_model("efficientnet_lite0", 2, 4, 64)
     with pytest.raises(ValueError, match="num_classes"):
         build_model("efficientnet_lite0", 1, 3, 64)
+
+
+def test_lite2_loads_its_own_offline_weights_with_more_blocks_than_lite0():
+    lite2 = build_model("efficientnet_lite2", 2, 1, 64, pretrained=True).eval()
+    random2 = build_model("efficientnet_lite2", 2, 1, 64, pretrained=False)
+    lite0 = build_model("efficientnet_lite0", 2, 1, 64, pretrained=True)
+    assert lite2.backbone_name == "efficientnet_lite2"
+    assert lite2.feature_names[0] == "stem" and lite2.feature_names[-1] == "penultimate"
+    assert len(lite2.feature_names) == 23  # stem, 21 MBConv blocks, penultimate
+    # another network than Lite0: the same stem shape with other weights, and a deeper body
+    w2, w0 = lite2.stages[0].conv.weight, lite0.stages[0].conv.weight
+    assert w2.shape == w0.shape and not torch.allclose(w2, w0)
+    assert w2.norm() > 2 * random2.stages[0].conv.weight.norm()  # ImageNet filters, not the random init
+    logits, feats = lite2.forward_features(torch.rand(2, 1, 64, 64))
+    assert logits.shape == (2, 2) and feats["penultimate"].shape == (2, 1280)

@@ -48,3 +48,18 @@ def test_table_unpacks_as_rows_and_headers():
 
     rows, headers = Table([[1.0]], ["a"])
     assert markdown_table(*Table([[1.0]], ["a"])) == markdown_table(rows, headers) == "| a |\n|---|\n| 1.00 |"
+
+
+def test_show_table_prints_text_outside_a_notebook(capsys):
+    from medadv_tutorial.metrics import Interval
+    from medadv_tutorial.report import show_table, text_table
+
+    rows = [["PGD", Interval(0.91, 0.85, 0.96)], ["a|b", 0.5]]
+    show_table(rows, ["attack", "AUROC"])
+    out = capsys.readouterr().out
+    assert "IPython" not in out and "Markdown object" not in out
+    assert out.splitlines() == ["attack  AUROC", "------  -----------------", "PGD     0.91 [0.85, 0.96]",
+                                "a|b     0.50"]
+    assert out.rstrip("\n") == text_table(rows, ["attack", "AUROC"])
+    with pytest.raises(ValueError, match="one value per header"):
+        text_table([[1, 2]], ["one"])
