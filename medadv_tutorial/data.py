@@ -518,3 +518,115 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
     else:
         x, y, source = _load_medmnist(name, split, n, seed)
     return ImageDataset(x, y, CLASSES[name], name, split, source, image_size=int(image_size))
+
+
+# ----------------------------------------------------------------------------- a user's own data
+
+NPZ_KEYS: tuple[str, ...] = ("train_images", "train_labels", "test_images", "test_labels")
+"""The arrays of a MedMNIST-layout ``.npz`` file that :func:`load_npz` reads (``val_*`` is ignored)."""
+
+
+def _npz_images(array: np.ndarray, key: str, path) -> torch.Tensor:
+    if array.dtype != np.uint8:
+        raise ValueError(f"{path}: {key} must hold uint8 grey levels 0..255 (the MedMNIST layout), got dtype "
+                         f"{array.dtype}; convert with (images * 255).round().astype(np.uint8) if they are in [0, 1]")
+    if array.ndim == 4 and array.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: {key} must be (N, H, W) grey or (N, H, W, 3) RGB images, got shape {array.shape} "
+                         f"(channels last, 1 or 3 of them)")
+    if array.ndim not in (3, 4) or array.shape[0] == 0 or min(array.shape[1:3]) < 1:
+        raise ValueError(f"{path}: {key} must be (N, H, W) grey or (N, H, W, 3) RGB images with N >= 1, got shape "
+                         f"{array.shape}")
+    return _to_nchw(array)
+
+
+def _npz_labels(array: np.ndarray, key: str, n: int, path) -> np.ndarray:
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]  # MedMNIST stores (N, 1)
+    if array.ndim != 1 or len(array) != n:
+        raise ValueError(f"{path}: {key} must hold one integer class label per image, shape ({n},) or ({n}, 1), got "
+                         f"shape {array.shape} (multi-label files are not supported: map them to one task first)")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{path}: {key} must be integer class labels, got dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
+def load_npz(path, *, positive=None, name: str | None = None) -> dict[str, ImageDataset]:
+    """A user's data set in the MedMNIST layout, as ``{"train": ImageDataset, "test": ImageDataset}``.
+
+    ``path`` is an ``.npz`` file with the arrays of :data:`NPZ_KEYS`: ``train_images`` /
+    ``test_images`` ``uint8`` ``(N, H, W)`` (grey) or ``(N, H, W, 3)`` (RGB), ``train_labels`` /
+    ``test_labels`` integer ``(N,)`` or ``(N, 1)``.  The images are held at their native size and
+    read at the profile's, like the book's data sets (the :class:`ImageDataset` of each split has
+    ``image_size=None``; :meth:`~medadv_tutorial.experiment.Experiment.data` sets it).
+
+    ``positive``: how the labels become the task.
+
+    * ``None`` (default): the labels as they are, each distinct value a class (named
+      ``"label <v>"``, in ascending order); two values make a binary task, more a multi-class one.
+    * a label or a list of labels: a binary task, label 1 (``"label in {...}"``) for the images
+      whose label is listed and 0 for the others.  RetinaMNIST's grade 0 against >= 1, the book's
+      fundus task, is ``positive=[1, 2, 3, 4]``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and the
+    array for a missing array, a wrong dtype or shape, labels that do not match the images, a
+    ``positive`` label that no image has, or a split with a single class.
+    """
+    from pathlib import Path as _Path
+
+    if not isinstance(path, (str, _Path)):
+        raise TypeError(f"path must be the path of an .npz file, got {_describe(path)}")
+    path = _Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist (expected a MedMNIST-layout .npz file with "
+                                f"{', '.join(NPZ_KEYS)})")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a readable .npz file ({err})") from err
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks the array(s) {', '.join(missing)}; a MedMNIST-layout file holds "
+                         f"{', '.join(NPZ_KEYS)} (it has {', '.join(sorted(arrays)) or 'none'})")
+    name = name if name is not None else path.stem
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    images = {s: _npz_images(arrays[f"{s}_images"], f"{s}_images", path) for s in ("train", "test")}
+    labels = {s: _npz_labels(arrays[f"{s}_labels"], f"{s}_labels", len(images[s]), path) for s in ("train", "test")}
+    if images["train"].shape[1:] != images["test"].shape[1:]:
+        raise ValueError(f"{path}: train_images and test_images must have the same image shape, got "
+                         f"{tuple(images['train'].shape[1:])} and {tuple(images['test'].shape[1:])} (C, H, W)")
+    values = np.union1d(labels["train"], labels["test"])
+    if positive is None:
+        classes = [f"label {v}" for v in values]
+        mapped = {s: np.searchsorted(values, labels[s]) for s in labels}
+    else:
+        pos = np.atleast_1d(np.asarray(positive))
+        if pos.ndim != 1 or not np.issubdtype(pos.dtype, np.integer) or len(pos) == 0:
+            raise ValueError(f"positive must be a label or a list of labels (integers), got {positive!r}")
+        absent = sorted(set(pos.tolist()) - set(values.tolist()))
+        if absent:
+            raise ValueError(f"positive names label(s) {absent} that no image of {path} has; its labels are "
+                             f"{values.tolist()}")
+        listed = ", ".join(str(v) for v in sorted(set(pos.tolist())))
+        classes = [f"label not in {{{listed}}}", f"label in {{{listed}}}"]
+        mapped = {s: np.isin(labels[s], pos).astype(np.int64) for s in labels}
+    out = {}
+    for s in ("train", "test"):
+        present = np.unique(mapped[s])
+        if len(present) < 2:
+            raise ValueError(f"{path}: the {s} split has a single class ({classes[int(present[0])]!r}); a detection "
+                             f"experiment needs at least two (check the labels, or the positive= mapping)")
+        out[s] = ImageDataset(images[s], torch.from_numpy(mapped[s]), classes, name, s, str(path), image_size=None)
+    return out
+
+
+def subset(ds: ImageDataset, n: int | None, *, seed: int = 0, image_size: int | None = None) -> ImageDataset:
+    """A seeded, class-stratified subset of ``ds`` (:func:`stratified_indices`; ``n=None``: all images),
+    read at ``image_size`` px (``None``: as ``ds`` reads them): what :func:`load_dataset` does for the
+    book's data sets, for a data set given as an :class:`ImageDataset`."""
+    if not isinstance(ds, ImageDataset):
+        raise TypeError(f"ds must be an ImageDataset, got {_describe(ds)}")
+    idx = torch.from_numpy(stratified_indices(ds.labels.numpy(), n, seed))
+    size = ds.image_size if image_size is None else image_size
+    return ImageDataset(ds.native[idx], ds.labels[idx], ds.classes, ds.name, ds.split, ds.source, image_size=size)

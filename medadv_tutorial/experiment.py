@@ -73,12 +73,23 @@ class AttackSets(NamedTuple):
     selection: tuple
 
 
-def _check_dataset(dataset) -> str:
-    from .data import DATASETS
+def _check_own_datasets(datasets) -> dict:
+    from .data import DATASETS, ImageDataset
 
-    if not isinstance(dataset, str) or dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
-    return dataset
+    if datasets is None:
+        return {}
+    if not isinstance(datasets, dict):
+        raise TypeError(f"datasets must be a dict {{name: {{'train': ImageDataset, 'test': ImageDataset}}}}, "
+                        f"got {type(datasets).__name__}")
+    for name, splits in datasets.items():
+        if not isinstance(name, str) or not name or name in DATASETS:
+            raise ValueError(f"datasets: each name must be a string other than the book's data sets {DATASETS}, "
+                             f"got {name!r}")
+        if not isinstance(splits, dict) or set(splits) != {"train", "test"} or \
+                not all(isinstance(d, ImageDataset) for d in splits.values()):
+            raise TypeError(f"datasets[{name!r}] must be {{'train': ImageDataset, 'test': ImageDataset}} "
+                            "(data.load_npz returns one)")
+    return dict(datasets)
 
 
 def _check_backbone(backbone) -> str:
@@ -106,16 +117,20 @@ class Experiment:
         the detector suite's draws, and (through :meth:`enter`) of the global generators.
     backbone: the models' backbone (default ``profile.backbone``).
     device: where models live and attacks run (default: CUDA if available, else CPU).
+    datasets: data sets of your own, ``{name: {"train": ImageDataset, "test": ImageDataset}}`` (from
+        :func:`~medadv_tutorial.data.load_npz`, say), used like the book's: subset and read at the
+        profile's sizes (:func:`~medadv_tutorial.data.subset`), a model trained and cached for each.
     """
 
     def __init__(self, profile: Profile | str | None = None, *, seed: int = 0, backbone: str | None = None,
-                 device=None):
+                 device=None, datasets=None):
         from .checks import check_device, check_seed
 
         self.profile = as_profile(profile)
         self.seed = check_seed(seed, "seed")
         self.backbone = self.profile.backbone if backbone is None else _check_backbone(backbone)
         self._device = None if device is None else check_device(device)
+        self.own_datasets = _check_own_datasets(datasets)
         self._memo: dict = {}
         self.entered = False
 
@@ -186,12 +201,35 @@ class Experiment:
             self._memo[key] = make()
         return self._memo[key]
 
+    def _check_dataset(self, dataset) -> str:
+        from .data import DATASETS
+
+        if not isinstance(dataset, str) or (dataset not in DATASETS and dataset not in self.own_datasets):
+            raise ValueError(f"dataset must be one of {sorted(DATASETS) + sorted(self.own_datasets)}, got {dataset!r}")
+        return dataset
+
+    def _own_data(self, dataset: str, split: str, seed: int = 0):
+        """The profile's subset of a data set given to the context (its ``n_train`` / ``n_test`` images, drawn
+        with ``seed`` like :func:`~medadv_tutorial.data.load_dataset`), read at the profile's size."""
+        from . import data
+
+        n = self.profile.n_train if split == "train" else self.profile.n_test
+        return data.subset(self.own_datasets[dataset][split], n, seed=seed, image_size=self.profile.image_size)
+
     def data(self, dataset: str, split: str):
         """The profile's ``split`` of ``dataset`` (:func:`~medadv_tutorial.data.load_dataset`), made once."""
         from . import data
 
-        dataset, split = _check_dataset(dataset), _check_split(split)
+        dataset, split = self._check_dataset(dataset), _check_split(split)
+        if dataset in self.own_datasets:
+            return self._once(("data", dataset, split), lambda: self._own_data(dataset, split))
         return self._once(("data", dataset, split), lambda: data.load_dataset(dataset, split, profile=self.profile))
+
+    def _training_data(self, dataset: str, seed: int):
+        """``get_model``'s ``data`` argument: ``None`` for the book's data sets (it loads them itself)."""
+        if dataset not in self.own_datasets:
+            return None
+        return {split: self._own_data(dataset, split, seed) for split in ("train", "test")}
 
     def model(self, dataset: str, *, seed: int | None = None, backbone: str | None = None, progress: bool = True):
         """``(model, record)``: the classifier of ``dataset`` trained with ``seed`` (default :attr:`seed`) on
@@ -201,11 +239,13 @@ class Experiment:
         from . import training
         from .checks import check_seed
 
-        dataset = _check_dataset(dataset)
+        dataset = self._check_dataset(dataset)
         seed = self.seed if seed is None else check_seed(seed, "seed")
         backbone = self.backbone if backbone is None else _check_backbone(backbone)
+        given = {} if dataset not in self.own_datasets else {"data": self._training_data(dataset, seed)}
         return self._once(("model", dataset, seed, backbone), lambda: training.get_model(
-            dataset, profile=self.profile, seed=seed, backbone=backbone, device=self.device, progress=progress))
+            dataset, profile=self.profile, seed=seed, backbone=backbone, device=self.device, progress=progress,
+            **given))
 
     def model_key(self, dataset: str, *, seed: int | None = None, backbone: str | None = None) -> str:
         """The checkpoint key of :meth:`model` in the result store."""
@@ -213,14 +253,15 @@ class Experiment:
 
         seed = self.seed if seed is None else seed
         backbone = self.backbone if backbone is None else _check_backbone(backbone)
-        return training.checkpoint_key(_check_dataset(dataset), backbone, self.profile, seed)
+        dataset = self._check_dataset(dataset)
+        return training.checkpoint_key(dataset, backbone, self.profile, seed, self._training_data(dataset, seed))
 
     def features(self, dataset: str, split: str):
         """The :class:`~medadv_tutorial.features.FeatureSet` of :meth:`model` on :meth:`data` ``(dataset, split)``,
         through the result store (keyed by the weights, the images and the feature code)."""
         from . import features as feats
 
-        dataset, split = _check_dataset(dataset), _check_split(split)
+        dataset, split = self._check_dataset(dataset), _check_split(split)
 
         def make():
             model, _ = self.model(dataset)
@@ -250,7 +291,7 @@ class Experiment:
                                                           self.profile.n_select, seed=self.seed)
             return AttackSets(att, sel)
 
-        return self._once(("attack_sets", _check_dataset(dataset)), make)
+        return self._once(("attack_sets", self._check_dataset(dataset)), make)
 
     def suite(self, dataset: str):
         """The detector line-up fitted on ``dataset``'s clean training features with :attr:`eps` and
@@ -262,7 +303,7 @@ class Experiment:
             return suite.DetectorSuite.fit(model, self.data(dataset, "train"), self.features(dataset, "train"),
                                            eps=self.eps, n_fgsm=self.n_fgsm, seed=self.seed, cache=True)
 
-        return self._once(("suite", _check_dataset(dataset)), make)
+        return self._once(("suite", self._check_dataset(dataset)), make)
 
 
 def environment_note() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -213,13 +214,18 @@ def fit(
 # ----------------------------------------------------------------------------- cache
 
 
-def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int) -> str:
+def checkpoint_key(dataset: str, backbone: str, profile: Profile, seed: int, data=None) -> str:
     """Key of a cached model in the result store (:mod:`~medadv_tutorial.cache`): readable parts, then the
-    store's hash of every setting that shapes the weights and of the training code's version."""
+    store's hash of every setting that shapes the weights and of the training code's version.
+
+    ``data``: the ``{"train", "test"}`` data sets of a data set that is not one of the book's (see
+    :func:`get_model`); their pixels and labels are hashed into the key."""
     from . import cache as result_cache
 
     profile, seed = as_profile(profile), check_seed(seed, "seed")
     parts = dict(dataset=dataset, backbone=backbone, seed=seed, settings=profile.training_settings(dataset))
+    if data is not None:
+        parts["data"] = {s: data[s] for s in ("train", "test")}
     digest = result_cache.store_key("checkpoints", parts, code="training")[:16]
     return f"{dataset}-{backbone}-{profile.name}-seed{seed}-{digest}"
 
@@ -291,6 +297,7 @@ def get_model(
     device: torch.device | str | None = None,
     retrain: bool = False,
     progress: bool = True,
+    data=None,
 ) -> tuple[Classifier, dict]:
     """A fine-tuned classifier for ``dataset``: loaded from the cache, or trained and cached.
 
@@ -302,6 +309,10 @@ def get_model(
     backbone: default ``profile.backbone``.
     device: where the model lives (default: CUDA if available, else CPU).
     retrain: ignore an existing checkpoint.
+    data: for a data set that is not one of the book's (a user's own, say from
+        :func:`~medadv_tutorial.data.load_npz`): ``{"train": ImageDataset, "test": ImageDataset}``,
+        used as given (already subset and read at the profile's size); ``dataset`` is then only its
+        name, and the checkpoint key hashes the images and labels.
 
     Returns
     -------
@@ -316,9 +327,11 @@ def get_model(
     backbone = backbone or profile.backbone
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device is None else check_device(device)
     seed = check_seed(seed, "seed")
-    path = result_cache.entry_path("checkpoints", checkpoint_key(dataset, backbone, profile, seed))
+    if data is not None:
+        _check_given_data(data)
+    path = result_cache.entry_path("checkpoints", checkpoint_key(dataset, backbone, profile, seed, data))
 
-    test = load_dataset(dataset, "test", profile=profile, seed=seed)
+    test = load_dataset(dataset, "test", profile=profile, seed=seed) if data is None else data["test"]
     in_channels, num_classes = test.channels, len(test.classes)
     # One process trains a given checkpoint; others (e.g. a second chapter run in parallel) wait.
     # A new model's layers draw their initial weights from torch's global generator (then replaced
@@ -332,15 +345,28 @@ def get_model(
             meta = _load_state(model, blob, path)
             meta["cached"] = True
             return model, meta
-        return model, _train_and_cache(model, path, dataset, backbone, profile, seed, test, progress)
+        train = None if data is None else data["train"]
+        return model, _train_and_cache(model, path, dataset, backbone, profile, seed, test, progress, train)
 
 
-def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progress) -> dict:
+def _check_given_data(data) -> None:
+    from .data import ImageDataset
+
+    if not isinstance(data, Mapping) or set(data) != {"train", "test"} or \
+            not all(isinstance(d, ImageDataset) for d in data.values()):
+        raise TypeError(f"data must be {{'train': ImageDataset, 'test': ImageDataset}} (a data set of your own), "
+                        f"got {describe(data)}")
+    if data["train"].classes != data["test"].classes or data["train"].channels != data["test"].channels:
+        raise ValueError("data['train'] and data['test'] must have the same classes and channels")
+
+
+def _train_and_cache(model, path, dataset, backbone, profile, seed, test, progress, train=None) -> dict:
     import time
 
     from .data import load_dataset
 
-    train = load_dataset(dataset, "train", profile=profile, seed=seed)
+    if train is None:
+        train = load_dataset(dataset, "train", profile=profile, seed=seed)
     # The head's initialisation and dropout / stochastic depth draw from torch's global generator
     # (they take no generator): seeded for training only, and the caller's state given back after.
     with seeded_global_rng(seed), scoped_threads(profile.num_threads):
