@@ -38,6 +38,7 @@ __all__ = [
     "Interval",
     "auroc",
     "auroc_interval",
+    "auroc_difference_interval",
     "f1_at_threshold",
     "f1_interval",
     "followup_auroc",
@@ -532,3 +533,43 @@ def auroc_interval(scores_clean, scores_adv, *, n_boot: int = 2000, level: float
         _weighted_auroc(c, a, _resample_counts(rng, len(c), b), _resample_counts(rng, len(a), b))
         for b in (min(per_chunk, n_boot - start) for start in range(0, n_boot, per_chunk))])
     return _percentile_interval(auroc(c, a), replicates, level, n_boot)
+
+
+def auroc_difference_interval(first, second, *, paired: bool, n_boot: int = 2000, level: float = 0.95,
+                              seed: int = 0) -> Interval:
+    """The difference of two AUROCs, ``auroc(*first) - auroc(*second)``, with its percentile bootstrap interval.
+
+    ``first`` and ``second`` are ``(scores_clean, scores_adv)`` pairs (as for :func:`auroc`).
+
+    * ``paired=True``: both were measured on the *same* images (two detectors, or two attacks on the
+      same clean images, image ``i`` of each list being the same image): each replicate draws one
+      resample of the clean images and one of the adversarial images and applies it to both AUROCs,
+      so what the two share cancels and the interval is that of the difference on these images.
+      The two pairs must then have equal lengths.
+    * ``paired=False``: independent samples (two data sets, say): each of the four score lists is
+      resampled on its own, as :func:`auroc_interval` does for one AUROC.
+
+    An interval that excludes 0 says the two differ beyond sampling error; two separate intervals
+    that overlap do not say the opposite.
+    """
+    if not isinstance(paired, bool):
+        raise TypeError(f"paired must be True (the same images) or False (independent samples), got {paired!r}")
+    pairs = []
+    for name, pair in (("first", first), ("second", second)):
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise TypeError(f"{name} must be a (scores_clean, scores_adv) pair, got {type(pair).__name__}")
+        pairs.append(_finite_for_ranking(_as_1d(pair[0], f"{name}[0] (clean scores)"),
+                                         _as_1d(pair[1], f"{name}[1] (adversarial scores)")))
+    (c1, a1), (c2, a2) = pairs
+    if paired and (len(c1), len(a1)) != (len(c2), len(a2)):
+        raise ValueError(f"paired=True needs the same images in both: first has {len(c1)} clean and {len(a1)} "
+                         f"adversarial scores, second {len(c2)} and {len(a2)}")
+    n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, _BOOT_CHUNK // (len(c1) + len(a1) + len(c2) + len(a2)))
+    replicates = []
+    for b in (min(per_chunk, n_boot - start) for start in range(0, n_boot, per_chunk)):
+        w_c1, w_a1 = _resample_counts(rng, len(c1), b), _resample_counts(rng, len(a1), b)
+        w_c2, w_a2 = (w_c1, w_a1) if paired else (_resample_counts(rng, len(c2), b), _resample_counts(rng, len(a2), b))
+        replicates.append(_weighted_auroc(c1, a1, w_c1, w_a1) - _weighted_auroc(c2, a2, w_c2, w_a2))
+    return _percentile_interval(auroc(c1, a1) - auroc(c2, a2), np.concatenate(replicates), level, n_boot)

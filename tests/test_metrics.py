@@ -357,3 +357,37 @@ def test_markdown_table_stacks_intervals_of_wide_rows():
 def test_new_interval_bad_inputs_name_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_auroc_difference_interval_paired_and_independent():
+    rng = np.random.default_rng(3)
+    c, a = rng.normal(size=50), rng.normal(1.0, 1, size=50)
+    # a second detector on the same images: the first's scores plus a little noise
+    c2, a2 = c + rng.normal(0, 0.3, size=50), a + rng.normal(0, 0.3, size=50)
+    paired = metrics.auroc_difference_interval((c, a), (c2, a2), paired=True)
+    unpaired = metrics.auroc_difference_interval((c, a), (c2, a2), paired=False)
+    assert paired.estimate == unpaired.estimate == pytest.approx(metrics.auroc(c, a) - metrics.auroc(c2, a2))
+    assert paired.low <= paired.estimate <= paired.high
+    # what the two share cancels: the paired interval is much narrower than the independent one
+    assert paired.half_width < 0.5 * unpaired.half_width, (paired, unpaired)
+    # a detector against itself: paired, exactly zero; independent samples, an interval around zero
+    assert tuple(metrics.auroc_difference_interval((c, a), (c, a), paired=True)) == (0.0, 0.0, 0.0)
+    same = metrics.auroc_difference_interval((c, a), (c, a), paired=False)
+    assert same.low < -0.05 and same.high > 0.05
+    # independent samples: the spread of the difference is that of two independent AUROCs
+    one = metrics.auroc_interval(c, a, n_boot=4000)
+    assert same.half_width == pytest.approx(np.sqrt(2) * one.half_width, rel=0.2)
+    # order matters: first minus second
+    flipped = metrics.auroc_difference_interval((c2, a2), (c, a), paired=True)
+    assert tuple(flipped) == pytest.approx((-paired.estimate, -paired.high, -paired.low), abs=1e-12)
+
+
+def test_auroc_difference_interval_refuses_bad_input():
+    with pytest.raises(ValueError, match="paired=True needs the same images"):
+        metrics.auroc_difference_interval(([0.1, 0.2], [0.3]), ([0.1], [0.3]), paired=True)
+    with pytest.raises(TypeError, match="paired must be True"):
+        metrics.auroc_difference_interval(([0.1], [0.3]), ([0.1], [0.3]), paired="yes")
+    with pytest.raises(TypeError, match=r"second must be a \(scores_clean, scores_adv\) pair"):
+        metrics.auroc_difference_interval(([0.1], [0.3]), [0.1, 0.2, 0.3], paired=False)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.auroc_difference_interval(([0.1], [float("nan")]), ([0.1], [0.3]), paired=False)
