@@ -42,7 +42,9 @@
 # are large ImageNet models fine-tuned on a few thousand images. Ma et al. found that this
 # combination makes medical models *more* vulnerable than natural-image models, and their
 # adversarial examples *easier to detect* {cite:p}`ma2021understanding`; Chapter 2 puts the
-# first claim to the test and Chapters 3–4 the second.
+# first claim to the test, and Chapter 4 the second: the same detectors against the same attacks
+# on chest X-rays, fundus images and CIFAR-10, with intervals of the differences
+# ({ref}`sec-three-datasets`).
 #
 # This chapter uses the package `medadv_tutorial`; the code cells are short because the
 # logic lives there (and is tested there).

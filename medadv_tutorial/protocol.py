@@ -48,7 +48,8 @@ from .report import Table
 
 __all__ = ["SUCCESS_BAR", "AttackEvaluation", "evaluate_attack", "score_clean", "evaluate_attacks", "sweep_weight",
            "Selection", "select_weight", "catching", "success_table", "sweep_table", "DetectionTable",
-           "detection_table", "timing_table", "LiZhuTable", "li_zhu_table", "BlackBoxTable", "black_box_table"]
+           "detection_table", "timing_table", "LiZhuTable", "li_zhu_table", "BlackBoxTable", "black_box_table",
+           "evaluate_transfer", "SetComparison", "compare_sets", "success_by_set_table"]
 
 SUCCESS_BAR = 0.95
 """The success an attack must reach on the selection set for its weight to qualify."""
@@ -632,3 +633,117 @@ def black_box_table(suite, names: Sequence[str], fs_clean: features.FeatureSet,
     headers = ["attack (black-box)", "success on deployed model"] + [f"{n} {k}" for n in names for k in ("F1", "AUROC")]
     return BlackBoxTable(OrderedDict((a, ev.success) for a, ev in evs.items()), _estimates(f1), _estimates(auroc),
                          Table(rows, headers), success, f1, auroc)
+
+
+# ------------------------------------------------------------------------------ across substitutes and data sets
+
+
+def evaluate_transfer(attack_zoo: Mapping[str, Any], substitutes: Mapping[str, Any], model, x: torch.Tensor,
+                      y: torch.Tensor, suite, clean_scores: Mapping[str, torch.Tensor], *,
+                      clean_features: features.FeatureSet | None = None,
+                      progress: bool = False) -> "OrderedDict[str, AttackEvaluation]":
+    """Black-box runs: every attack of ``attack_zoo`` crafted on each model of ``substitutes``
+    (``{name: substitute}``) and evaluated on the deployed ``model`` (:func:`evaluate_attacks` with
+    ``source_model``); keys ``"<attack>, <substitute name>"``, substitutes in the outer loop."""
+    _check_mapping(substitutes, "substitutes", "{name: substitute model}")
+    out = OrderedDict()
+    for sub_name, sub in substitutes.items():
+        runs = evaluate_attacks(attack_zoo, model, x, y, suite, clean_scores, clean_features=clean_features,
+                                source_model=sub, progress=progress)
+        out.update((f"{a}, {sub_name}", ev) for a, ev in runs.items())
+    return out
+
+
+@dataclasses.dataclass
+class SetComparison:
+    """One attack's AUROCs on several image sets (data sets), and their differences from a reference set
+    (see :func:`compare_sets`).
+
+    ``auroc_ci[set][detector]``: AUROC with its 95% bootstrap interval; ``difference_ci[set][detector]``:
+    ``AUROC(set) - AUROC(reference)`` with the 95% interval of the difference, for every set but the
+    reference; ``paired``: whether the difference was resampled as paired (the same images).
+    """
+
+    attack: str
+    reference: str
+    detectors: list
+    auroc_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
+    difference_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
+    paired: bool
+
+    def better(self, name: str, *, above_chance: bool = False) -> list[str]:
+        """Detectors whose difference interval for set ``name`` lies wholly above 0 (a higher AUROC than on the
+        reference).  ``above_chance``: keep only those whose AUROC interval on ``name`` also lies wholly above
+        0.5 -- a detector that *catches* the attack better there; two AUROCs below chance can differ too, when
+        the score moves less in the wrong direction on one set."""
+        return [d for d, iv in self._diff(name).items()
+                if iv.low > 0 and (not above_chance or self.auroc_ci[name][d].low > 0.5)]
+
+    def worse(self, name: str, *, above_chance: bool = False) -> list[str]:
+        """Detectors whose difference interval for set ``name`` lies wholly below 0; ``above_chance``: only
+        those whose AUROC interval on the *reference* lies wholly above 0.5 (they catch the attack better there)."""
+        return [d for d, iv in self._diff(name).items()
+                if iv.high < 0 and (not above_chance or self.auroc_ci[self.reference][d].low > 0.5)]
+
+    def _diff(self, name):
+        if name not in self.difference_ci:
+            raise KeyError(f"unknown set {name!r}; the comparison has {list(self.difference_ci)} against "
+                           f"{self.reference!r}")
+        return self.difference_ci[name]
+
+    def table(self) -> Table:
+        """One row per detector: the AUROC on each set, then each difference from the reference (intervals)."""
+        rows = [[d] + [self.auroc_ci[s][d] for s in self.auroc_ci] + [self.difference_ci[s][d]
+                                                                       for s in self.difference_ci]
+                for d in self.detectors]
+        return Table(rows, [f"detector ({self.attack})"] + [f"AUROC {s}" for s in self.auroc_ci]
+                     + [f"{s} − {self.reference}" for s in self.difference_ci])
+
+
+def compare_sets(evaluations_by_set: Mapping[str, Mapping[str, AttackEvaluation]], attack: str, reference: str, *,
+                 detectors: Sequence[str] | None = None, paired: bool = False, seed: int = 0) -> SetComparison:
+    """Compare one attack's AUROCs across image sets, each against ``reference``.
+
+    ``evaluations_by_set``: ``{set name: {attack: AttackEvaluation}}`` (one :func:`evaluate_attacks`
+    per data set, say); ``attack``: the attack compared; ``reference``: the set every other is compared
+    with.  Each difference ``AUROC(set) - AUROC(reference)`` gets the interval of
+    :func:`~medadv_tutorial.metrics.auroc_difference_interval`: independent resampling of each set
+    (``paired=False``, different data sets), or paired (the same images in every set).
+    ``detectors``: default, those the reference's evaluation scored, in its order.
+    """
+    _check_mapping(evaluations_by_set, "evaluations_by_set", "{set name: {attack: AttackEvaluation}}")
+    if reference not in evaluations_by_set or len(evaluations_by_set) < 2:
+        raise ValueError(f"reference must be one of the sets {list(evaluations_by_set)}, and there must be another "
+                         f"to compare with it; got reference={reference!r}")
+    runs = OrderedDict()
+    for name, evs in evaluations_by_set.items():
+        _check_sweep(evs, f"evaluations_by_set[{name!r}]", keys="attack")
+        if attack not in evs:
+            raise KeyError(f"attack {attack!r} is not among the evaluations of {name!r}: {list(evs)}")
+        runs[name] = evs[attack]
+    detectors = list(runs[reference].auroc) if detectors is None else list(detectors)
+    detectors = list(_check_detectors(detectors, list(runs.values())))
+    ref = runs[reference]
+    auroc = OrderedDict((s, OrderedDict((d, ev.auroc_ci[d]) for d in detectors)) for s, ev in runs.items())
+    diff = OrderedDict(
+        (s, OrderedDict((d, metrics.auroc_difference_interval((ev.clean_scores[d], ev.scores[d]),
+                                                              (ref.clean_scores[d], ref.scores[d]),
+                                                              paired=paired, seed=seed)) for d in detectors))
+        for s, ev in runs.items() if s != reference)
+    return SetComparison(attack, reference, detectors, auroc, diff, paired)
+
+
+def success_by_set_table(evaluations_by_set: Mapping[str, Mapping[str, AttackEvaluation]], *,
+                         accuracy: Mapping[str, float] | None = None) -> Table:
+    """One row per set: its model's test accuracy (when given), the images attacked and each attack's
+    success with its 95% interval; the attacks are the first set's, in its order."""
+    _check_mapping(evaluations_by_set, "evaluations_by_set", "{set name: {attack: AttackEvaluation}}")
+    attacks_ = list(next(iter(evaluations_by_set.values())))
+    rows = []
+    for name, evs in evaluations_by_set.items():
+        evs = _pick(evs, attacks_, f"evaluations_by_set[{name!r}]")
+        n = len(next(iter(evs.values()))._needs("outcomes", "success"))
+        rows.append([name] + ([accuracy[name]] if accuracy is not None else []) + [n]
+                    + [ev.success_ci for ev in evs.values()])
+    return Table(rows, ["data set"] + (["test accuracy"] if accuracy is not None else []) + ["images attacked"]
+                 + [f"{a} success" for a in attacks_])

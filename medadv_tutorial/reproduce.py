@@ -13,7 +13,8 @@ For each data set, under the book's protocol (:data:`BOOK`, Chapters 4 and 5):
 2. two disjoint draws of correctly classified test images: the *attack* set, on which every number
    of the table is measured, and the *selection* set, on which the adaptive attacks' weights are
    chosen (:meth:`Experiment.attack_sets <medadv_tutorial.experiment.Experiment.attack_sets>`);
-3. the plain attacks (FGSM, BIM, PGD, MIM at ε, untargeted) on the attack set;
+3. the plain attacks (FGSM, BIM, PGD, MIM at ε, untargeted) on the attack set, and targeted PGD
+   with the adaptive attacks' schedule (the baseline they are compared with);
 4. for each adaptive attack (PGD+HFC and its two competitors), a sweep of its weight on the
    selection set and the rule fixed before it ran (:func:`~medadv_tutorial.protocol.select_weight`:
    success >= 95%, then the lowest worst AUROC over the detectors that catch targeted PGD there),
@@ -39,6 +40,7 @@ import csv
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -47,14 +49,16 @@ import torch
 
 from .checks import describe
 
-__all__ = ["PLAIN_ATTACKS", "ADAPTIVE_ATTACKS", "ATTACKS", "DATASET_ALIASES", "BookProtocol", "BOOK", "DatasetResult",
+__all__ = ["PLAIN_ATTACKS", "TARGETED", "ADAPTIVE_ATTACKS", "ATTACKS", "DATASET_ALIASES", "BookProtocol", "BOOK", "DatasetResult",
            "run_dataset", "run_grid", "grid_table", "write_outputs", "main"]
 
 PLAIN_ATTACKS = ("FGSM", "BIM", "PGD", "MIM")
 """Untargeted attacks at the budget ε, Chapter 4's line-up."""
+TARGETED = "PGD (targeted)"
+"""Targeted PGD with the adaptive attacks' schedule and no constraint: what they are compared with."""
 ADAPTIVE_ATTACKS = ("PGD+HFC", "PGD+MGM-aware", "PGD+feature-match")
 """Targeted attacks that also keep the features clean-looking, each with a weight chosen on the selection set."""
-ATTACKS = PLAIN_ATTACKS + ADAPTIVE_ATTACKS
+ATTACKS = PLAIN_ATTACKS + (TARGETED,) + ADAPTIVE_ATTACKS
 
 DATASET_ALIASES = {"chest_xray": "chest_xray", "fundus": "retinamnist", "retinamnist": "retinamnist",
                    "cifar10": "cifar10", "pneumoniamnist": "pneumoniamnist"}
@@ -112,7 +116,10 @@ class DatasetResult:
     the selection set (those the rule read); ``detectors``: the table's detectors, in order;
     ``model_key``: the checkpoint's key; ``seconds``: the wall time of this data set;
     ``suite``: the fitted detector suite; ``clean_features``: the model's features of the clean
-    attack set (with ``suite``, what :func:`~medadv_tutorial.protocol.li_zhu_table` reads).
+    attack set (with ``suite``, what :func:`~medadv_tutorial.protocol.li_zhu_table` reads);
+    ``baseline``: targeted PGD with the adaptive attacks' schedule on the selection set (the run
+    that decides which detectors the rule reads; ``None`` without adaptive attacks);
+    ``sweeps``: ``{adaptive attack: {weight: AttackEvaluation}}`` on the selection set.
     """
 
     dataset: str
@@ -128,6 +135,8 @@ class DatasetResult:
     seconds: float
     suite: object = dataclasses.field(default=None, repr=False)
     clean_features: object = dataclasses.field(default=None, repr=False)
+    baseline: object = dataclasses.field(default=None, repr=False)
+    sweeps: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 def targets_for(fs_clean, y: torch.Tensor) -> torch.Tensor:
@@ -185,10 +194,14 @@ def run_dataset(ctx, dataset: str, attacks=ATTACKS, *, protocol=BOOK, progress: 
     zoo = {"FGSM": atk.FGSM(eps), "BIM": atk.BIM(eps, steps=steps), "PGD": atk.PGD(eps, steps=steps, seed=0),
            "MIM": atk.MIM(eps, steps=steps)}
     evaluations = proto.evaluate_attacks({a: zoo[a] for a in attacks if a in zoo}, **on_att, progress=progress)
-    selections, catching = {}, []
+    selections, catching, sweeps, base = {}, [], {}, None
     adaptive_asked = [a for a in attacks if a in ADAPTIVE_ATTACKS]
+    a_steps, alpha = protocol.adaptive_step_factor * steps, eps / 4
+    targeted = atk.PGD(eps, steps=a_steps, alpha=alpha, seed=0, targeted=True)
+    t_att = targets_for(fs_att, y) if adaptive_asked or TARGETED in attacks else None
+    if TARGETED in attacks:
+        evaluations[TARGETED] = proto.evaluate_attack(TARGETED, targeted, **on_att, targets=t_att)
     if adaptive_asked:
-        a_steps, alpha = protocol.adaptive_step_factor * steps, eps / 4
         fs_train = ctx.features(dataset, "train")
         fs_sel, clean_sel = proto.score_clean(model, x_sel, y_sel, dets)
         on_sel = dict(model=model, x=x_sel, y=y_sel, suite=dets, clean_scores=clean_sel, clean_features=fs_sel,
@@ -202,20 +215,18 @@ def run_dataset(ctx, dataset: str, attacks=ATTACKS, *, protocol=BOOK, progress: 
             "PGD+feature-match": lambda lam: adaptive.PGD_FeatureMatch(fs_train, eps, lam=lam, steps=a_steps,
                                                                        alpha=alpha, seed=0),
         }
-        targeted = atk.PGD(eps, steps=a_steps, alpha=alpha, seed=0, targeted=True)
-        base = proto.evaluate_attack("PGD (targeted)", targeted, **on_sel)
+        base = proto.evaluate_attack(TARGETED, targeted, **on_sel)
         catching = proto.catching(base, DETECTOR_NAMES, protocol.catches) or list(DETECTOR_NAMES)
-        t_att = targets_for(fs_att, y)
         for name in adaptive_asked:
             sweep = proto.sweep_weight(makers[name], list(protocol.weights_of(name)), **on_sel, name=name,
                                        desc=f"{dataset}: {name} weights", progress=progress)
             choice = proto.select_weight(sweep, catching, bar=protocol.bar)
-            selections[name] = choice
+            selections[name], sweeps[name] = choice, sweep
             evaluations[name] = proto.evaluate_attack(name, makers[name](choice.weight), **on_att, targets=t_att)
     task = TASKS.get(dataset, dataset)
     return DatasetResult(dataset, task, float(record["test"]["accuracy"]), len(y), len(y_sel), evaluations,
                          selections, catching, list(DETECTOR_NAMES) + ["MGM two-sided", "MAHA two-sided"],
-                         ctx.model_key(dataset), time.perf_counter() - t0, dets, fs_att)
+                         ctx.model_key(dataset), time.perf_counter() - t0, dets, fs_att, base, sweeps)
 
 
 def run_grid(ctx, datasets, attacks=ATTACKS, *, protocol=BOOK, progress: bool = True) -> "OrderedDict[str, DatasetResult]":
@@ -227,7 +238,7 @@ def run_grid(ctx, datasets, attacks=ATTACKS, *, protocol=BOOK, progress: bool = 
     for name in datasets:
         dataset = DATASET_ALIASES.get(name, name)
         if progress:
-            print(f"== {name}", flush=True)
+            print(f"== {name}", file=sys.stderr, flush=True)
         out[dataset] = run_dataset(ctx, dataset, attacks, protocol=protocol, progress=progress)
     return out
 
@@ -273,13 +284,12 @@ def _csv_rows(results, detectors):
 
 def summary_figure(results, detectors):
     """One heat map per data set: AUROC of each detector (columns) against each attack (rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
+    from .plots import MIN_FONT
+
     n = len(results)
-    fig = Figure(figsize=(1.0 + 0.55 * len(detectors), 0.9 + 2.6 * n), layout="constrained")
+    fig = Figure(figsize=(min(10.0, 2.2 + 0.62 * len(detectors)), 1.2 + 2.9 * n), layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     for ax, r in zip(axes, results.values()):
         names = list(r.evaluations)
@@ -287,12 +297,12 @@ def summary_figure(results, detectors):
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=MIN_FONT,
                         color="white" if abs(v - 0.5) > 0.35 else "black")
         ax.set_yticks(range(len(names)), [f"{a} (λ={r.selections[a].weight:g})" if a in r.selections else a
-                                          for a in names], fontsize=8)
-        ax.set_xticks(range(len(detectors)), detectors, rotation=60, ha="right", fontsize=8)
-        ax.set_title(f"{r.task}: AUROC, {r.n_attack} attacked images (0.5 = chance)", fontsize=9)
+                                          for a in names], fontsize=MIN_FONT)
+        ax.set_xticks(range(len(detectors)), detectors, rotation=60, ha="right", fontsize=MIN_FONT)
+        ax.set_title(f"{r.task}: AUROC, {r.n_attack} attacked images (0.5 = chance)", fontsize=MIN_FONT + 1)
     fig.colorbar(im, ax=list(axes), shrink=0.6, label="AUROC")
     return fig
 

@@ -423,3 +423,66 @@ def test_clean_features_must_be_those_of_the_images(toy):
     with pytest.raises(ValueError, match="same 4 images"):
         protocol.evaluate_attack("PGD", PGD(0.1, steps=2), model, x[:4], y[:4], suite,
                                  {k: v[:4] for k, v in clean.items()}, clean_features=fs)
+
+
+# ----------------------------------------------------------------------- across substitutes and data sets
+
+
+def test_evaluate_transfer_names_runs_by_attack_and_substitute_and_matches_single_runs(toy):
+    model, suite, x, y, clean = toy
+    zoo = {"weak": PGD(0.02, steps=5, seed=0), "strong": PGD(0.25, steps=5, seed=0)}
+    subs = {"low": Brightness(cut=0.42).eval(), "same": Brightness().eval()}
+    runs = protocol.evaluate_transfer(zoo, subs, model, x, y, suite, clean)
+    assert list(runs) == ["weak, low", "strong, low", "weak, same", "strong, same"]
+    one = protocol.evaluate_attack("strong", zoo["strong"], model, x, y, suite, clean, source_model=subs["low"])
+    assert torch.equal(runs["strong, low"].x_adv, one.x_adv) and runs["strong, low"].success == one.success
+    # the substitute equal to the deployed model is a white-box attack
+    white = protocol.evaluate_attack("strong", zoo["strong"], model, x, y, suite, clean)
+    assert torch.equal(runs["strong, same"].x_adv, white.x_adv)
+    with pytest.raises(ValueError, match="substitutes must be a non-empty mapping"):
+        protocol.evaluate_transfer(zoo, {}, model, x, y, suite, clean)
+
+
+def test_compare_sets_differences_and_verdicts():
+    sets = {"A": {"PGD": ev(1.0, MGM=0.99, KD=0.60, BU=0.50)},
+            "B": {"PGD": ev(1.0, MGM=0.70, KD=0.60, BU=0.90)},
+            "ref": {"PGD": ev(1.0, MGM=0.70, KD=0.58, BU=0.50)}}
+    cmp = protocol.compare_sets(sets, "PGD", "ref")
+    assert cmp.detectors == ["MGM", "KD", "BU"] and list(cmp.difference_ci) == ["A", "B"] and not cmp.paired
+    for s in ("A", "B"):
+        for d in cmp.detectors:
+            iv = cmp.difference_ci[s][d]
+            assert iv.estimate == pytest.approx(sets[s]["PGD"].auroc[d] - sets["ref"]["PGD"].auroc[d], abs=1e-12)
+            assert iv.low <= iv.estimate <= iv.high
+    assert cmp.better("A") == ["MGM"] and cmp.worse("A") == []  # 0.99 vs 0.70 on 100 images each: apart
+    assert cmp.better("B") == ["BU"] and "KD" not in cmp.better("B") + cmp.worse("B")  # 0.60 vs 0.58: noise
+    # two AUROCs below chance differ too: better, but not catching the attack
+    low = protocol.compare_sets({"A": {"PGD": ev(1.0, BU=0.30, MGM=0.95)}, "ref": {"PGD": ev(1.0, BU=0.05, MGM=0.60)}},
+                                "PGD", "ref")
+    assert low.better("A") == ["BU", "MGM"] and low.better("A", above_chance=True) == ["MGM"]
+    high = protocol.compare_sets({"A": {"PGD": ev(1.0, BU=0.05, MGM=0.60)}, "ref": {"PGD": ev(1.0, BU=0.30, MGM=0.95)}},
+                                 "PGD", "ref")
+    assert high.worse("A") == ["BU", "MGM"] and high.worse("A", above_chance=True) == ["MGM"]
+    rows, headers = cmp.table()
+    assert headers == ["detector (PGD)", "AUROC A", "AUROC B", "AUROC ref", "A − ref", "B − ref"]
+    assert points(rows)[0][:4] == ["MGM", 0.99, 0.70, 0.70]
+    assert protocol.compare_sets(sets, "PGD", "ref", detectors=["BU"]).detectors == ["BU"]
+    with pytest.raises(KeyError, match="unknown set 'ref'"):
+        cmp.better("ref")
+    with pytest.raises(ValueError, match="reference must be one of the sets"):
+        protocol.compare_sets(sets, "PGD", "C")
+    with pytest.raises(KeyError, match="attack 'FGSM' is not among the evaluations of 'A'"):
+        protocol.compare_sets(sets, "FGSM", "ref")
+    with pytest.raises(KeyError, match=r"unknown detector\(s\) \['LID'\]"):
+        protocol.compare_sets(sets, "PGD", "ref", detectors=["LID"])
+
+
+def test_success_by_set_table():
+    sets = {"A": {"FGSM": ev(0.5, MGM=0.9), "PGD": ev(1.0, MGM=0.9)}, "B": {"PGD": ev(0.25, MGM=0.9),
+                                                                            "FGSM": ev(0.75, MGM=0.9)}}
+    rows, headers = protocol.success_by_set_table(sets, accuracy={"A": 0.8, "B": 0.7})
+    assert headers == ["data set", "test accuracy", "images attacked", "FGSM success", "PGD success"]
+    assert points(rows) == [["A", 0.8, 100, 0.5, 1.0], ["B", 0.7, 100, 0.75, 0.25]]  # the first set's attack order
+    assert protocol.success_by_set_table(sets).headers[1] == "images attacked"
+    with pytest.raises(KeyError, match=r"attacks \['FGSM'\] are not in evaluations_by_set\['C'\]"):
+        protocol.success_by_set_table({**sets, "C": {"PGD": ev(1.0, MGM=0.9)}})
