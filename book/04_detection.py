@@ -473,8 +473,8 @@ runs_by_task = {"chest X-ray": evals, **{r.task: r.evaluations for r in grid.val
 book.glue("fundus_upsample", f"{profile.image_size / 28:.1f}")
 
 # %% tags=["full-width"]
-accuracy = {"chest X-ray": cxr.record["test"]["accuracy"], **{r.task: r.accuracy for r in grid.values()}}
-show_table(*protocol.success_by_set_table(runs_by_task, accuracy=accuracy))
+show_table(*protocol.success_by_set_table(runs_by_task, accuracy={"chest X-ray": cxr.record["test"]["accuracy"],
+                                                                  **{r.task: r.accuracy for r in grid.values()}}))
 # AUROCs against PGD per data set, and each medical set minus CIFAR-10: different images, resampled apart
 comparison = protocol.compare_sets(runs_by_task, "PGD", "CIFAR-10", detectors=list(suite.DETECTOR_NAMES))
 show_table(*comparison.table())
@@ -509,8 +509,7 @@ li_zhu_fundus = protocol.li_zhu_table(fundus_run.suite, ["MGM", "ISO", "OCSVM"],
 # on CIFAR-10 and catching it there, and the rest: differences between two AUROCs below chance
 easier = {t: comparison.better(t, above_chance=True) for t in diff}
 harder = {t: comparison.worse(t, above_chance=True) for t in diff}
-below_both = {t: [d for d in comparison.better(t) + comparison.worse(t) if d not in easier[t] + harder[t]]
-              for t in diff}
+below_both = {t: comparison.below_both(t) for t in diff}
 book.glue_results(**{f"{t.split()[0].lower()}_easier": and_join(v) for t, v in easier.items()},
                   **{f"{t.split()[0].lower()}_harder": and_join(v) for t, v in harder.items()},
                   **{f"n_{t.split()[0].lower()}_easier": len(v) for t, v in easier.items()},

@@ -685,6 +685,13 @@ class SetComparison:
         return [d for d, iv in self._diff(name).items()
                 if iv.high < 0 and (not above_chance or self.auroc_ci[self.reference][d].low > 0.5)]
 
+    def below_both(self, name: str) -> list[str]:
+        """Detectors whose difference interval for set ``name`` excludes 0 but which catch the attack on neither
+        side (not in :meth:`better` or :meth:`worse` with ``above_chance``): differences between AUROCs that do
+        not lie above chance, which say how far a score moved the wrong way, not which set is easier."""
+        caught = self.better(name, above_chance=True) + self.worse(name, above_chance=True)
+        return [d for d in self.better(name) + self.worse(name) if d not in caught]
+
     def _diff(self, name):
         if name not in self.difference_ci:
             raise KeyError(f"unknown set {name!r}; the comparison has {list(self.difference_ci)} against "

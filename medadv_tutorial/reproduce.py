@@ -65,7 +65,8 @@ DATASET_ALIASES = {"chest_xray": "chest_xray", "fundus": "retinamnist", "retinam
 """Names the command takes -> the package's data-set names (``fundus`` is RetinaMNIST, grade 0 against >= 1)."""
 
 MIN_SET = 2
-"""The fewest correctly classified images the attack set and the selection set may each hold."""
+"""The fewest correctly classified images the attack set may hold, and the selection set when an adaptive
+attack's weight is chosen on it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +150,9 @@ def targets_for(fs_clean, y: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def _check_sets(dataset, att, sel) -> None:
-    if len(att[0]) < MIN_SET or len(sel[0]) < MIN_SET:
+def _check_sets(dataset, att, sel, selection_needed: bool = True) -> None:
+    """The attack set, and the selection set when an adaptive attack needs it, hold at least :data:`MIN_SET`."""
+    if len(att[0]) < MIN_SET or (selection_needed and len(sel[0]) < MIN_SET):
         raise ValueError(
             f"{dataset}: too few correctly classified test images: the attack set holds {len(att[0])} and the "
             f"selection set {len(sel[0])}, and each needs at least {MIN_SET}. Use more test images (a larger test "
@@ -185,7 +187,7 @@ def run_dataset(ctx, dataset: str, attacks=ATTACKS, *, protocol=BOOK, progress: 
     t0 = time.perf_counter()
     model, record = ctx.model(dataset, progress=progress)
     att, sel = ctx.attack_sets(dataset)
-    _check_sets(dataset, att, sel)
+    _check_sets(dataset, att, sel, selection_needed=any(a in ADAPTIVE_ATTACKS for a in attacks))
     (x, y, _), (x_sel, y_sel, _) = att, sel
     dets = ctx.suite(dataset).with_two_sided()
     eps, steps = protocol.eps, ctx.profile.attack_steps

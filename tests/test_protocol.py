@@ -460,9 +460,11 @@ def test_compare_sets_differences_and_verdicts():
     low = protocol.compare_sets({"A": {"PGD": ev(1.0, BU=0.30, MGM=0.95)}, "ref": {"PGD": ev(1.0, BU=0.05, MGM=0.60)}},
                                 "PGD", "ref")
     assert low.better("A") == ["BU", "MGM"] and low.better("A", above_chance=True) == ["MGM"]
+    assert low.below_both("A") == ["BU"] and cmp.below_both("A") == []
     high = protocol.compare_sets({"A": {"PGD": ev(1.0, BU=0.05, MGM=0.60)}, "ref": {"PGD": ev(1.0, BU=0.30, MGM=0.95)}},
                                  "PGD", "ref")
     assert high.worse("A") == ["BU", "MGM"] and high.worse("A", above_chance=True) == ["MGM"]
+    assert high.below_both("A") == ["BU"]
     rows, headers = cmp.table()
     assert headers == ["detector (PGD)", "AUROC A", "AUROC B", "AUROC ref", "A − ref", "B − ref"]
     assert points(rows)[0][:4] == ["MGM", 0.99, 0.70, 0.70]

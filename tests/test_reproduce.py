@@ -100,6 +100,9 @@ def test_too_few_correctly_classified_images_is_an_error_naming_the_sets():
                                          r"and the selection set 2"):
         reproduce._check_sets("mine", one, two)
     reproduce._check_sets("mine", two, two)
+    reproduce._check_sets("mine", two, one, selection_needed=False)  # plain attacks only: no selection set needed
+    with pytest.raises(ValueError, match="the attack set holds 1"):
+        reproduce._check_sets("mine", one, two, selection_needed=False)
 
 
 def test_run_dataset_and_outputs_refuse_wrong_types():
