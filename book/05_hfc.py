@@ -64,11 +64,13 @@ from medadv_tutorial import book
 ctx = book.start()
 profile = ctx.profile
 
+import dataclasses
+
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.decomposition import PCA
 
-from medadv_tutorial import adaptive, attacks, hfc, metrics, outliers, protocol, suite
+from medadv_tutorial import adaptive, attacks, hfc, metrics, outliers, protocol, reproduce, suite
 from medadv_tutorial.plots import MIN_FONT, to_display
 from medadv_tutorial.report import and_join, show_table, span
 
@@ -147,7 +149,8 @@ say = book.say  # print wrapped to the page width (longer stored lines are cut o
 # %% tags=["nbval-ignore-output"]
 cxr = ctx.setup("chest_xray", features=("train",))  # model, data, cached features (shared by chapters 3-5)
 m, train, test, fs_train = cxr.model, cxr.train, cxr.test, cxr.features["train"]
-hfc_model = hfc.fit_hfc_mixtures(fs_train, n_components=2, progress=True, cache=True)
+BOOK = reproduce.BOOK  # the book's protocol settings: K, the λ grid, the schedule, the rule's levels
+hfc_model = hfc.fit_hfc_mixtures(fs_train, n_components=BOOK.n_components, progress=True, cache=True)
 
 # %%
 info, C, L = hfc_model.info, hfc_model.widths, hfc_model.layers  # C[l]: the width C_l of layer l
@@ -178,8 +181,8 @@ book.glue_results(hfc_min_class=min(info[(L[-1], c)]["n_samples"] for c in (0, 1
 
 # %%
 eps = ctx.eps  # the experiments' budget
-hfc_steps, hfc_alpha = 4 * profile.attack_steps, eps / 4
-CATCHES, HIDES = 0.9, 0.60  # a detector "catches" an attack at AUROC >= 0.9; an attack "hides" at <= 0.60
+hfc_steps, hfc_alpha = BOOK.adaptive_step_factor * profile.attack_steps, eps / 4
+CATCHES, HIDES = BOOK.catches, BOOK.hides  # a detector "catches" an attack at AUROC >= 0.9; an attack "hides" at <= 0.60
 book.glue_results(hfc_steps=hfc_steps, catches_level=f"{CATCHES:.1f}", hides_level=f"{HIDES:.2f}")
 print(hfc.PGD_HFC(hfc_model, eps, lam=0.01, steps=hfc_steps, alpha=hfc_alpha, seed=0))
 
@@ -245,7 +248,7 @@ def pgd_hfc(lam, alpha=hfc_alpha):
     return hfc.PGD_HFC(hfc_model, eps, lam=lam, steps=hfc_steps, alpha=alpha, seed=0)
 
 
-lambdas = [0.001, 0.003, 0.01, 0.03, 0.1, 1.0]
+lambdas = list(BOOK.weights_of("PGD+HFC"))  # 0.001, 0.003, 0.01, 0.03, 0.1, 1
 sweep = protocol.sweep_weight(pgd_hfc, [0.0] + lambdas, **on_sel, name="PGD+HFC", desc="λ sweep")
 
 # %% tags=["full-width"]
@@ -365,9 +368,11 @@ if book.check_claims(profile):
 # %% tags=["nbval-ignore-output"]
 competitors = {  # name: (weight -> attack, the weights tried)
     "PGD+MGM-aware": (lambda lam: adaptive.PGD_DetectorAware(dets.detectors["MGM"], eps, lam=lam, steps=hfc_steps,
-                                                             alpha=hfc_alpha, seed=0), [1e-4, 1e-3, 1e-2]),
+                                                             alpha=hfc_alpha, seed=0),
+                      list(BOOK.weights_of("PGD+MGM-aware"))),
     "PGD+feature-match": (lambda lam: adaptive.PGD_FeatureMatch(fs_train, eps, lam=lam, steps=hfc_steps,
-                                                               alpha=hfc_alpha, seed=0), [1.0, 100.0, 10000.0]),
+                                                               alpha=hfc_alpha, seed=0),
+                          list(BOOK.weights_of("PGD+feature-match"))),
 }
 comp_sweep = {name: protocol.sweep_weight(make, grid, **on_sel, name=name, desc=name)
               for name, (make, grid) in competitors.items()}
@@ -808,6 +813,108 @@ if book.check_claims(profile):
     # two-sided-aware grid hid from every detector, one- and two-sided, on the selection set (band: the
     # best setting's worst AUROC at most HIDES = 0.60). Values: the tables.
     assert best.worst_auroc <= HIDES and all(small[n].overlaps(sel_ci[n]) for n in two_sided), (best, small, sel_ci)
+
+# %% [markdown]
+# ### Without the 1,280-channel layer: is over-hiding HFC's, or this configuration's?
+#
+# The official HFC code skips every layer wider than 512 channels {cite:p}`yao2021hfc`; this
+# chapter constrains all 18 taps, the 1,280-channel penultimate layer included, and found that
+# layer to dominate the HFC energy. So the question: does HFC still over-hide when the
+# penultimate layer is left out? The same protocol runs once more on the chest X-rays with
+# mixtures on the {glue:}`narrow_n_layers` taps of at most 512 channels (everything else
+# unchanged: K, schedule, λ grid, the rule on the selection set, the attack set), through
+# {py:func}`reproduce.run_dataset <medadv_tutorial.reproduce.run_dataset>` with
+# `max_width=512`.
+
+# %% tags=["nbval-ignore-output"]
+narrow = reproduce.run_dataset(ctx, "chest_xray", ["PGD", "PGD+HFC"],
+                               protocol=dataclasses.replace(BOOK, name="book, taps <= 512 channels", max_width=512))
+
+# %% tags=["full-width"]
+n_hfc, hfc_all = narrow.evaluations["PGD+HFC"], runs["PGD+HFC"]
+show_table(*protocol.sweep_table({0.0: narrow.baseline, **narrow.sweeps["PGD+HFC"]}, narrow.catching + two_sided))
+say(narrow.selections["PGD+HFC"].reason)
+pair_runs = {"PGD+HFC, all 18 taps": hfc_all, "PGD+HFC, taps <= 512 channels": n_hfc}
+show_table(*protocol.detection_table(pair_runs, detectors=list(suite.DETECTOR_NAMES) + two_sided).table(("AUROC",)))
+v_all, v_narrow = (protocol.bypass(runs["PGD"], r, suite.DETECTOR_NAMES, catches=CATCHES, hides=HIDES)
+                   for r in (hfc_all, n_hfc))
+# all taps minus taps <= 512, on the same images and clean scores: paired intervals of the difference
+pair_diff = {d: metrics.auroc_difference_interval((clean_att[d], hfc_all.scores[d]), (clean_att[d], n_hfc.scores[d]),
+                                                  paired=True) for d in v_all.caught + two_sided}
+book.glue_results(narrow_n_layers=len(hfc.fit_hfc_mixtures(fs_train, n_components=BOOK.n_components,
+                                                            exclude_wider_than=512, cache=True).layers),
+                  narrow_lam=f"{narrow.selections['PGD+HFC'].weight:g}", narrow_success=f"{n_hfc.success_ci}",
+                  all_below=and_join(v_all.below), narrow_below=and_join(v_narrow.below),
+                  narrow_hidden=and_join(v_narrow.hidden), narrow_still=and_join(v_narrow.still),
+                  narrow_two_sided=and_join(f"{n} {said(n_hfc.auroc_ci[n])}" for n in two_sided),
+                  pair_diff=and_join(f"{d} {iv:+.2f}" for d, iv in pair_diff.items()),
+                  pair_apart=and_join(d for d, iv in pair_diff.items() if iv.excludes(0.0)),
+                  narrow_answer=(f"Over-hiding does not need the wide layer: without it, HFC's images still rank below "
+                                 f"chance for {and_join(v_narrow.below)}." if v_narrow.below else
+                                 "On this run, over-hiding came with the wide layer: without it, no detector that "
+                                 "caught PGD ranks HFC's images below chance." if v_all.below else
+                                 "Neither configuration ranks HFC's images below chance on this run."))
+
+# %% [markdown]
+# Chosen on the selection set by the same rule, λ = {glue:md}`narrow_lam`; on the attack set this
+# HFC succeeds on {glue:md}`narrow_success` of the images. Below chance (interval wholly under
+# 0.5) among the detectors that caught PGD: with all 18 taps, {glue:md}`all_below`; with the taps
+# of at most 512 channels, {glue:md}`narrow_below`. The narrow HFC hides from
+# {glue:md}`narrow_hidden` and not from {glue:md}`narrow_still`; the two-sided detectors:
+# {glue:md}`narrow_two_sided`. On the same images, the AUROC with all taps minus the AUROC
+# without the wide layer, with the paired 95% interval of the difference:
+# {glue:md}`pair_diff`; the detectors for which it excludes 0: {glue:md}`pair_apart`.
+# {glue:md}`narrow_answer`
+
+# %% [markdown]
+# ## The same protocol on fundus
+#
+# A method that hides on one data set need not hide on another, and λ chosen on chest X-rays says
+# nothing about fundus images. So the protocol runs again, unchanged, on the fundus task of
+# Chapter 4 (RetinaMNIST, grade 0 against grade ≥ 1: 28-px photographs read at
+# {glue:}`profile_image_size` px, see Chapter 4): its own model, its own detector suite fitted on
+# its clean training features, mixtures with K = {glue:}`fundus_k` fitted on those features, the
+# same λ grid swept on fundus's *own* selection set, the same rule (success ≥ 95%, then the lowest
+# worst AUROC over the detectors that catch targeted PGD there with AUROC ≥
+# {glue:md}`catches_level`), and one evaluation at the chosen λ on fundus's own attack set.
+# {py:func}`reproduce.run_dataset <medadv_tutorial.reproduce.run_dataset>` runs it, the same
+# function as the `reproduce` command; nothing of it was chosen on these images.
+
+# %% tags=["nbval-ignore-output"]
+fundus = reproduce.run_dataset(ctx, "retinamnist", ["PGD", reproduce.TARGETED, "PGD+HFC"])
+
+# %% tags=["full-width"]
+fundus_choice = fundus.selections["PGD+HFC"]
+show_table(*protocol.sweep_table({0.0: fundus.baseline, **fundus.sweeps["PGD+HFC"]}, fundus.catching + two_sided))
+say(f"fundus: selection set {fundus.n_select} images, attack set {fundus.n_attack}; " + fundus_choice.reason)
+show_table(*protocol.detection_table(fundus.evaluations).table(("AUROC",), f"detector (AUROC, fundus, "
+                                                                          f"{fundus.n_attack} images)"))
+show_table(*protocol.success_table(fundus.evaluations, f"attack (fundus, ε = {eps * 255:g}/255)"))
+
+# %%
+f_hfc = fundus.evaluations["PGD+HFC"]
+# of the detectors that catch PGD on fundus, those HFC hides from, does not hide from, and over-hides from
+f_v = protocol.bypass(fundus.evaluations["PGD"], f_hfc, suite.DETECTOR_NAMES, catches=CATCHES, hides=HIDES)
+book.glue_results(fundus_k=BOOK.n_components, fundus_lam=f"{fundus_choice.weight:g}",
+                  fundus_qualified="reached" if fundus_choice.qualified else "did not reach",
+                  fundus_hfc_success=f"{f_hfc.success_ci}", fundus_caught=and_join(f_v.caught),
+                  fundus_rule=and_join(fundus.catching), fundus_hidden=and_join(f_v.hidden),
+                  fundus_still=and_join(f"{n} ({f_hfc.auroc_ci[n]})" for n in f_v.still),
+                  fundus_over=and_join(f"{n} ({f_hfc.auroc_ci[n]})" for n in f_v.below),
+                  fundus_two_sided=and_join(f"{n} {said(f_hfc.auroc_ci[n])}" for n in two_sided),
+                  n_fundus_caught=len(f_v.caught), n_fundus_hidden=len(f_v.hidden),
+                  fundus_sel_worst=f"{fundus_choice.worst_auroc:.2f}")
+
+# %% [markdown]
+# On fundus the rule reads {glue:md}`fundus_rule` (the detectors that catch targeted PGD on its
+# selection set) and chooses λ = {glue:md}`fundus_lam`, which {glue:md}`fundus_qualified` 95%
+# success on the selection set (worst AUROC there {glue:md}`fundus_sel_worst`). On the attack set
+# PGD+HFC succeeds on {glue:md}`fundus_hfc_success` of the images. Of the
+# {glue:}`n_fundus_caught` detectors that catch plain PGD on fundus ({glue:md}`fundus_caught`),
+# it hides (AUROC ≤ {glue:md}`hides_level`, interval not above chance) from
+# {glue:md}`fundus_hidden`; it does not hide from {glue:md}`fundus_still`. Below chance, the
+# over-hiding of the chest X-rays: {glue:md}`fundus_over`. The two-sided detectors:
+# {glue:md}`fundus_two_sided`.
 
 # %% [markdown]
 # ## Reading the results

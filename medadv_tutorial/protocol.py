@@ -49,7 +49,7 @@ from .report import Table
 __all__ = ["SUCCESS_BAR", "AttackEvaluation", "evaluate_attack", "score_clean", "evaluate_attacks", "sweep_weight",
            "Selection", "select_weight", "catching", "success_table", "sweep_table", "DetectionTable",
            "detection_table", "timing_table", "LiZhuTable", "li_zhu_table", "BlackBoxTable", "black_box_table",
-           "evaluate_transfer", "SetComparison", "compare_sets", "success_by_set_table"]
+           "evaluate_transfer", "SetComparison", "compare_sets", "success_by_set_table", "Bypass", "bypass"]
 
 SUCCESS_BAR = 0.95
 """The success an attack must reach on the selection set for its weight to qualify."""
@@ -754,3 +754,37 @@ def success_by_set_table(evaluations_by_set: Mapping[str, Mapping[str, AttackEva
                     + [ev.success_ci for ev in evs.values()])
     return Table(rows, ["data set"] + (["test accuracy"] if accuracy is not None else []) + ["images attacked"]
                  + [f"{a} success" for a in attacks_])
+
+
+@dataclasses.dataclass(frozen=True)
+class Bypass:
+    """Which detectors an adaptive attack hides from (see :func:`bypass`): lists of detector names, in order.
+
+    ``caught``: those that catch the plain attack (AUROC >= ``catches``); of those, ``hidden``: the
+    adaptive attack's AUROC is <= ``hides`` and its interval does not lie above 0.5; ``still``: the
+    rest of ``caught``; ``below``: of ``caught``, those whose interval against the adaptive attack
+    lies wholly below 0.5 (its images look *more* typical than clean ones: over-hiding).
+    """
+
+    caught: list
+    hidden: list
+    still: list
+    below: list
+
+
+def bypass(plain: AttackEvaluation, adaptive: AttackEvaluation, detectors: Sequence[str], *, catches: float = 0.9,
+           hides: float = 0.60) -> Bypass:
+    """The verdicts of Chapter 5 for one data set: of ``detectors``, those that catch ``plain`` (AUROC >=
+    ``catches``), and which of them ``adaptive`` hides from (AUROC <= ``hides`` and a 95% interval not above
+    chance), does not hide from, or over-hides from (interval below chance).  Both evaluations must score
+    the same images against the same clean scores (one :func:`evaluate_attacks` context)."""
+    for name, value in (("plain", plain), ("adaptive", adaptive)):
+        if not isinstance(value, AttackEvaluation):
+            raise TypeError(f"{name} must be an AttackEvaluation, got {describe(value)}")
+    catches = check_real(catches, "catches", low=0.0, high=1.0, hint=" (an AUROC)")
+    hides = check_real(hides, "hides", low=0.0, high=1.0, hint=" (an AUROC)")
+    detectors = _check_detectors(detectors, [plain, adaptive])
+    caught = [d for d in detectors if plain.auroc[d] >= catches]
+    hidden = [d for d in caught if adaptive.auroc[d] <= hides and adaptive.auroc_ci[d].low <= 0.5]
+    return Bypass(caught, hidden, [d for d in caught if d not in hidden],
+                  [d for d in caught if adaptive.auroc_ci[d].high < 0.5])

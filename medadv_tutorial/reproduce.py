@@ -45,9 +45,14 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
+# Light imports only: the command pins the CPU numerics (main) before numpy and torch load.
+from .experiment import EPS
 
-from .checks import describe
+def describe(value) -> str:
+    from .checks import describe as _describe
+
+    return _describe(value)
+
 
 __all__ = ["PLAIN_ATTACKS", "TARGETED", "ADAPTIVE_ATTACKS", "ATTACKS", "DATASET_ALIASES", "BookProtocol", "BOOK", "DatasetResult",
            "run_dataset", "run_grid", "grid_table", "write_outputs", "main"]
@@ -65,8 +70,9 @@ DATASET_ALIASES = {"chest_xray": "chest_xray", "fundus": "retinamnist", "retinam
 """Names the command takes -> the package's data-set names (``fundus`` is RetinaMNIST, grade 0 against >= 1)."""
 
 MIN_SET = 2
-"""The fewest correctly classified images the attack set may hold, and the selection set when an adaptive
-attack's weight is chosen on it."""
+"""The fewest correctly classified images the attack set may hold (an AUROC of one clean against one
+adversarial image says nothing); the selection set, when an adaptive attack's weight is chosen on it,
+needs at least one."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,19 +83,24 @@ class BookProtocol:
     steps (step ε/4, PGD from a random start with seed 0), the adaptive ones ``adaptive_step_factor``
     times as many, at step ε/4 and no early stop; ``weights``: ``{attack: the weights swept on the
     selection set}``; ``catches``: the AUROC at which a detector "catches" targeted PGD and is read by
-    the selection rule; ``bar``: the success the rule asks for; ``n_components``: K, the HFC mixtures'
-    components per layer and class (on every tap).
+    the selection rule; ``hides``: the AUROC at or below which an attack "hides" from a detector (the
+    book's verdicts; :func:`~medadv_tutorial.protocol.bypass`); ``bar``: the success the rule asks for; ``n_components``: K, the HFC mixtures'
+    components per layer and class; ``max_width``: HFC constrains the taps with at most this many
+    channels (``None``, the book's choice: every tap; the official HFC code skips layers wider than
+    512).
     """
 
     name: str = "book"
-    eps: float = 1 / 255
+    eps: float = EPS
     adaptive_step_factor: int = 4
     weights: tuple = (("PGD+HFC", (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)),
                       ("PGD+MGM-aware", (1e-4, 1e-3, 1e-2)),
                       ("PGD+feature-match", (1.0, 100.0, 10000.0)))
     catches: float = 0.9
-    bar: float = 0.95
+    hides: float = 0.60
+    bar: float = 0.95  # protocol.SUCCESS_BAR (tests/test_reproduce.py checks they agree)
     n_components: int = 2
+    max_width: int | None = None
 
     def weights_of(self, attack: str) -> tuple:
         return dict(self.weights)[attack]
@@ -140,9 +151,11 @@ class DatasetResult:
     sweeps: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
-def targets_for(fs_clean, y: torch.Tensor) -> torch.Tensor:
+def targets_for(fs_clean, y):
     """Targets of the targeted attacks: ``1 - y`` in a binary task; with more classes, each image's most
     probable wrong class under the clean logits of ``fs_clean`` (the nearest target)."""
+    import torch
+
     logits = fs_clean.logits.detach().double().cpu()
     if logits.shape[1] == 2:
         return 1 - y.long()
@@ -151,11 +164,12 @@ def targets_for(fs_clean, y: torch.Tensor) -> torch.Tensor:
 
 
 def _check_sets(dataset, att, sel, selection_needed: bool = True) -> None:
-    """The attack set, and the selection set when an adaptive attack needs it, hold at least :data:`MIN_SET`."""
-    if len(att[0]) < MIN_SET or (selection_needed and len(sel[0]) < MIN_SET):
+    """The attack set holds at least :data:`MIN_SET` images, and the selection set one when an adaptive attack
+    needs it."""
+    if len(att[0]) < MIN_SET or (selection_needed and len(sel[0]) < 1):
         raise ValueError(
             f"{dataset}: too few correctly classified test images: the attack set holds {len(att[0])} and the "
-            f"selection set {len(sel[0])}, and each needs at least {MIN_SET}. Use more test images (a larger test "
+            f"selection set {len(sel[0])}; the attack set needs at least {MIN_SET} and the selection set 1. Use more test images (a larger test "
             f"split, or a profile with a larger n_test) or a task the model learns better.")
 
 
@@ -208,7 +222,8 @@ def run_dataset(ctx, dataset: str, attacks=ATTACKS, *, protocol=BOOK, progress: 
         fs_sel, clean_sel = proto.score_clean(model, x_sel, y_sel, dets)
         on_sel = dict(model=model, x=x_sel, y=y_sel, suite=dets, clean_scores=clean_sel, clean_features=fs_sel,
                       targets=targets_for(fs_sel, y_sel))
-        mixtures = (hfc.fit_hfc_mixtures(fs_train, n_components=protocol.n_components, progress=progress, cache=True)
+        mixtures = (hfc.fit_hfc_mixtures(fs_train, n_components=protocol.n_components, cache=True,
+                                         exclude_wider_than=protocol.max_width, progress=progress)
                     if "PGD+HFC" in adaptive_asked else None)
         makers = {
             "PGD+HFC": lambda lam: hfc.PGD_HFC(mixtures, eps, lam=lam, steps=a_steps, alpha=alpha, seed=0),
@@ -234,8 +249,11 @@ def run_dataset(ctx, dataset: str, attacks=ATTACKS, *, protocol=BOOK, progress: 
 def run_grid(ctx, datasets, attacks=ATTACKS, *, protocol=BOOK, progress: bool = True) -> "OrderedDict[str, DatasetResult]":
     """:func:`run_dataset` for each of ``datasets`` (names of the book's data sets, their aliases in
     :data:`DATASET_ALIASES`, or data sets given to ``ctx``), in order."""
-    if isinstance(datasets, str) or not hasattr(datasets, "__iter__") or not list(datasets):
-        raise ValueError(f"datasets must be a non-empty list of data-set names, got {describe(datasets)}")
+    if isinstance(datasets, str) or not hasattr(datasets, "__iter__"):
+        raise TypeError(f"datasets must be a list of data-set names, got {describe(datasets)}")
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("datasets is empty: name at least one data set")
     out = OrderedDict()
     for name in datasets:
         dataset = DATASET_ALIASES.get(name, name)
@@ -312,6 +330,8 @@ def summary_figure(results, detectors):
 def write_outputs(results, out, ctx, *, protocol=BOOK, wall_seconds: float | None = None) -> dict:
     """Write ``table.md``, ``table.csv``, ``summary.png`` and ``settings.json`` into the folder ``out``
     (created); returns ``{name: path}``.  Each file is written to a temporary name and renamed."""
+    import torch
+
     from . import __version__
     from .report import markdown_table
 
@@ -387,6 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--positive", type=int, nargs="+", default=None, metavar="LABEL",
                    help="map --data's labels to a binary task: these labels are class 1, the others class 0 "
                         "(default: the labels as they are)")
+    p.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="the name of each --data set in the outputs, in the same order (default: the file's stem)")
     p.add_argument("--attacks", nargs="+", default=list(ATTACKS), help=f"among {', '.join(ATTACKS)} (default: all)")
     p.add_argument("--backbone", default=None, help="the models' backbone (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="experiment seed (models, draws; default 0)")
@@ -397,6 +419,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """The command; returns 0 and prints the table, or exits with a message naming the bad argument."""
+    from . import numerics
+
+    numerics.pin()  # on purpose, before numpy and torch load (the context's enter() below says so)
     from . import data
     from .experiment import Experiment
     from .report import show_table
@@ -412,11 +437,14 @@ def main(argv=None) -> int:
         parser.error("--positive maps the labels of --data; give --data FILE.npz too")
     own = {}
     try:
-        for path in args.data:
-            splits = data.load_npz(path, positive=args.positive)
+        if args.name and len(args.name) != len(args.data):
+            raise ValueError(f"--name: give one name per --data file ({len(args.data)}), got {len(args.name)}")
+        for i, path in enumerate(args.data):
+            splits = data.load_npz(path, positive=args.positive, name=args.name[i] if args.name else None)
             name = splits["train"].name
             if name in own or name in DATASET_ALIASES:
-                raise ValueError(f"--data {path}: the name {name!r} (the file's stem) is taken; rename the file")
+                raise ValueError(f"--data {path}: the name {name!r} is taken (by another --data file or one of the "
+                                 "book's data sets); choose another with --name")
             own[name] = splits
         if not datasets and not own:
             parser.error("nothing to run: give --datasets or --data")

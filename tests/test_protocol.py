@@ -488,3 +488,21 @@ def test_success_by_set_table():
     assert protocol.success_by_set_table(sets).headers[1] == "images attacked"
     with pytest.raises(KeyError, match=r"attacks \['FGSM'\] are not in evaluations_by_set\['C'\]"):
         protocol.success_by_set_table({**sets, "C": {"PGD": ev(1.0, MGM=0.9)}})
+
+
+def test_bypass_verdicts():
+    plain = ev(1.0, MGM=0.99, KD=0.95, LID=0.40, BU=0.90)
+    adaptive = ev(1.0, MGM=0.10, KD=0.55, LID=0.20, BU=0.80)
+    v = protocol.bypass(plain, adaptive, ["MGM", "KD", "LID", "BU"])
+    assert v.caught == ["MGM", "KD", "BU"]  # LID never caught PGD
+    assert v.hidden == ["MGM", "KD"] and v.still == ["BU"]  # 0.55 (interval around 0.5) hides; 0.80 does not
+    assert v.below == ["MGM"]  # 0.10 on 100 images: the interval lies below 0.5
+    strict = protocol.bypass(plain, adaptive, ["MGM", "KD", "BU"], catches=0.96, hides=0.5)
+    assert strict.caught == ["MGM"] and strict.hidden == ["MGM"]
+    # an AUROC at or under `hides` whose interval lies above 0.5 does not count as hidden
+    v2 = protocol.bypass(ev(1.0, MGM=0.99), ev(1.0, MGM=0.70), ["MGM"], hides=0.75)
+    assert v2.hidden == [] and v2.still == ["MGM"]
+    with pytest.raises(TypeError, match="adaptive must be an AttackEvaluation"):
+        protocol.bypass(plain, {"MGM": 0.1}, ["MGM"])
+    with pytest.raises(KeyError, match=r"unknown detector\(s\) \['DNN'\]"):
+        protocol.bypass(plain, adaptive, ["DNN"])

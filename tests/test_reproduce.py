@@ -66,6 +66,8 @@ def test_command_on_a_users_file_writes_table_figure_and_settings(tmp_path):
     (["--data", "{missing}"], r"does not exist"),
     (["--data", "{nolabels}"], r"lacks the array\(s\) test_labels"),
     (["--data", "{tiny}", "--positive", "7"], r"positive names label\(s\) \[7\]"),
+    (["--data", "{tiny}", "--name", "cifar10"], r"the name 'cifar10' is taken .* choose another with --name"),
+    (["--data", "{tiny}", "--name", "a", "--name", "b"], r"--name: give one name per --data file \(1\), got 2"),
 ])
 def test_command_refuses_bad_arguments_naming_them(tmp_path, capsys, args, message):
     tiny = tiny_npz(tmp_path / "tiny.npz")
@@ -94,15 +96,18 @@ def test_targets_are_the_other_class_or_the_most_probable_wrong_one():
 
 
 def test_too_few_correctly_classified_images_is_an_error_naming_the_sets():
-    one = (torch.zeros(1, 1, 4, 4), torch.zeros(1), torch.zeros(1))
-    two = (torch.zeros(2, 1, 4, 4), torch.zeros(2), torch.zeros(2))
+    def images(n):
+        return torch.zeros(n, 1, 4, 4), torch.zeros(n), torch.zeros(n)
+
     with pytest.raises(ValueError, match=r"mine: too few correctly classified test images: the attack set holds 1 "
                                          r"and the selection set 2"):
-        reproduce._check_sets("mine", one, two)
-    reproduce._check_sets("mine", two, two)
-    reproduce._check_sets("mine", two, one, selection_needed=False)  # plain attacks only: no selection set needed
+        reproduce._check_sets("mine", images(1), images(2))
+    with pytest.raises(ValueError, match=r"the selection set 0; the attack set needs at least 2"):
+        reproduce._check_sets("mine", images(5), images(0))
+    reproduce._check_sets("mine", images(2), images(1))
+    reproduce._check_sets("mine", images(2), images(0), selection_needed=False)  # plain attacks: no selection set
     with pytest.raises(ValueError, match="the attack set holds 1"):
-        reproduce._check_sets("mine", one, two, selection_needed=False)
+        reproduce._check_sets("mine", images(1), images(2), selection_needed=False)
 
 
 def test_run_dataset_and_outputs_refuse_wrong_types():
@@ -112,3 +117,19 @@ def test_run_dataset_and_outputs_refuse_wrong_types():
         reproduce.grid_table({"chest_xray": 1})
     with pytest.raises(ValueError, match="attacks is empty"):
         reproduce._check_attacks([])
+    from medadv_tutorial.experiment import Experiment
+
+    with pytest.raises(TypeError, match="datasets must be a list of data-set names"):
+        reproduce.run_grid(Experiment("ci"), "chest_xray")
+    with pytest.raises(ValueError, match="datasets is empty"):
+        reproduce.run_grid(Experiment("ci"), iter([]))
+
+
+def test_the_book_protocol_agrees_with_the_package_and_the_command_pins_before_numpy_loads():
+    from medadv_tutorial import experiment, protocol
+
+    assert reproduce.BOOK.bar == protocol.SUCCESS_BAR and reproduce.BOOK.eps == experiment.EPS
+    assert reproduce.BOOK.describe()["eps_text"] == "1/255" and reproduce.BOOK.max_width is None
+    code = "import sys, medadv_tutorial.reproduce; print('numpy' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]  # so main() can pin the numerics first
