@@ -256,16 +256,17 @@ class Experiment:
         dataset = self._check_dataset(dataset)
         return training.checkpoint_key(dataset, backbone, self.profile, seed, self._training_data(dataset, seed))
 
-    def features(self, dataset: str, split: str):
+    def features(self, dataset: str, split: str, *, progress: bool = True):
         """The :class:`~medadv_tutorial.features.FeatureSet` of :meth:`model` on :meth:`data` ``(dataset, split)``,
-        through the result store (keyed by the weights, the images and the feature code)."""
+        through the result store (keyed by the weights, the images and the feature code); ``progress``: a
+        progress bar while they are computed."""
         from . import features as feats
 
         dataset, split = self._check_dataset(dataset), _check_split(split)
 
         def make():
             model, _ = self.model(dataset)
-            return feats.extract_features(model, self.data(dataset, split), cache=True)
+            return feats.extract_features(model, self.data(dataset, split), cache=True, progress=progress)
 
         return self._once(("features", dataset, split), make)
 

@@ -4,7 +4,7 @@
   on a 2-core CPU, less on a GPU.
 * ``full`` (opt-in): paper-scale settings for a GPU: 224 px, every image, ten epochs.
 * ``smoke``: the ``full`` code path (224 px, whole-split sampling rules, batch logic) on a
-  few dozen images and one epoch; CI executes chapters 1, 3, 4 and 5 under it and makes
+  few dozen images and one epoch; CI executes chapters 1, 3, 4, 5 and 6 under it and makes
   chapter 2's package calls under it (``tests/test_full_path.py``) to keep ``full`` runnable.  Its numbers mean nothing, so chapters skip their claims under it
   (:attr:`Profile.check_claims`).
 

@@ -203,6 +203,7 @@ def run_dataset(ctx, dataset: str, attacks=ATTACKS, *, protocol=BOOK, progress: 
     att, sel = ctx.attack_sets(dataset)
     _check_sets(dataset, att, sel, selection_needed=any(a in ADAPTIVE_ATTACKS for a in attacks))
     (x, y, _), (x_sel, y_sel, _) = att, sel
+    fs_train = ctx.features(dataset, "train", progress=progress)  # before the suite, which fits on them
     dets = ctx.suite(dataset).with_two_sided()
     eps, steps = protocol.eps, ctx.profile.attack_steps
     fs_att, clean_att = proto.score_clean(model, x, y, dets)
@@ -218,7 +219,6 @@ def run_dataset(ctx, dataset: str, attacks=ATTACKS, *, protocol=BOOK, progress: 
     if TARGETED in attacks:
         evaluations[TARGETED] = proto.evaluate_attack(TARGETED, targeted, **on_att, targets=t_att)
     if adaptive_asked:
-        fs_train = ctx.features(dataset, "train")
         fs_sel, clean_sel = proto.score_clean(model, x_sel, y_sel, dets)
         on_sel = dict(model=model, x=x_sel, y=y_sel, suite=dets, clean_scores=clean_sel, clean_features=fs_sel,
                       targets=targets_for(fs_sel, y_sel))

@@ -187,8 +187,8 @@ def test_setup_makes_each_object_once_in_the_chapters_order(monkeypatch):
                         calls.append(("model", ds, seed)) or ("MODEL", {"test": {}}))
     monkeypatch.setattr(data, "load_dataset", lambda ds, split, profile: calls.append(("data", ds, split))
                         or list(range(7 if split == "train" else 3)))
-    monkeypatch.setattr(feats, "extract_features", lambda model, ds, cache: calls.append(("features", len(ds), cache))
-                        or f"FS{len(ds)}")
+    monkeypatch.setattr(feats, "extract_features", lambda model, ds, cache, progress:
+                        calls.append(("features", len(ds), cache)) or f"FS{len(ds)}")
     ctx = Experiment("ci")
     out = ctx.setup("chest_xray", features=("train", "test"))
     key = training.checkpoint_key("chest_xray", ctx.profile.backbone, ctx.profile, 0)
