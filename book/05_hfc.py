@@ -903,7 +903,13 @@ book.glue_results(fundus_k=BOOK.n_components, fundus_lam=f"{fundus_choice.weight
                   fundus_over=and_join(f"{n} ({f_hfc.auroc_ci[n]})" for n in f_v.below),
                   fundus_two_sided=and_join(f"{n} {said(f_hfc.auroc_ci[n])}" for n in two_sided),
                   n_fundus_caught=len(f_v.caught), n_fundus_hidden=len(f_v.hidden),
-                  fundus_sel_worst=f"{fundus_choice.worst_auroc:.2f}")
+                  fundus_sel_worst=f"{fundus_choice.worst_auroc:.2f}",
+                  fundus_raised=and_join(f"{n} ({f_hfc.auroc_ci[n]})" for n in suite.DETECTOR_NAMES
+                                         if n not in f_v.caught and f_hfc.auroc_ci[n].low > 0.5))
+if book.check_claims(profile):
+    # The verdict the prose gives for fundus: HFC hides from some of the detectors that caught PGD there, and
+    # not from all of them (the lists are glued from the run).
+    assert f_v.hidden and f_v.still, f_v
 
 # %% [markdown]
 # On fundus the rule reads {glue:md}`fundus_rule` (the detectors that catch targeted PGD on its
@@ -912,9 +918,18 @@ book.glue_results(fundus_k=BOOK.n_components, fundus_lam=f"{fundus_choice.weight
 # PGD+HFC succeeds on {glue:md}`fundus_hfc_success` of the images. Of the
 # {glue:}`n_fundus_caught` detectors that catch plain PGD on fundus ({glue:md}`fundus_caught`),
 # it hides (AUROC ≤ {glue:md}`hides_level`, interval not above chance) from
-# {glue:md}`fundus_hidden`; it does not hide from {glue:md}`fundus_still`. Below chance, the
+# {glue:md}`fundus_hidden`; it does **not** hide from {glue:md}`fundus_still`. Below chance, the
 # over-hiding of the chest X-rays: {glue:md}`fundus_over`. The two-sided detectors:
-# {glue:md}`fundus_two_sided`.
+# {glue:md}`fundus_two_sided`. Detectors that did not catch plain PGD but whose interval against
+# PGD+HFC lies above chance: {glue:md}`fundus_raised`.
+#
+# So the chest X-ray result does not carry over as it stands: on fundus, with λ chosen by the
+# same rule on fundus's own selection set, HFC hides from the density detectors but not from the
+# supervised layer ensembles. The rule could not find a λ that hid on the selection set either
+# (its worst AUROC there, over the detectors it reads, is {glue:md}`fundus_sel_worst`): it takes
+# the stealthiest λ among the successful ones, and that λ is still caught by some detector. Our
+# reading, not verified here: the layer ensembles read shallow layers too, where the 28-px
+# upsampled fundus images leave HFC's pull at the deepest, widest layer little to work with.
 
 # %% [markdown]
 # ## Reading the results
@@ -1058,6 +1073,12 @@ book.glue_results(fundus_k=BOOK.n_components, fundus_lam=f"{fundus_choice.weight
 # - Hiding inside the clean distribution from the one- and two-sided detectors at once: over the
 #   small grid searched, {glue:md}`inside_verdict`; on the attack set that setting gives
 #   {glue:md}`inside_two_sided` and KD {glue:md}`inside_kd`.
+# - Without the 1,280-channel layer (HFC on the taps of at most 512 channels, as the official code
+#   does), λ = {glue:md}`narrow_lam` is chosen; below chance among the detectors that caught PGD:
+#   {glue:md}`narrow_below` (with all 18 taps: {glue:md}`all_below`).
+# - On fundus, with λ = {glue:md}`fundus_lam` chosen on its own selection set, HFC hides from
+#   {glue:md}`fundus_hidden` but **not** from {glue:md}`fundus_still`: the chest X-ray result is
+#   not a property of HFC on every medical data set.
 # - An AUROC on the {glue:}`n_attack_used` attacked images has a 95% interval of about
 #   ±{glue:md}`ci_half`: differences between detectors or attacks smaller than that are not
 #   resolved by this run.
