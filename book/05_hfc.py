@@ -841,8 +841,7 @@ v_all, v_narrow = (protocol.bypass(runs["PGD"], r, suite.DETECTOR_NAMES, catches
 # all taps minus taps <= 512, on the same images and clean scores: paired intervals of the difference
 pair_diff = {d: metrics.auroc_difference_interval((clean_att[d], hfc_all.scores[d]), (clean_att[d], n_hfc.scores[d]),
                                                   paired=True) for d in v_all.caught + two_sided}
-book.glue_results(narrow_n_layers=len(hfc.fit_hfc_mixtures(fs_train, n_components=BOOK.n_components,
-                                                            exclude_wider_than=512, cache=True).layers),
+book.glue_results(narrow_n_layers=sum(C[l] <= 512 for l in L),  # the taps the narrow mixtures constrain
                   narrow_lam=f"{narrow.selections['PGD+HFC'].weight:g}", narrow_success=f"{n_hfc.success_ci}",
                   all_below=and_join(v_all.below), narrow_below=and_join(v_narrow.below),
                   narrow_hidden=and_join(v_narrow.hidden), narrow_still=and_join(v_narrow.still),

@@ -1,4 +1,4 @@
-"""Files written by the package: atomic ``torch.save`` (a reader never sees a partial file), and file hashes."""
+"""Files written by the package: atomic writes (a reader never sees a partial file), and file hashes."""
 
 from __future__ import annotations
 
@@ -10,23 +10,34 @@ from pathlib import Path
 import torch
 
 
-def atomic_torch_save(obj, path) -> Path:
-    """``torch.save(obj)`` to a temporary file in ``path``'s folder, then rename it to ``path``.
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp)`` with a temporary file name in ``path``'s folder, then rename it to ``path``.
 
     The rename is atomic on POSIX and Windows, so a concurrent reader (another chapter run in
-    parallel) finds either the old file, no file, or the complete new one.  Returns ``path``.
+    parallel) finds either the old file, no file, or the complete new one; on an error the
+    temporary file is removed and ``path`` is left as it was.  Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def atomic_torch_save(obj, path) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write`.  Returns ``path``."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """``text`` (UTF-8) to ``path`` through :func:`atomic_write`.  Returns ``path``."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def file_sha256(path) -> str:

@@ -156,9 +156,11 @@ def targets_for(fs_clean, y):
     probable wrong class under the clean logits of ``fs_clean`` (the nearest target)."""
     import torch
 
+    from .hfc import other_class
+
     logits = fs_clean.logits.detach().double().cpu()
     if logits.shape[1] == 2:
-        return 1 - y.long()
+        return other_class(y)
     logits[torch.arange(len(y)), y.long().cpu()] = -math.inf
     return logits.argmax(1)
 
@@ -333,6 +335,7 @@ def write_outputs(results, out, ctx, *, protocol=BOOK, wall_seconds: float | Non
     import torch
 
     from . import __version__
+    from .io import atomic_write, atomic_write_text
     from .report import markdown_table
 
     results = _check_results(results)
@@ -355,7 +358,7 @@ def write_outputs(results, out, ctx, *, protocol=BOOK, wall_seconds: float | Non
     writer.writerows(rows)
     atomic_write_text(paths["csv"], buf.getvalue())
     fig = summary_figure(results, detectors)
-    _atomic_write(paths["figure"], lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    atomic_write(paths["figure"], lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     settings = {
         "package_version": __version__, "torch_version": torch.__version__, "profile": dataclasses.asdict(ctx.profile),
         "seed": ctx.seed, "backbone": ctx.backbone, "device": str(ctx.device), "protocol": protocol.describe(),
@@ -370,25 +373,6 @@ def write_outputs(results, out, ctx, *, protocol=BOOK, wall_seconds: float | Non
     }
     atomic_write_text(paths["settings"], json.dumps(settings, indent=2, default=str) + "\n")
     return paths
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
-    _atomic_write(path, lambda fh: fh.write(text))
-
-
-def _atomic_write(path: Path, write, binary: bool = False) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ------------------------------------------------------------------------------ command line

@@ -252,3 +252,18 @@ def test_every_kind_of_entry_names_its_code(tmp_cache):
     k1 = cache.store_key("things", dict(a=1), "attacks")
     assert k1 == cache.store_key("things", dict(a=1), ("attacks",))
     assert k1 != cache.store_key("things", dict(a=1), "hfc") and k1 != cache.store_key("other", dict(a=1), "attacks")
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    from medadv_tutorial.io import atomic_write, atomic_write_text
+
+    path = tmp_path / "sub" / "table.md"
+    assert atomic_write_text(path, "first ü\n") == path and path.read_text(encoding="utf-8") == "first ü\n"
+
+    def dies(tmp):
+        open(tmp, "w").write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, dies)
+    assert path.read_text(encoding="utf-8") == "first ü\n" and sorted(p.name for p in path.parent.iterdir()) == ["table.md"]
