@@ -420,11 +420,12 @@ if book.check_claims(profile):
 # ## Exercises
 #
 # The exercises reuse what this chapter computed: `trained` (each model's training record, with
-# its test results), `test_sets`, `acc` and `names`. The exercises marked *checked* come with two
-# code cells. The first defines your answer: it holds a solution, hidden on this page so that the
-# page runs as it is; replace its right-hand sides with your own code. The second checks your
-# answer with `book.check_answer` and says what it expected when the answer is off. The other
-# exercises train a model, which takes minutes on a CPU; their solutions show the code.
+# its test results), `test_sets`, `acc` and `names`. An exercise marked *checked* has an answer
+# cell, where each `...` is yours to replace with code, and a check cell, which says "correct",
+# or what it expected and where a wrong answer usually comes from, or "not answered yet" while a
+# `...` is left. On this page a solution runs between the two (the collapsed cell: click to show
+# it); the reader's copy that the Colab button opens has no solutions. The other exercises train
+# a model, which takes minutes on a CPU; their solutions show the code.
 #
 # ### Exercise 1.1 (checked): sensitivity and specificity
 #
@@ -434,32 +435,53 @@ if book.check_claims(profile):
 # order of `trained["chest_xray"]["classes"]`), compute its **sensitivity** `sensitivity` (the
 # fraction of pneumonia images it calls pneumonia) and its **specificity** `specificity` (the
 # fraction of normal images it calls normal). Which of the two errors does the model make more
-# often? The check weighs your two numbers by the share of each class in the test split, which
-# must give back the accuracy.
+# often? The check compares each number with scikit-learn's `recall_score` on the test images
+# the matrix counts.
 
-# %% tags=["hide-input"]
-# Exercise 1.1, your answer (replace the right-hand sides with your own code)
+# %% tags=["exercise-answer"]
+# Exercise 1.1, your answer: replace each ... with your code
 import torch
 
 cm = torch.tensor(trained["chest_xray"]["test"]["confusion"], dtype=torch.float64)
-sick = trained["chest_xray"]["classes"].index("PNEUMONIA")
-healthy = trained["chest_xray"]["classes"].index("NORMAL")
+classes = trained["chest_xray"]["classes"]
+sensitivity = ...
+specificity = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 1.1, a solution
+sick, healthy = classes.index("PNEUMONIA"), classes.index("NORMAL")
 sensitivity = float(cm[sick, sick] / cm[sick].sum())
 specificity = float(cm[healthy, healthy] / cm[healthy].sum())
 
-# %%
-# Check of Exercise 1.1: weighted by the class shares of the test split, the two recalls give the accuracy.
-p = share(test_sets["chest_xray"], "PNEUMONIA")
-book.check_answer("accuracy recombined from your sensitivity and specificity",
-                  p * sensitivity + (1 - p) * specificity, acc["chest_xray"], tol=1e-6,
-                  hint="rows of the confusion matrix are the true classes: divide a diagonal count by "
-                       "the sum of its row.")
+# %% tags=["exercise-check"]
+# Check of Exercise 1.1 against scikit-learn's recall_score on the test images the matrix counts
+import numpy as np
+from sklearn.metrics import recall_score
+
+
+def check_1_1(sensitivity, specificity):
+    counts = np.asarray(trained["chest_xray"]["test"]["confusion"])
+    true, predicted = np.divmod(np.repeat(np.arange(counts.size), counts.ravel()), counts.shape[1])
+    recall = {c: recall_score(true, predicted, labels=[i], average="macro") for i, c in enumerate(classes)}
+    hint = "rows of the confusion matrix are the true classes: divide a diagonal count by the sum of its row."
+    return (book.check_answer("sensitivity", sensitivity, recall["PNEUMONIA"], hint=hint)
+            and book.check_answer("specificity", specificity, recall["NORMAL"], hint=hint))
+
+
+check_1_1(sensitivity, specificity)
+
+# %% tags=["remove-cell"]
+# Tests of the check of Exercise 1.1 (run by CI; not in the book or the reader's copy)
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    book.check_rejects(check_1_1, float(cm[sick, sick] / cm[:, sick].sum()),
+                       float(cm[healthy, healthy] / cm[:, healthy].sum()), why="the precisions (column sums)")
+    book.check_rejects(check_1_1, acc["chest_xray"], acc["chest_xray"], why="the accuracy for both")
 
 # %% [markdown]
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution (click "Show code cell source"). The sensitivity is the
+# The collapsed cell above holds a solution. The sensitivity is the
 # pneumonia row's diagonal count divided by that row's sum, the specificity the same for the normal
 # row. Dividing by a column's sum instead gives each class's *precision*, and the check fails. With
 # {glue:text}`chest_test_pneumonia:.0%` of the test images in the pneumonia class, a model can
@@ -476,43 +498,62 @@ book.check_answer("accuracy recombined from your sensitivity and specificity",
 # the confusion matrices alone: `metrics.rate_interval` resamples the images (a percentile
 # bootstrap) and takes one outcome per image, correct or not; the number of correct images is the
 # trace of the confusion matrix, the number of images its sum. Store the three intervals in a dict
-# `accuracy_ci`, keyed like `trained`. Do the fundus and CIFAR-10 intervals overlap?
+# `accuracy_ci`, keyed like `trained`. What do the intervals say about ranking the three tasks?
 
-# %% tags=["hide-input"]
-# Exercise 1.2, your answer
+# %% tags=["exercise-answer"]
+# Exercise 1.2, your answer: replace the ... with your code
 from medadv_tutorial import metrics
 
+accuracy_ci = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 1.2, a solution
 accuracy_ci = {}
 for k, r in trained.items():
-    cm = torch.tensor(r["test"]["confusion"])
-    n, n_correct = int(cm.sum()), int(cm.trace())
+    counts = torch.tensor(r["test"]["confusion"])
+    n, n_correct = int(counts.sum()), int(counts.trace())
     accuracy_ci[k] = metrics.rate_interval(torch.arange(n) < n_correct)  # one outcome per test image
 
-# %%
+# %% tags=["exercise-check"]
 # Check of Exercise 1.2: the bootstrap interval is close to the normal approximation
 # p ± 1.96 sqrt(p (1 - p) / n), cut to [0, 1] (within 0.03, or 1/n for small n).
 import math
 
 from medadv_tutorial.report import interval_cell
 
-for k, r in trained.items():
-    n, p = r["test"]["n"], acc[k]
-    half = 1.96 * math.sqrt(p * (1 - p) / n)
-    book.check_answer(f"accuracy_ci[{k!r}]", accuracy_ci.get(k), (p, max(0.0, p - half), min(1.0, p + half)),
-                      tol=max(0.03, 1 / n), hint="give metrics.rate_interval one entry per test image "
-                      "(True = classified correctly), from the trace and the sum of the confusion matrix.")
-show_table([[names[k], interval_cell(accuracy_ci[k])] for k in names], ["task", "test accuracy [95% interval]"])
+
+def check_1_2(accuracy_ci):
+    expected = {}
+    for k, r in trained.items():
+        n, p = r["test"]["n"], acc[k]
+        half = 1.96 * math.sqrt(p * (1 - p) / n)
+        expected[k] = (p, max(0.0, p - half), min(1.0, p + half))
+    return book.check_answer("accuracy_ci", accuracy_ci, expected, tol=max(0.03, 1 / min(r["test"]["n"] for r in
+                             trained.values())), hint="give metrics.rate_interval one entry per test image "
+                             "(True = classified correctly), from the trace and the sum of the confusion matrix.")
+
+
+if check_1_2(accuracy_ci):
+    show_table([[names[k], interval_cell(accuracy_ci[k])] for k in names], ["task", "test accuracy [95% interval]"])
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 1.2 (run by CI; not in the book or the reader's copy)
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    errors = {k: torch.arange(r["test"]["n"]) >= round(acc[k] * r["test"]["n"]) for k, r in trained.items()}
+    book.check_rejects(check_1_2, {k: metrics.rate_interval(e) for k, e in errors.items()},
+                       why="the intervals of the error rates")
 
 # %% [markdown]
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution: one boolean per test image, `n_correct` of them true
-# (their order does not matter to the bootstrap). Where the fundus and CIFAR-10 intervals overlap,
-# the number of test images alone could explain the difference between the two accuracies; and
-# even intervals apart would not rank the tasks, since a two-class and a ten-class accuracy have
-# different chance levels. The interval covers the choice of test images only, not the randomness
-# of training (Exercise 1.3).
+# The collapsed cell above holds a solution: one boolean per test image, `n_correct` of them true
+# (their order does not matter to the bootstrap). Each interval says how precisely its own
+# accuracy is measured; it does not rank the tasks. A two-class and a ten-class accuracy have
+# different chance levels, so even a measured difference would not say which task is easier. And
+# the difference between two accuracies needs an interval of its own: two 95% intervals that
+# overlap can still belong to accuracies that differ. Each interval covers the choice of test
+# images only, not the randomness of training (Exercise 1.3).
 # :::
 #
 # ### Exercise 1.3: a second training run

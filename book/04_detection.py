@@ -729,10 +729,11 @@ show_table(*li_zhu_fundus.table)
 # deployed model's features of the adversarial images), `fs_train`, `fs_clean` and `fs_test`
 # (features of the clean training images, the clean evaluation images and all clean test images:
 # `fs.penultimate`, or `fs["block13"]` for another layer, is an `(N, d)` tensor), `li_zhu`, `bb`
-# and `auc`. The exercises marked *checked* come with two code cells. The first defines your answer: it holds a solution, hidden on this page so that the page
-# runs as it is; replace its right-hand sides with your own code. The second checks your answer
-# with `book.check_answer` and says what it expected when the answer is off. The other exercises
-# show their code in the solution.
+# and `auc`. An exercise marked *checked* has an answer cell, where each `...` is yours to
+# replace with code, and a check cell, which says "correct", or what it expected, or "not
+# answered yet" while a `...` is left. On this page a solution runs between the two (the
+# collapsed cell); the reader's copy that the Colab button opens has no solutions. The other
+# exercises show their code in the solution.
 #
 # ### Exercise 4.1 (checked): an AUROC by hand
 #
@@ -743,27 +744,40 @@ show_table(*li_zhu_fundus.table)
 # `metrics`, as `auroc_mine`. Then compute `auroc_flipped`, the AUROC of the negated score $-s$.
 # How are the two related, and what does that say about a detector whose AUROC lies below 0.5?
 
-# %% tags=["hide-input"]
-# Exercise 4.1, your answer (replace the right-hand sides with your own code)
+# %% tags=["exercise-answer"]
+# Exercise 4.1, your answer: replace each ... with your code
 s_clean, s_adv = clean["MGM"], evals["PGD"].scores["MGM"]
+auroc_mine = ...
+auroc_flipped = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 4.1, a solution
 pairs = s_adv[:, None] - s_clean[None, :]  # one entry per (adversarial, clean) pair
 auroc_mine = float((pairs > 0).double().mean() + 0.5 * (pairs == 0).double().mean())
 auroc_flipped = float((pairs < 0).double().mean() + 0.5 * (pairs == 0).double().mean())
 
-# %%
+# %% tags=["exercise-check"]
 # Check of Exercise 4.1 against metrics.auroc
-s_clean, s_adv = clean["MGM"], evals["PGD"].scores["MGM"]
-book.check_answer("auroc_mine", auroc_mine, metrics.auroc(s_clean, s_adv), tol=1e-9,
-                  hint="compare every adversarial score with every clean one (s_adv[:, None] - s_clean[None, :]), "
-                       "count a win as 1 and a tie as 1/2, and average over all pairs.")
-book.check_answer("auroc_flipped", auroc_flipped, metrics.auroc(-s_clean, -s_adv), tol=1e-9,
-                  hint="negating both scores turns every win into a loss; ties stay ties.")
+def check_4_1(auroc_mine, auroc_flipped):
+    return (book.check_answer("auroc_mine", auroc_mine, metrics.auroc(s_clean, s_adv), tol=1e-9,
+                              hint="compare every adversarial score with every clean one (s_adv[:, None] - "
+                                   "s_clean[None, :]), count a win as 1 and a tie as 1/2, and average over all pairs.")
+            and book.check_answer("auroc_flipped", auroc_flipped, metrics.auroc(-s_clean, -s_adv), tol=1e-9,
+                                  hint="negating both scores turns every win into a loss; ties stay ties."))
+
+
+check_4_1(auroc_mine, auroc_flipped)
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 4.1 (run by CI; not in the book or the reader's copy)
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    book.check_rejects(check_4_1, auroc_flipped, auroc_mine, why="the two AUROCs swapped")
 
 # %% [markdown]
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution. Negating the score turns every win into a loss and
+# The collapsed cell above holds a solution. Negating the score turns every win into a loss and
 # keeps the ties, so `auroc_flipped = 1 - auroc_mine`. A detector at AUROC 0.30 is therefore a
 # detector at 0.70 with the wrong sign: its score carries information about the attack, in the
 # direction opposite to the one it assumed. Flipping the sign after seeing which way the attack
@@ -781,29 +795,45 @@ book.check_answer("auroc_flipped", auroc_flipped, metrics.auroc(-s_clean, -s_adv
 # training scores at or below the threshold, and `kept_test`, the same fraction of the clean test
 # images' scores `clean["MGM"]`. Why is the first at least 0.95, and why need the second not be?
 
-# %% tags=["hide-input"]
-# Exercise 4.2, your answer
+# %% tags=["exercise-answer"]
+# Exercise 4.2, your answer: replace each ... with your code
 mgm = dets.detectors["MGM"]
 t95 = mgm.threshold(0.95)
+kept_train = ...
+kept_test = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 4.2, a solution
 kept_train = float((mgm.reference_scores_ <= t95).double().mean())
 kept_test = float((clean["MGM"] <= t95).double().mean())
 
-# %%
+# %% tags=["exercise-check"]
 # Check of Exercise 4.2: the threshold is the ceil(0.95 n)-th smallest of the n training scores (which do
 # not tie), and li_zhu.kept reports the fraction of the clean test images kept
 import math
 
-n_ref = len(dets.detectors["MGM"].reference_scores_)
-book.check_answer("kept_train", kept_train, math.ceil(round(0.95 * n_ref, 9)) / n_ref, tol=1e-9,
-                  hint="count the training scores <= threshold (the ones kept) and divide by their number.")
-book.check_answer("kept_test", kept_test, li_zhu.kept("MGM")[0], tol=1e-9,
-                  hint="the same count for clean['MGM'], divided by the number of clean test images.")
+
+def check_4_2(kept_train, kept_test):
+    n_ref = len(mgm.reference_scores_)
+    return (book.check_answer("kept_train", kept_train, math.ceil(round(0.95 * n_ref, 9)) / n_ref, tol=1e-9,
+                              hint="count the training scores <= threshold (the ones kept) and divide by their "
+                                   "number.")
+            and book.check_answer("kept_test", kept_test, li_zhu.kept("MGM")[0], tol=1e-9,
+                                  hint="the same count for clean['MGM'], divided by the number of clean test images."))
+
+
+check_4_2(kept_train, kept_test)
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 4.2 (run by CI; not in the book or the reader's copy): the flagged fractions
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    book.check_rejects(check_4_2, 1 - kept_train, 1 - kept_test, why="the fractions flagged instead of kept")
 
 # %% [markdown]
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution. The threshold is a quantile of the training scores
+# The collapsed cell above holds a solution. The threshold is a quantile of the training scores
 # themselves, so it keeps at least 95% of them by construction (exactly the
 # $\lceil 0.95\,n \rceil$ smallest, when no two scores tie). The test images are not part of that
 # construction, so nothing holds their kept fraction at 0.95: it can come out lower or higher.
@@ -825,11 +855,14 @@ book.check_answer("kept_test", kept_test, li_zhu.kept("MGM")[0], tol=1e-9,
 # `fs_clean.penultimate` as the negatives and `evals[attack].fs.penultimate` as the positives.
 # Does the norm alone catch the attacks? How would it join the chapter's line-up?
 
-# %% tags=["hide-input"]
-# Exercise 4.3, your answer
+# %% tags=["exercise-answer"]
+# Exercise 4.3, your answer: write the class, then replace the ... with your code
 from medadv_tutorial import detectors
 
+norm_auroc = ...
 
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 4.3, a solution
 class FeatureNorm(detectors.Detector):
     """The Euclidean norm of the penultimate features: far from the origin = adversarial."""
 
@@ -846,18 +879,30 @@ norm_det = FeatureNorm().fit(fs_train.penultimate)
 norm_clean = norm_det.score(fs_clean.penultimate)
 norm_auroc = {a: metrics.auroc(norm_clean, norm_det.score(ev.fs.penultimate)) for a, ev in evals.items()}
 
-# %%
+# %% tags=["exercise-check"]
 # Check of Exercise 4.3 against the norms computed directly
-norm = lambda fs: fs.penultimate.double().norm(dim=1)  # noqa: E731
-book.check_answer("norm_auroc", norm_auroc, {a: metrics.auroc(norm(fs_clean), norm(ev.fs)) for a, ev in evals.items()},
-                  tol=1e-9, hint="score with x.double().norm(dim=1) in _score, and give metrics.auroc the clean "
-                                 "scores first.")
+def check_4_3(norm_auroc):
+    norm = lambda fs: fs.penultimate.double().norm(dim=1)  # noqa: E731
+    return book.check_answer("norm_auroc", norm_auroc, {a: metrics.auroc(norm(fs_clean), norm(ev.fs))
+                                                        for a, ev in evals.items()},
+                             tol=1e-9, hint="score with x.double().norm(dim=1) in _score, and give metrics.auroc the "
+                                            "clean scores first.")
+
+
+check_4_3(norm_auroc)
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 4.3 (run by CI; not in the book or the reader's copy): the arguments of
+# metrics.auroc swapped
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    book.check_rejects(check_4_3, {a: metrics.auroc(norm_det.score(ev.fs.penultimate), norm_clean) for a, ev in evals.items()},
+                       why="the clean and adversarial scores swapped")
 
 # %% [markdown]
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution. Compare `norm_auroc` with the table's AUROCs: the norm
+# The collapsed cell above holds a solution. Compare `norm_auroc` with the table's AUROCs: the norm
 # reads one number of the feature vector, where MGM reads its position relative to the whole clean
 # cloud, so an attack can move the features a long way without changing their norm much. To join
 # the line-up, a detector needs one row of {py:data}`suite.LINE_UP <medadv_tutorial.suite.LINE_UP>`,

@@ -1090,11 +1090,11 @@ if book.check_claims(profile):
 # attack set, as `protocol.AttackEvaluation`s with `.scores`, `.auroc`, `.auroc_ci`, `.tpr90`),
 # `on_sel` and `on_att` (the protocol's arguments for the selection and the attack set),
 # `fs_train` (the clean training features), `lambdas`, `one_sided`, `two_sided`, `eps`, `hfc_steps`
-# and `hfc_alpha`. The exercises marked *checked* come
-# with two code cells. The first defines your answer: it holds a solution, hidden on this page so
-# that the page runs as it is; replace its right-hand sides with your own code. The second checks
-# your answer with `book.check_answer` and says what it expected when the answer is off. The
-# other exercises run attacks for minutes; their solutions show the code.
+# and `hfc_alpha`. An exercise marked *checked* has an answer cell, where each `...` is yours to
+# replace with code, and a check cell, which says "correct", or what it expected, or "not
+# answered yet" while a `...` is left. On this page a solution runs between the two (the
+# collapsed cell); the reader's copy that the Colab button opens has no solutions. The other
+# exercises run attacks for minutes; their solutions show the code.
 #
 # ### Exercise 5.1 (checked): the HFC energy of one image, by hand
 #
@@ -1114,13 +1114,18 @@ if book.check_claims(profile):
 # In which layers is $E_l / C_l$ near ½, the value the derivation expects for a feature drawn from
 # the component itself?
 
-# %% tags=["hide-input"]
-# Exercise 5.1, your answer (replace the right-hand sides with your own code)
+# %% tags=["exercise-answer"]
+# Exercise 5.1, your answer: replace each ... with your code
 import math
 
 import torch
 
 c = int(y_att[0])
+per_layer = ...
+energy_mine = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 5.1, a solution
 per_layer = {}
 for l in hfc_model.layers:
     mix = hfc_model.mixture(l, c)
@@ -1130,13 +1135,29 @@ for l in hfc_model.layers:
     per_layer[l] = float(d[int(log_p.argmax())]) / 2 / mix.dim  # E_l / C_l
 energy_mine = math.fsum(per_layer.values())
 
-# %%
+# %% tags=["exercise-check"]
 # Check of Exercise 5.1 against hfc.hfc_energy (λ = 1), which evaluates every layer at once
 expected_energy = float(hfc.hfc_energy({l: fs_att[l][:1].double() for l in hfc_model.layers}, y_att[:1], hfc_model)[0])
-book.check_answer("energy_mine", energy_mine, expected_energy, tol=1e-9 * max(1.0, abs(expected_energy)),  # relative
-                  hint="choose k* with the weight and the log-determinant term, but take E_l = d_k* / 2 "
-                       "without them, and divide each layer's E_l by its width C_l before summing.")
-say("E_l / C_l per layer: " + ", ".join(f"{l} {v:.2f}" for l, v in per_layer.items()))
+
+
+def check_5_1(energy_mine):
+    return book.check_answer("energy_mine", energy_mine, expected_energy,
+                             tol=1e-9 * max(1.0, abs(expected_energy)),  # relative
+                             hint="choose k* with the weight and the log-determinant term, but take E_l = d_k* / 2 "
+                                  "without them, and divide each layer's E_l by its width C_l before summing.")
+
+
+if check_5_1(energy_mine):
+    say("E_l / C_l per layer: " + ", ".join(f"{l} {v:.2f}" for l, v in per_layer.items()))
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 5.1 (run by CI; not in the book or the reader's copy): the layers not divided by
+# their widths
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    book.check_rejects(check_5_1, math.fsum(v * hfc_model.mixture(l, c).dim for l, v in per_layer.items()),
+                       why="E_l summed without dividing by C_l")
+
+# %% tags=["hide-input"]
 if book.check_claims(profile):
     # The solution's claim: for this image block 16 and the penultimate layer weigh far more than the
     # others (band: each more than 5 times every other layer's E_l / C_l).
@@ -1148,7 +1169,7 @@ if book.check_claims(profile):
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution. The row vector $(h - \mu_k)^\top U_k$ is one `einsum`
+# The collapsed cell above holds a solution. The row vector $(h - \mu_k)^\top U_k$ is one `einsum`
 # over the components; its squared norm is $(h-\mu_k)^\top \Sigma_k^{-1} (h-\mu_k)$. The weight
 # and $\sum_i \log (U_k)_{ii} = -\tfrac12 \log\det\Sigma_k$ decide *which* component is chosen,
 # but once $k^*$ is fixed they are constants and drop out of the energy, as in the derivation at
@@ -1176,28 +1197,44 @@ if book.check_claims(profile):
 # so much lower than the AUROC suggests? What would a detector with one threshold on each side of
 # the median, each keeping 95% of the clean training scores, do differently?
 
-# %% tags=["hide-input"]
-# Exercise 5.2, your answer
-import torch
-
+# %% tags=["exercise-answer"]
+# Exercise 5.2, your answer: replace each ... with your code
 ref = dets.detectors["MGM"].reference_scores_.cpu()
+auc_two_sided = ...
+tpr_two_sided = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 5.2, a solution
 m_clean = float(torch.quantile(ref, 0.5))
 s_clean, s_hfc = (clean_att["MGM"] - m_clean).abs(), (runs["PGD+HFC"].scores["MGM"] - m_clean).abs()
 auc_two_sided = metrics.auroc(s_clean, s_hfc)
 tpr_two_sided = metrics.tpr_at_tnr(s_clean, s_hfc, 0.90)
 
-# %%
+# %% tags=["exercise-check"]
 # Check of Exercise 5.2 against the package's two-sided MGM (detectors.TwoSided)
-book.check_answer("(auc_two_sided, tpr_two_sided)", (auc_two_sided, tpr_two_sided),
-                  (runs["PGD+HFC"].auroc["MGM two-sided"], runs["PGD+HFC"].tpr90["MGM two-sided"]), tol=1e-6,
-                  hint="take the median of the clean *training* scores, not of the attacked images, and score "
-                       "both sets by their absolute distance from it.")
+def check_5_2(auc_two_sided, tpr_two_sided):
+    return book.check_answer("(auc_two_sided, tpr_two_sided)", (auc_two_sided, tpr_two_sided),
+                             (runs["PGD+HFC"].auroc["MGM two-sided"], runs["PGD+HFC"].tpr90["MGM two-sided"]),
+                             tol=1e-6, hint="take the median of the clean *training* scores, not of the attacked "
+                                            "images, and score both sets by their absolute distance from it.")
+
+
+check_5_2(auc_two_sided, tpr_two_sided)
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 5.2 (run by CI; not in the book or the reader's copy): the median of the attacked
+# images' clean scores instead of the training scores'
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    m_wrong = float(torch.quantile(clean_att["MGM"].cpu(), 0.5))
+    w_clean, w_hfc = (clean_att["MGM"] - m_wrong).abs(), (runs["PGD+HFC"].scores["MGM"] - m_wrong).abs()
+    book.check_rejects(check_5_2, metrics.auroc(w_clean, w_hfc), metrics.tpr_at_tnr(w_clean, w_hfc, 0.90),
+                       why="the median of the attacked images")
 
 # %% [markdown]
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution. The AUROC averages over every threshold; the TPR is
+# The collapsed cell above holds a solution. The AUROC averages over every threshold; the TPR is
 # read at the one threshold that keeps 90% of the clean images. Clean MGM scores have a long
 # upper tail (the histogram of MGM scores), so the clean images farthest from the median lie *above*
 # it, and the threshold on $|s - m|$ lands beyond most HFC images, which sit below the median but
@@ -1215,24 +1252,42 @@ book.check_answer("(auc_two_sided, tpr_two_sided)", (auc_two_sided, tpr_two_side
 # above 0.5), `"below"` (the whole interval below 0.5) or `"undecided"` (the interval contains
 # 0.5). How many attacked images would roughly halve the width of the undecided intervals?
 
-# %% tags=["hide-input"]
-# Exercise 5.3, your answer
+# %% tags=["exercise-answer"]
+# Exercise 5.3, your answer: replace the ... with your code
+verdicts = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 5.3, a solution
 hfc_ivs = {n: metrics.auroc_interval(clean_att[n], runs["PGD+HFC"].scores[n]) for n in suite.DETECTOR_NAMES}
 verdicts = {n: "above" if iv.low > 0.5 else "below" if iv.high < 0.5 else "undecided" for n, iv in hfc_ivs.items()}
 
-# %%
+# %% tags=["exercise-check"]
 # Check of Exercise 5.3 against the intervals of protocol.evaluate_attack (AttackEvaluation.auroc_ci)
-expected_verdicts = {n: "above" if iv.low > 0.5 else "below" if iv.high < 0.5 else "undecided"
-                     for n, iv in runs["PGD+HFC"].auroc_ci.items() if n in suite.DETECTOR_NAMES}
-book.check_answer("verdicts", verdicts, expected_verdicts,
-                  hint="one entry per detector of suite.DETECTOR_NAMES; 'above' needs low > 0.5, 'below' "
-                       "high < 0.5.")
+def check_5_3(verdicts):
+    expected = {n: "above" if iv.low > 0.5 else "below" if iv.high < 0.5 else "undecided"
+                for n, iv in runs["PGD+HFC"].auroc_ci.items() if n in suite.DETECTOR_NAMES}
+    return book.check_answer("verdicts", verdicts, expected,
+                             hint="one entry per detector of suite.DETECTOR_NAMES; 'above' needs low > 0.5, 'below' "
+                                  "high < 0.5.")
+
+
+check_5_3(verdicts)
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 5.3 (run by CI; not in the book or the reader's copy): verdicts from the point
+# estimates alone
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    from_estimates = {n: "above" if iv.estimate > 0.5 else "below" for n, iv in hfc_ivs.items()}
+    swapped = {n: {"above": "below", "below": "above"}.get(v, v) for n, v in verdicts.items()}
+    # the estimates alone differ from the verdicts when an interval contains 0.5; when none does, the swap differs
+    book.check_rejects(check_5_3, from_estimates if from_estimates != verdicts else swapped,
+                       why="verdicts from the estimates without their intervals (or above and below swapped)")
 
 # %% [markdown]
 # :::{admonition} Solution
 # :class: dropdown
 #
-# The hidden cell above holds a solution; the chapter glues the same verdicts into its prose. The
+# The collapsed cell above holds a solution; the chapter glues the same verdicts into its prose. The
 # width of a bootstrap interval shrinks like $1/\sqrt{n}$ in the number of images, so halving it
 # takes about four times as many attacked images (and as many clean ones). The `full` profile
 # attacks many times more images than this page's {glue:}`n_attack_used`; its intervals are

@@ -232,9 +232,24 @@ def _answer_mismatch(value, expected, tol: float, where: str) -> str | None:
     return None
 
 
-def check_answer(name: str, value, expected, tol: float = 1e-6, hint: str = "") -> None:
-    """Check a reader's answer to an exercise: prints ``"<name>: correct"``, else raises
-    ``AssertionError`` saying what was expected, what came, and ``hint``.
+def _scaffold(value) -> bool:
+    """Whether ``value`` is still (or still holds) the scaffold ``...`` of an answer cell."""
+    if value is Ellipsis:
+        return True
+    if isinstance(value, dict):
+        return any(_scaffold(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_scaffold(v) for v in value)
+    return False
+
+
+def check_answer(name: str, value, expected, tol: float = 1e-6, hint: str = "") -> bool:
+    """Check a reader's answer to an exercise: prints ``"<name>: correct"`` and returns ``True``, else
+    raises ``AssertionError`` saying what was expected, what came, and ``hint``.
+
+    An answer that is (or holds) the answer cell's scaffold ``...`` is not checked: the check prints
+    ``"<name>: not answered yet"`` and returns ``False``, so that a reader's copy runs from top to
+    bottom before the exercises are done.
 
     Numbers match within the absolute tolerance ``tol`` (NaN matches NaN); arrays, tensors,
     lists and tuples (also a :class:`~medadv_tutorial.metrics.Interval`) match element by
@@ -255,7 +270,38 @@ def check_answer(name: str, value, expected, tol: float = 1e-6, hint: str = "") 
     tol = check_real(tol, "tol (absolute tolerance)", low=0.0)
     if not isinstance(hint, str):
         raise TypeError(f"hint must be a string, got {type(hint).__name__}")
+    if _scaffold(value):
+        print(f"{name}: not answered yet (replace the ... in your answer cell)")
+        return False
     why = _answer_mismatch(value, expected, tol, "")
     if why:
         raise AssertionError(f"{name} is not right yet: {why}." + (f" Hint: {hint}" if hint else ""))
     print(f"{name}: correct")
+    return True
+
+
+def check_rejects(check, *wrong, why: str) -> None:
+    """Test of an exercise's check: ``check(*wrong)``, a plausible wrong answer, must raise ``AssertionError``.
+
+    Raises ``AssertionError`` naming ``why`` (the mistake the wrong answer makes) if the check accepts
+    it, or if it does not say "not answered yet" (return ``False``) for the scaffold ``...``.  The
+    chapters run one such test per checked exercise in a cell the book and the readers' copies leave
+    out; CI runs them with the chapters.
+    """
+    if not callable(check):
+        raise TypeError(f"check must be the exercise's check function, got {type(check).__name__}")
+    if not isinstance(why, str) or not why:
+        raise TypeError("why must say which mistake the wrong answer makes (a non-empty string)")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            check(*wrong)
+        except AssertionError:
+            pass
+        else:
+            raise AssertionError(f"the check accepted a wrong answer ({why})")
+        if check(*([...] * len(wrong))) is not False:
+            raise AssertionError("the check does not say 'not answered yet' for the scaffold ...")
+    print(f"the check rejects {why}")

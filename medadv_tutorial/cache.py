@@ -231,14 +231,30 @@ def _closure_version(modules: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for m in sorted(seen):
         h.update(f"{m}:".encode())
-        h.update(_spec_origin(f"{_PACKAGE}.{m}").read_bytes())
+        h.update(_code_text(_spec_origin(f"{_PACKAGE}.{m}")).encode())
     return h.hexdigest()
 
 
+def _code_text(origin: Path) -> str:
+    """What of a module's source can change a result: its syntax tree without docstrings (``ast.dump``, no
+    line numbers; comments and layout are not in the tree), so that editing prose does not invalidate the store."""
+    import ast
+
+    tree = ast.parse(origin.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def code_version(*modules: str) -> str:
-    """sha256 (hex) of the source of the package ``modules`` (names below the package, e.g. ``"attacks"``
+    """sha256 (hex) of the code of the package ``modules`` (names below the package, e.g. ``"attacks"``
     or ``"detectors.gaussians"``) and of every package module they import, transitively (a sub-package
     counts with all the modules its ``__init__`` imports): the version of the code that computes an entry.
+    Docstrings, comments and layout are not part of it (:func:`_code_text`): a prose edit keeps the store valid.
 
     Read from the files on disk once per process (a later edit is seen by the next process).
     """

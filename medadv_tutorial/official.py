@@ -11,8 +11,10 @@ and :func:`run_official` runs them on one data set:
   every detector is evaluated on the other 30%;
 * the line-up of that code: **KD+BU** (a logistic regression on the kernel density of the
   penultimate features and the MC-dropout variance, 50 passes), **LID** (per-layer LID, k = 20,
-  logistic regression) and **MAHA** (per-layer Mahalanobis distances to the class means, logistic
-  regression);
+  logistic regression) and **MAHA** (per-layer Mahalanobis distances to the class means, each read
+  after Lee et al.'s input pre-processing -- the image moved 0.0005 towards its closest class mean
+  in that layer, :func:`~medadv_tutorial.detectors.input_preprocessing` -- and a logistic
+  regression; every image it is trained or evaluated on is pre-processed the same way);
 * **HFC** with one Gaussian per class and layer (K = 1), on the layers of at most 512 channels only,
   λ = 1, on BIM (targeted at the other class; in a multi-class task, the most probable wrong class).
 
@@ -21,11 +23,9 @@ a random start; detectors fitted on *training* images only, the supervised ones 
 detector sees the images it is evaluated on; clean images as the only negatives; K = 2 on all 18
 taps, the penultimate layer included, with λ chosen on a selection set by a rule fixed in advance.
 
-Left out: MAHA's input preprocessing (a small step of magnitude 0.0005 against the gradient of the
-Mahalanobis score before the features are read; Lee et al.'s trick), which needs a gradient through
-the model for every detector call -- the MAHA here is the plain layer ensemble; and the official
-code's LID references (mini-batches of the evaluated images): LID's reference batch here is clean
-training features, as in the book.
+Left out: the official code's LID references (mini-batches of the evaluated images, so that a
+score depends on which images share its batch): LID's reference batch here is clean training
+features, as in the book.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class OfficialProtocol:
     step: float = 0.5 / 256
     fit_fraction: float = 0.7
     noise: float = 2 / 256
+    maha_magnitude: float = 0.0005
     k: int = 20
     bu_samples: int = 50
     lam: float = 1.0
@@ -162,13 +163,19 @@ def run_official(ctx, dataset: str, *, protocol: OfficialProtocol = OFFICIAL, pr
 
     # the supervised detectors: BIM on the fit part against its clean and noisy images
     negatives = {l: torch.cat([fs_clean[l][fit], fs_noisy[l][fit]]) for l in layers}
-    ensembles = DetectorSuite({
-        "LID": detectors.LIDDetector(k=protocol.k, seed=protocol.seed).fit(
-            {l: fs_train[l] for l in layers}, adv_features=view(fs_adv["BIM"], fit), clean_val_features=negatives),
-        "MAHA": detectors.MahaEnsemble(seed=protocol.seed).fit(
-            {l: fs_train[l] for l in layers}, fs_train.labels, adv_features=view(fs_adv["BIM"], fit),
-            clean_val_features=negatives),
-    }, layers=layers)
+    lid = DetectorSuite({"LID": detectors.LIDDetector(k=protocol.k, seed=protocol.seed).fit(
+        {l: fs_train[l] for l in layers}, adv_features=view(fs_adv["BIM"], fit), clean_val_features=negatives)},
+        layers=layers)
+    # MAHA reads every image after the input pre-processing of each layer's Mahalanobis detector (the same fits
+    # as the ensemble's own: class means and tied covariance of the clean training features)
+    maha = detectors.MahaEnsemble(seed=protocol.seed)
+    maha_layers = {l: detectors.Mahalanobis(maha.reg).fit(fs_train[l], fs_train.labels) for l in layers}
+
+    def preprocessed(images):
+        return detectors.input_preprocessing(model, images, maha_layers, protocol.maha_magnitude)
+
+    maha.fit({l: fs_train[l] for l in layers}, fs_train.labels, adv_features=preprocessed(runs["BIM"].x_adv[fit]),
+        clean_val_features=preprocessed(torch.cat([x[fit], noisy[fit]])))
     kd_bu = _kd_bu(model, fs_train, x[fit], protocol)
 
     def kd_bu_scores(fs, images, rows):
@@ -182,7 +189,8 @@ def run_official(ctx, dataset: str, *, protocol: OfficialProtocol = OFFICIAL, pr
 
     def scores(fs, images):
         out = OrderedDict(KD_BU=torch.as_tensor(regression.decision_function(kd_bu_scores(fs, images, ev))))
-        out.update(ensembles.score(fs.subset(ev), images[ev]))
+        out.update(lid.score(fs.subset(ev), images[ev]))
+        out["MAHA"] = maha.score(preprocessed(images[ev]))
         return out
 
     clean_scores = scores(fs_clean, x)

@@ -144,6 +144,7 @@ def build_book(dest: Path, *, page: str | None = None, config_edit=None):
     shutil.copytree(BOOK, dest / "book", symlinks=True,
                     ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__"))
     shutil.copy2(REPO / "_toc.yml", dest / "_toc.yml")
+    shutil.copytree(REPO / "colab", dest / "colab")  # the readers' copies the Colab buttons open
     config = (REPO / "_config.yml").read_text()
     (dest / "_config.yml").write_text(config_edit(config) if config_edit else config)
     assert (dest / "book" / "_toc.yml").resolve() == (dest / "_toc.yml").resolve(), (
@@ -181,6 +182,47 @@ def test_build_has_no_warnings(built):
     assert result.returncode == 0, (
         f"jupyter-book build book/ -W failed (exit {result.returncode}):\n{_log_excerpt(result)}"
     )
+
+
+SCRIPT_SRC = re.compile(r"<script[^>]*\bsrc=\"([^\"]+)\"")
+
+
+def mathjax_sources(html: str) -> list[str]:
+    """The ``src`` of every script of a page that loads MathJax."""
+    return [src for src in SCRIPT_SRC.findall(html) if "mathjax" in src.lower()]
+
+
+def test_maths_renders_offline(built):
+    """Every page with a formula loads MathJax from the build (``_static/mathjax``), never from the web."""
+    _, html_dir = built
+    assert (html_dir / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is not in the build"
+    pages = [p for p in sorted(html_dir.glob("*.html")) if "\\(" in p.read_text() or "\\[" in p.read_text()]
+    assert len(pages) >= 5, f"expected formulas on the chapter pages, found them on {[p.name for p in pages]}"
+    for page in pages:
+        sources = mathjax_sources(page.read_text())
+        assert sources, f"{page.name} has formulas but loads no MathJax"
+        remote = [s for s in sources if s.startswith(("http:", "https:", "//"))]
+        assert not remote, f"{page.name} loads MathJax from the web: {remote}"
+        for src in sources:
+            assert (page.parent / src.split("?")[0]).resolve().is_file(), f"{page.name}: {src} is not in the build"
+
+
+def test_colab_buttons_open_the_readers_copies(built):
+    """Every chapter's Colab button opens colab/<chapter>.ipynb (the plain-Markdown copy), not book/<chapter>.ipynb."""
+    _, html_dir = built
+    for ipynb in NOTEBOOKS:
+        html = (html_dir / f"{ipynb.stem}.html").read_text()
+        colab = re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', html)
+        assert colab, f"{ipynb.stem}.html has no Colab button"
+        assert all(u.endswith(f"/blob/main/colab/{ipynb.stem}.ipynb") for u in colab), colab
+
+
+def test_mathjax_check_known_answers():
+    assert mathjax_sources('<script defer="defer" src="_static/mathjax/tex-chtml.js?v=1"></script>') == [
+        "_static/mathjax/tex-chtml.js?v=1"]
+    assert mathjax_sources('<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+                           '<script src="_static/x.js"></script>') == [
+        "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"]
 
 
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)

@@ -201,7 +201,7 @@ def test_editing_a_kernel_invalidates_what_it_produced(tmp_path):
     assert not hit2 and v2 != v1
     assert run()[0]
     with open(pkg / "checks.py", "a") as fh:  # edit a module the attacks import
-        fh.write("\n# an edit\n")
+        fh.write("\n_AN_EDIT = 1\n")
     assert not run()[0]
     with open(pkg / "plots.py", "a") as fh:  # edit a module they do not import
         fh.write("\n# an edit\n")
@@ -224,9 +224,36 @@ def test_editing_a_detector_module_changes_the_suite_code_version(tmp_path):
 
     suite0, attacks0 = versions()
     with open(pkg / "detectors" / "gaussians.py", "a") as fh:
-        fh.write("\n# an edit of MGM's module\n")
+        fh.write("\n_AN_EDIT_OF_MGMS_MODULE = 1\n")
     suite1, attacks1 = versions()
     assert suite1 != suite0 and attacks1 == attacks0
+
+
+def test_prose_edits_keep_the_code_version(tmp_path):
+    """Docstrings, comments and blank lines are not code: editing them keeps every entry valid."""
+    src = Path(cache.__file__).resolve().parent
+    pkg = tmp_path / "pkg" / "medadv_tutorial"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(pkg.parent), PYTHONDONTWRITEBYTECODE="1")
+    script = "from medadv_tutorial import cache; print(cache.code_version('attacks'))"
+
+    def version():
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    v0 = version()
+    path = pkg / "checks.py"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith('"""')
+    edited = text.replace('"""', '"""An edited module docstring.\n\n', 1).replace("\ndef ", "\n# a comment\n\ndef ", 1)
+    assert "\n    \"\"\"" in edited  # a function's docstring
+    edited = edited.replace('\n    """', '\n    """An edited function docstring. ', 1)
+    path.write_text(edited, encoding="utf-8")
+    assert version() == v0
+    path.write_text(edited + "\n_AN_EDIT = 1\n", encoding="utf-8")
+    assert version() != v0
 
 
 def test_code_version_covers_the_import_closure():

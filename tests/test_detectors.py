@@ -560,3 +560,92 @@ def test_bu_runs_the_backbone_once_and_gives_the_numbers_of_whole_passes():
     assert float(fast.max()) > 1e-3, "the test needs dropout to change the softmax"
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
     assert not torch.equal(fast, mc_dropout_variance(model, x, 6, batch_size=3, seed=1))  # the masks matter
+
+
+# ------------------------------------------------------------------ MAHA's input pre-processing (Lee et al.)
+
+class _PooledImage(torch.nn.Module):
+    """A 'model' whose taps are the image's channel means, plus a squared tap: the gradient is known by hand."""
+
+    feature_names = ["pooled", "squared", "penultimate"]
+
+    def __init__(self):
+        super().__init__()
+        self.dropout = torch.nn.Dropout(0.5)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward_features(self, x, layers=None, logits=True):
+        pooled = x.mean(dim=(2, 3)) * self.scale
+        feats = {"pooled": pooled, "squared": pooled ** 2, "penultimate": pooled}
+        return (pooled if logits else None), {k: feats[k] for k in (layers or self.feature_names)}
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+
+def _maha_toy():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(40, 3, generator=g, dtype=torch.float64) + 0.5
+    labels = torch.arange(40) % 2
+    f[labels == 1] += 0.2
+    return f, labels, D.Mahalanobis(1e-3).fit(f, labels)
+
+
+def test_input_preprocessing_moves_each_feature_against_the_gradient_of_the_closest_class_distance():
+    """Taps = channel means of the image: the step moves feature c by -magnitude * sign(dM/df_c), with
+    dM/df = 2 Sigma^-1 (f - mu_closest) by hand."""
+    _, _, maha = _maha_toy()
+    model = _PooledImage()
+    x = torch.rand(6, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 0.8 + 0.1
+    out = D.input_preprocessing(model, x, {"pooled": maha}, 0.01)
+    assert list(out) == ["pooled"] and out["pooled"].shape == (6, 3) and out["pooled"].dtype == torch.float32
+    f = x.mean(dim=(2, 3)).double()
+    d = maha.class_distances(f)
+    mu = maha.means_[d.argmin(dim=1)]
+    grad = 2 * (f - mu) @ torch.linalg.inv(maha.covariance_)
+    expected = f - 0.01 * grad.sign()
+    assert torch.allclose(out["pooled"].double(), expected, atol=1e-6)
+    assert (maha.score(out["pooled"]) < maha.score(f)).all()  # closer to the class mean: a lower score
+    wrong_sign = f + 0.01 * grad.sign()  # a step the wrong way must not pass the check above
+    assert not torch.allclose(out["pooled"].double(), wrong_sign, atol=1e-6)
+    # the moved image stays in [0, 1]: an all-white image cannot move up, an all-black one not down
+    edge = torch.stack([torch.ones(3, 5, 5), torch.zeros(3, 5, 5)])
+    moved = D.input_preprocessing(model, edge, {"pooled": maha}, 0.01)["pooled"].double()
+    step = -0.01 * (2 * (edge.mean(dim=(2, 3)).double() - maha.means_[maha.class_distances(
+        edge.mean(dim=(2, 3)).double()).argmin(1)]) @ torch.linalg.inv(maha.covariance_)).sign()
+    assert torch.allclose(moved, (edge.mean(dim=(2, 3)).double() + step).clamp(0, 1), atol=1e-6)
+
+
+def test_input_preprocessing_takes_each_layer_separately_and_leaves_the_model_as_it_was():
+    _, _, maha = _maha_toy()
+    squared = D.Mahalanobis(1e-3).fit(maha.means_.repeat(10, 1) ** 2 + 0.01 * torch.randn(
+        20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64), torch.arange(20) % 2)
+    model = _PooledImage()
+    model.train()
+    model.scale.requires_grad_(False)
+    x = torch.rand(5, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    zero = D.input_preprocessing(model, x, {"pooled": maha, "squared": squared}, 0.0, batch_size=2)
+    assert torch.allclose(zero["pooled"], x.mean(dim=(2, 3))) and torch.allclose(zero["squared"], x.mean(dim=(2, 3)) ** 2)
+    both = D.input_preprocessing(model, x, {"pooled": maha, "squared": squared}, 0.01, batch_size=2)
+    alone = D.input_preprocessing(model, x, {"pooled": maha}, 0.01)
+    assert torch.allclose(both["pooled"], alone["pooled"])  # a layer's step ignores the other layers
+    assert model.training and model.dropout.training and not model.scale.requires_grad and model.scale.grad is None
+
+
+def test_input_preprocessing_refuses_bad_arguments():
+    _, _, maha = _maha_toy()
+    model, x = _PooledImage(), torch.rand(2, 3, 4, 4)
+    with pytest.raises(TypeError, match="layer_detectors must be a non-empty mapping"):
+        D.input_preprocessing(model, x, {"pooled": D.MGM().fit(torch.randn(10, 3, dtype=torch.float64))}, 0.01)
+    with pytest.raises(TypeError, match="layer_detectors must be a non-empty mapping"):
+        D.input_preprocessing(model, x, {}, 0.01)
+    with pytest.raises(KeyError, match="does not tap: \\['block9'\\]"):
+        D.input_preprocessing(model, x, {"block9": maha}, 0.01)
+    with pytest.raises(D.NotFittedError):
+        D.input_preprocessing(model, x, {"pooled": D.Mahalanobis()}, 0.01)
+    with pytest.raises(ValueError, match="magnitude"):
+        D.input_preprocessing(model, x, {"pooled": maha}, -0.01)
+    with pytest.raises(ValueError, match="images"):
+        D.input_preprocessing(model, x * 3, {"pooled": maha}, 0.01)
+    with pytest.raises(TypeError, match="model"):
+        D.input_preprocessing(lambda t: t, x, {"pooled": maha}, 0.01)

@@ -48,3 +48,43 @@ def test_bad_arguments_name_themselves():
         book.check_answer("x", 1.0, 1.0, hint=3)
     with pytest.raises(TypeError, match="expected must be a number"):
         book.check_answer("x", 1.0, object())
+
+
+def test_a_scaffold_is_not_answered_yet_and_does_not_fail(capsys):
+    assert book.check_answer("sensitivity", ..., 0.8) is False
+    assert book.check_answer("intervals", {"a": ..., "b": (1, 2, 3)}, {"a": (1, 2, 3), "b": (1, 2, 3)}) is False
+    assert book.check_answer("pair", (..., 0.5), (0.5, 0.5)) is False
+    assert book.check_answer("sensitivity", 0.8, 0.8) is True
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "sensitivity: not answered yet (replace the ... in your answer cell)" and out[-1] == \
+        "sensitivity: correct"
+    with pytest.raises(AssertionError):  # None is an answer (a wrong one here), not the scaffold
+        book.check_answer("sensitivity", None, 0.8)
+
+
+def test_check_rejects_tests_a_check_both_ways(capsys):
+    def check(x):
+        return book.check_answer("x", x, 1.0)
+
+    book.check_rejects(check, 2.0, why="two instead of one")
+    assert capsys.readouterr().out.strip() == "the check rejects two instead of one"
+    with pytest.raises(AssertionError, match=r"accepted a wrong answer \(one is not wrong\)"):
+        book.check_rejects(check, 1.0, why="one is not wrong")
+
+    def lenient(x):  # a check that fails on scaffolds: a reader's copy would stop there
+        return book.check_answer("x", float(x) if x is not ... else x / 1, 1.0)
+
+    with pytest.raises(TypeError):
+        book.check_rejects(lenient, 2.0, why="two")
+
+    def silent(x):
+        if x is ...:
+            return None
+        return book.check_answer("x", x, 1.0)
+
+    with pytest.raises(AssertionError, match="not answered yet"):
+        book.check_rejects(silent, 2.0, why="two")
+    with pytest.raises(TypeError, match="why must say"):
+        book.check_rejects(check, 2.0, why="")
+    with pytest.raises(TypeError, match="check must be"):
+        book.check_rejects("check", 2.0, why="two")

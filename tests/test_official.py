@@ -14,6 +14,7 @@ def test_settings_are_the_official_codes():
     p = official.OFFICIAL
     assert p.eps == 1 / 256 and p.step == 0.5 / 256 and p.steps == 4  # steps = 2 eps / step
     assert (p.fit_fraction, p.noise, p.k, p.lam, p.n_components, p.max_width) == (0.7, 2 / 256, 20, 1.0, 1, 512)
+    assert p.maha_magnitude == 0.0005 and p.bu_samples == 50
     assert p.describe()["eps_text"] == "1/256" and p.describe()["steps"] == 4
     assert dataclasses.replace(p, eps=2 / 256).steps == 8
 

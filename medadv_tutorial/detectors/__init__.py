@@ -102,7 +102,7 @@ and score their per-layer detectors through the public ``fit`` / ``score`` only)
 from __future__ import annotations
 
 from .base import Detector, Inputs, NotFittedError, check_is_fitted
-from .gaussians import MAHA, MGM, Mahalanobis
+from .gaussians import MAHA, MGM, Mahalanobis, input_preprocessing
 from .kernel_density import KD, gaussian_kde_log_density
 from .lid import LID, lid_mle
 from .ensembles import LIDDetector, MahaEnsemble
@@ -129,6 +129,7 @@ __all__ = [
     "TwoSided",
     "check_is_fitted",
     "gaussian_kde_log_density",
+    "input_preprocessing",
     "lid_mle",
     "mc_dropout_variance",
 ]

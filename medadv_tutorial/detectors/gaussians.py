@@ -129,7 +129,8 @@ class Mahalanobis(_GaussianBase):
     them as one class (then MAHA is MGM without the log-determinant, with the 1/N
     covariance); with labels every class needs >= 2 points.  Training scores (for the
     threshold) are exact leave-one-out scores with the same ``lambda``.  Lee et al.'s
-    input pre-processing (a small gradient step on the image) is not part of this detector.
+    input pre-processing (a small gradient step on the image before the features are read)
+    needs the model: :func:`input_preprocessing` gives the features of the moved images.
 
     Attributes: ``classes_`` (C,) int64, ``means_`` (C, d), ``covariance_`` (d, d) = cov + ``ridge_`` I,
     ``cholesky_`` (d, d), ``precision_cholesky_`` (d, d), ``ridge_``; float64.
@@ -199,3 +200,54 @@ class Mahalanobis(_GaussianBase):
 
 
 MAHA = Mahalanobis
+
+
+def input_preprocessing(model, images, layer_detectors, magnitude: float, *, batch_size: int | None = None) -> dict:
+    """Lee et al.'s input pre-processing for the Mahalanobis scores: per layer, the features of the images moved
+    one small step towards their closest class mean.
+
+    For each layer ``l`` of ``layer_detectors`` (``{layer: fitted Mahalanobis}``, layers of
+    ``model.forward_features``), every image ``x`` becomes ``x - magnitude * sign(grad_x M_l(x))``, where ``M_l`` is
+    the detector's score (the squared distance to the closest class mean), and the layer-``l`` features of the
+    moved image are returned: ``{layer: (N, d_l) float32}`` on the CPU, the input of ``score`` (of the per-layer
+    detector, or of a :class:`~medadv_tutorial.detectors.MahaEnsemble` fitted on the same clean features).  Lee et
+    al. take the step in the normalised input space divided by the channel's standard deviation, which is the same
+    step ``magnitude`` in pixel units; unlike their code, the moved image is clipped to [0, 1], the range of the
+    package's models.  One forward and backward pass per layer and batch; the model's modes and gradients are left
+    as they were.
+    """
+    from collections.abc import Mapping
+
+    from ..batching import iter_batches, model_device, resolve_batch_size
+    from ..checks import check_images, check_model, describe, eval_mode
+
+    check_model(model, "model", "forward_features")
+    check_images(images, "images")
+    magnitude = check_real(magnitude, "magnitude", low=0.0)
+    if not isinstance(layer_detectors, Mapping) or not layer_detectors or not all(
+            isinstance(d, Mahalanobis) for d in layer_detectors.values()):
+        raise TypeError(f"layer_detectors must be a non-empty mapping {{layer: fitted Mahalanobis}}, "
+                        f"got {describe(layer_detectors)}")
+    unknown = set(layer_detectors) - set(getattr(model, "feature_names", ()))
+    if unknown:
+        raise KeyError(f"layer_detectors name layers the model does not tap: {sorted(unknown)}")
+    for layer, det in layer_detectors.items():
+        det._check_fitted(f"input_preprocessing (layer {layer!r})")
+    device = model_device(model) or torch.device("cpu")
+    size = resolve_batch_size(batch_size, device)
+    out = {layer: [] for layer in layer_detectors}
+    with eval_mode(model):
+        batches, _ = iter_batches((images, torch.zeros(len(images), dtype=torch.int64)), size)
+        for x, _ in batches:
+            x = x.to(device)
+            for layer, det in layer_detectors.items():
+                means, factor = _on(det.means_, device), _on(det.precision_cholesky_, device)
+                x_in = x.detach().clone().requires_grad_(True)
+                _, feats = model.forward_features(x_in, [layer], logits=False)
+                score = mahalanobis_sq(_f64(feats[layer]), means, factor).min(dim=1).values
+                (grad,) = torch.autograd.grad(score.sum(), x_in)
+                moved = (x - magnitude * grad.sign()).clamp(0, 1)
+                with torch.no_grad():
+                    _, feats = model.forward_features(moved, [layer], logits=False)
+                out[layer].append(feats[layer].detach().float().cpu())
+    return {layer: torch.cat(v) for layer, v in out.items()}
