@@ -423,8 +423,8 @@ if book.check_claims(profile):
 # its test results), `test_sets`, `acc` and `names`. An exercise marked *checked* has an answer
 # cell, where each `...` is yours to replace with code, and a check cell, which says "correct",
 # or what it expected and where a wrong answer usually comes from, or "not answered yet" while a
-# `...` is left. On this page a solution runs between the two (the collapsed cell: click to show
-# it); the reader's copy that the Colab button opens has no solutions. The other exercises train
+# `...` is left. In the book a solution runs between the two (the collapsed cell: click to show
+# it); the reader's copy that the Colab button opens has none. The other exercises train
 # a model, which takes minutes on a CPU; their solutions show the code.
 #
 # ### Exercise 1.1 (checked): sensitivity and specificity

@@ -550,9 +550,9 @@ display(Markdown("\n\n".join(textwrap.fill(v, width=100) for v in verdict)))
 # ε = 1/255, as `attacks.AttackResult`s), `curves` and `eps_grid` (the PGD sweep), `models`,
 # `attack_sets`, `x_cxr, y_cxr` (the chest X-ray attack set) and `steps`. An exercise marked
 # *checked* has an answer cell, where each `...` is yours to replace with code, and a check cell,
-# which says "correct", or what it expected, or "not answered yet" while a `...` is left. On this
-# page a solution runs between the two (the collapsed cell); the reader's copy that the Colab
-# button opens has no solutions. The other exercises run attacks for a while; their solutions
+# which says "correct", or what it expected, or "not answered yet" while a `...` is left. In the book
+# a solution runs between the two (the collapsed cell); the reader's copy that the Colab
+# button opens has none. The other exercises run attacks for a while; their solutions
 # show the code.
 #
 # ### Exercise 2.1 (checked): a success rate by hand

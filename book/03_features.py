@@ -788,9 +788,9 @@ book.glue("fig_embeddings", fig)
 # Mahalanobis model), `fs_train`, `fs_test`, `fs_adv` (features of the clean training, clean test
 # and adversarial images), `pct` (their percentiles) and `feature_dim`. An exercise marked
 # *checked* has an answer cell, where each `...` is yours to replace with code, and a check cell,
-# which says "correct", or what it expected, or "not answered yet" while a `...` is left. On this
-# page a solution runs between the two (the collapsed cell); the reader's copy that the Colab
-# button opens has no solutions. The other two exercises refit the outlier model (seconds) or run
+# which says "correct", or what it expected, or "not answered yet" while a `...` is left. In the book
+# a solution runs between the two (the collapsed cell); the reader's copy that the Colab
+# button opens has none. The other two exercises refit the outlier model (seconds) or run
 # an attack (minutes on a CPU); their solutions show the code.
 #
 # ### Exercise 3.1 (checked): a cosine by hand

@@ -731,8 +731,8 @@ show_table(*li_zhu_fundus.table)
 # `fs.penultimate`, or `fs["block13"]` for another layer, is an `(N, d)` tensor), `li_zhu`, `bb`
 # and `auc`. An exercise marked *checked* has an answer cell, where each `...` is yours to
 # replace with code, and a check cell, which says "correct", or what it expected, or "not
-# answered yet" while a `...` is left. On this page a solution runs between the two (the
-# collapsed cell); the reader's copy that the Colab button opens has no solutions. The other
+# answered yet" while a `...` is left. In the book a solution runs between the two (the
+# collapsed cell); the reader's copy that the Colab button opens has none. The other
 # exercises show their code in the solution.
 #
 # ### Exercise 4.1 (checked): an AUROC by hand

@@ -1092,8 +1092,8 @@ if book.check_claims(profile):
 # `fs_train` (the clean training features), `lambdas`, `one_sided`, `two_sided`, `eps`, `hfc_steps`
 # and `hfc_alpha`. An exercise marked *checked* has an answer cell, where each `...` is yours to
 # replace with code, and a check cell, which says "correct", or what it expected, or "not
-# answered yet" while a `...` is left. On this page a solution runs between the two (the
-# collapsed cell); the reader's copy that the Colab button opens has no solutions. The other
+# answered yet" while a `...` is left. In the book a solution runs between the two (the
+# collapsed cell); the reader's copy that the Colab button opens has none. The other
 # exercises run attacks for minutes; their solutions show the code.
 #
 # ### Exercise 5.1 (checked): the HFC energy of one image, by hand

@@ -208,40 +208,40 @@ def test_editing_a_kernel_invalidates_what_it_produced(tmp_path):
     assert run()[0]
 
 
-def test_editing_a_detector_module_changes_the_suite_code_version(tmp_path):
-    """A detector lives in a sub-package module: its edit must reach the suite's code version."""
+def _versions_of_a_copy(tmp_path):
+    """A copy of the package and a function that prints ``code_version(m)`` for each of its arguments, read
+    by a fresh process from that copy's files."""
     src = Path(cache.__file__).resolve().parent
     pkg = tmp_path / "pkg" / "medadv_tutorial"
     shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     env = dict(os.environ, PYTHONPATH=str(pkg.parent), PYTHONDONTWRITEBYTECODE="1")
-    script = "from medadv_tutorial import cache; print(cache.code_version('suite'), cache.code_version('attacks'))"
 
-    def versions():
+    def versions(*modules):
+        script = "from medadv_tutorial import cache; print(*(cache.code_version(m) for m in %r))" % (modules,)
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                              cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.split()
 
-    suite0, attacks0 = versions()
+    return pkg, versions
+
+
+def test_editing_a_detector_module_changes_the_suite_code_version(tmp_path):
+    """A detector lives in a sub-package module: its edit must reach the suite's code version."""
+    pkg, versions = _versions_of_a_copy(tmp_path)
+    suite0, attacks0 = versions("suite", "attacks")
     with open(pkg / "detectors" / "gaussians.py", "a") as fh:
         fh.write("\n_AN_EDIT_OF_MGMS_MODULE = 1\n")
-    suite1, attacks1 = versions()
+    suite1, attacks1 = versions("suite", "attacks")
     assert suite1 != suite0 and attacks1 == attacks0
 
 
 def test_prose_edits_keep_the_code_version(tmp_path):
     """Docstrings, comments and blank lines are not code: editing them keeps every entry valid."""
-    src = Path(cache.__file__).resolve().parent
-    pkg = tmp_path / "pkg" / "medadv_tutorial"
-    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    env = dict(os.environ, PYTHONPATH=str(pkg.parent), PYTHONDONTWRITEBYTECODE="1")
-    script = "from medadv_tutorial import cache; print(cache.code_version('attacks'))"
+    pkg, versions = _versions_of_a_copy(tmp_path)
 
     def version():
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                             cwd=tmp_path)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout.strip()
+        return versions("attacks")[0]
 
     v0 = version()
     path = pkg / "checks.py"

@@ -134,8 +134,9 @@ def glue_values(nb: dict) -> dict[str, dict]:
 class Context:
     """What the conversion of one chapter reads: its glue values and the book-wide references."""
 
-    def __init__(self, glue: dict, cites: dict, refs: dict, titles: dict, url: str):
+    def __init__(self, glue: dict, cites: dict, refs: dict, titles: dict, url: str, page: str = ""):
         self.glue, self.cites, self.refs, self.titles, self.url = glue, cites, refs, titles, url
+        self.page = page  # the chapter's page name, for links to its HTML
 
     def value(self, key: str, role: str) -> str:
         name, _, fmt = key.partition(":") if role == "glue:text" else (key, "", "")
@@ -260,7 +261,7 @@ def convert_markdown(source: str, ctx: Context, attachments: dict) -> str:
             attachments[f"{arg}.png"] = {"image/png": _text(data["image/png"])}
             out += [f"![{arg}](attachment:{arg}.png)", "", f"*{inner}*" if inner else ""]
         elif name == "admonition" and arg.lower().startswith("solution"):
-            out.append(f"*{arg}: in the book's HTML version of this chapter ({ctx.url}).*")
+            out.append(f"*{arg}: in [the book's version of this chapter]({ctx.url}{ctx.page}.html).*")
         elif name == "admonition" or name in ("note", "tip", "warning", "important", "seealso"):
             title = arg or name.capitalize()
             if "dropdown" in options.get("class", ""):
@@ -303,7 +304,7 @@ def build() -> dict[Path, str]:
     cites, refs, titles, url = citation_labels(), targets(notebooks), page_titles(), book_url()
     copies = {}
     for stem, nb in notebooks.items():
-        ctx = Context(glue_values(nb), cites, refs, titles, url)
+        ctx = Context(glue_values(nb), cites, refs, titles, url, stem)
         copies[OUT / f"{stem}.ipynb"] = json.dumps(reader_copy(nb, ctx), indent=1, ensure_ascii=False) + "\n"
     return copies
 
