@@ -381,9 +381,12 @@ if book.check_claims(profile):
 # The table therefore also reports the confidence-free $\|\nabla_x m\|_1$, and the ratio
 # $\epsilon\,\|\nabla_x m\|_1 / |m|$: to first order, the fraction of an image's margin that a
 # perturbation of one grey level can erase (above 1, the decision flips). The chest X-rays have
-# one channel (repeated to three inside the model) and the other images three: an attacker of a
-# chest X-ray changes a third as many values, which lowers the gradient norm by a factor of three
-# at most, so it cannot explain larger differences in the table.
+# one channel (repeated to three inside the model) and the other images three. The gradient with
+# respect to a grey pixel is the sum of the gradients of its three copies, so its absolute value
+# is at most the sum of theirs (equal when the three agree in sign) and can be far smaller (when
+# they cancel): the channel count sets no fixed factor between the grey and the colour images'
+# L1 norms, in either direction, and the table cannot be read as "a third of the values, a third
+# of the norm".
 
 
 # %%
@@ -517,7 +520,11 @@ display(Markdown("\n\n".join(textwrap.fill(v, width=100) for v in verdict)))
 # X-rays come from 224 px, so the fine texture an attack can exploit differs, and Ma et al.'s
 # explanation of medical vulnerability is about texture. The PneumoniaMNIST control holds the
 # task fixed and changes only the resolution; the verdict says, for each view, whether the
-# chest-versus-CIFAR-10 difference survives it. And all numbers come from
+# chest-versus-CIFAR-10 difference survives it. The clean radius that $D$ is measured in is taken
+# over all the images of a data set, whatever their class: CIFAR-10's cloud holds ten classes
+# and the binary sets' two, so a wider cloud gives CIFAR-10 a larger radius and, for the same
+# displacement, a smaller $D$. A radius per class would remove that difference; this run does not
+# measure it, so a lower $D$ for CIFAR-10 is partly a property of the yardstick. And all numbers come from
 # {glue:md}`n_attacked` attacked images per data set ({glue:}`profile_n_stress` in the stress
 # test): the intervals show how far apart two data sets must lie before this run can tell them
 # apart, and one network and one training run per data set say nothing about the spread over

@@ -119,7 +119,8 @@ from medadv_tutorial.report import and_join, show_table, span
 # below is an estimate with its 95% bootstrap interval over the images, `estimate [low, high]`,
 # the interval under the estimate in wide tables (for AUROC, TPR and F1 the clean and the
 # adversarial images are resampled apart; the kept fraction of the evaluation images below has a
-# Wilson interval, a rate over all clean test images a bootstrap one). We call two numbers
+# Wilson interval, the score interval for a proportion, which unlike the percentile bootstrap does
+# not shrink to a point when the rate is 0 or 1; a rate over all clean test images a bootstrap one). We call two numbers
 # different only when their intervals do not overlap, and an AUROC below chance only when its
 # whole interval lies below 0.5.
 
@@ -150,9 +151,11 @@ book.glue_results(success_fgsm=f"{evals['FGSM'].success_ci}", success_pgd=f"{eva
 # %% [markdown]
 # ## Li & Zhu's table: MGM, Isolation Forest, one-class SVM
 #
-# All three are fitted on clean training features only and thresholded to keep 95% of them. F1
-# counts adversarial images as positives on the balanced set: every attacked image, whether or not
-# the attack fooled the model (FGSM's failures too), as in every table of this chapter. The
+# All three are fitted on clean training features only and thresholded to keep 95% of them. The
+# **F1** score is the harmonic mean of the detector's precision (the share of flagged images that
+# are adversarial) and its recall (the share of adversarial images it flags), at that threshold.
+# It counts adversarial images as positives on the balanced set: every attacked image, whether or
+# not the attack fooled the model (FGSM's failures too), as in every table of this chapter. The
 # **follow-up AUROC** is the classifier's AUROC on the images the detector lets through (clean
 # and adversarial together): a perfect detector restores the clean AUROC, no defence leaves the
 # attacked one. Each cell shows the estimate over its 95% bootstrap interval.
@@ -332,7 +335,9 @@ if book.check_claims(profile):
 # ## The wider comparison: AUROC and TPR at 90% TNR
 #
 # The threshold-free metrics of Ma et al. and the HFC paper, for all detectors against the same
-# attacks. Which data each detector was trained on:
+# attacks: the AUROC (Chapter 1: the probability that an adversarial image scores higher than a
+# clean one), and the **TPR at 90% TNR**, the share of adversarial images flagged (true-positive
+# rate) at the threshold that leaves 90% of the clean images unflagged (true-negative rate). Which data each detector was trained on:
 #
 # - **unsupervised**, fitted on clean training features only: MGM, ISO, OCSVM (penultimate layer),
 #   MAHA (penultimate layer: class means with a shared covariance; its per-layer version is the

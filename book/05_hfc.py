@@ -696,7 +696,8 @@ book.glue("fig_mgm_scores", fig)
 # :name: fig-mgm-scores
 #
 # Histograms of the MGM score (the negative log-density of the penultimate feature under one
-# Gaussian of the predicted class, fitted on clean training features): the clean training images
+# Gaussian fitted to all clean training features, whatever their class, as in Li & Zhu and
+# Chapter 4): the clean training images
 # (leave-one-out scores, from which the two-sided detector takes its median, the black line),
 # {glue:md}`attack_set_text` when clean, and the same images after PGD+HFC (λ =
 # {glue:md}`lam_star`, ε = 1/255, {glue:}`hfc_steps` steps of ε/4). Bins span the 0.5th to 99.5th

@@ -264,3 +264,92 @@ if book.check_claims(profile):
 #   <medadv_tutorial.reproduce.run_grid>`) on the same cached models and attacks, so
 #   `python -m medadv_tutorial.reproduce --profile ci --datasets chest_xray fundus cifar10`
 #   writes this page's grid.
+#
+# ## Exercises
+#
+# The exercises reuse what this page computed: `results` (`{data set: DatasetResult}`, keyed by
+# the package's names: fundus is `"retinamnist"`; `results["retinamnist"].evaluations[attack]` is
+# a `protocol.AttackEvaluation` with `.auroc`, the AUROC per detector, and `.auroc_ci`, its 95%
+# interval), `verdict` (the verdicts of the table above, keyed `"chest X-ray"`, `"fundus"`,
+# `"CIFAR-10"`) and `off` (the official protocol's run). An exercise marked *checked* has an answer
+# cell, where each `...` is yours to replace with code, and a check cell, which says "correct",
+# or what it expected, or "not answered yet" while a `...` is left. In the book a solution runs
+# between the two (the collapsed cell); the reader's copy that the Colab button opens has none.
+#
+# ### Exercise 6.1 (checked): a verdict by hand
+#
+# For fundus, list the detectors of `suite.DETECTOR_NAMES` that catch plain PGD (AUROC at least
+# `reproduce.BOOK.catches`) as `caught_fundus`, and, of those, the ones PGD+HFC hides from (AUROC
+# at most `reproduce.BOOK.hides`, with a 95% interval whose lower end is at most 0.5) as
+# `hidden_fundus`. Which detectors does HFC not hide from on fundus, and what do they read that
+# the others do not?
+
+# %% tags=["exercise-answer"]
+# Exercise 6.1, your answer: replace each ... with your code
+caught_fundus = ...
+hidden_fundus = ...
+
+# %% tags=["exercise-solution", "hide-input"]
+# Exercise 6.1, a solution
+pgd, hfc_run = results["retinamnist"].evaluations["PGD"], results["retinamnist"].evaluations["PGD+HFC"]
+caught_fundus = [d for d in suite.DETECTOR_NAMES if pgd.auroc[d] >= reproduce.BOOK.catches]
+hidden_fundus = [d for d in caught_fundus
+                 if hfc_run.auroc[d] <= reproduce.BOOK.hides and hfc_run.auroc_ci[d].low <= 0.5]
+
+# %% tags=["exercise-check"]
+# Check of Exercise 6.1 against protocol.bypass, which wrote the table above
+def check_6_1(caught_fundus, hidden_fundus):
+    def flags(names):  # which detectors a list names (the order does not matter)
+        return names if names is ... else {d: d in names for d in suite.DETECTOR_NAMES}
+
+    return (book.check_answer("caught_fundus", flags(caught_fundus), flags(verdict["fundus"].caught),
+                              hint="compare the AUROC against plain PGD (the estimate) with reproduce.BOOK.catches.")
+            and book.check_answer("hidden_fundus", flags(hidden_fundus), flags(verdict["fundus"].hidden),
+                                  hint="only detectors that catch PGD can be hidden from; the AUROC against PGD+HFC "
+                                       "must be at most reproduce.BOOK.hides and its interval must reach 0.5."))
+
+
+check_6_1(caught_fundus, hidden_fundus)
+
+# %% tags=["remove-cell"]
+# Test of the check of Exercise 6.1 (run by CI; not in the book or the reader's copy): hidden over every detector,
+# not only those that caught PGD (or, where the two lists agree, the caught list given as the hidden one)
+if book.check_claims(profile):  # the smoke profile's numbers mean nothing
+    every = [d for d in suite.DETECTOR_NAMES if hfc_run.auroc[d] <= reproduce.BOOK.hides and hfc_run.auroc_ci[d].low <= 0.5]
+    book.check_rejects(check_6_1, caught_fundus, every if set(every) != set(hidden_fundus) else caught_fundus,
+                       why="hidden judged over every detector")
+
+# %% [markdown]
+# :::{admonition} Solution
+# :class: dropdown
+#
+# The collapsed cell above holds a solution. On fundus HFC does not hide from
+# {glue:md}`fundus_still`: the supervised layer ensembles, which read blocks 3, 8 and 13 besides
+# the penultimate layer and were trained on adversarial (FGSM) features. HFC's energy is divided
+# by each layer's width and, at the λ the rule chose, its pull acts mostly on the deep layers; the
+# 28-px upsampled fundus images leave the shallow layers' evidence where the ensembles find it.
+# That is a reading of the table, not a measurement of it: Exercise 5.4's one-layer variant is
+# the experiment that would test it.
+# :::
+#
+# ### Exercise 6.2: your own data set
+#
+# Write a MedMNIST-layout `.npz` file of a binary task you care about (or take any MedMNIST 2D
+# file, such as `pneumoniamnist.npz`), run the grid on it from a terminal, and compare its
+# verdict table with this page's. Which of the book's findings hold on your data?
+#
+# :::{admonition} Solution
+# :class: dropdown
+#
+# ```bash
+# python -m medadv_tutorial.reproduce --profile ci --data pneumoniamnist.npz --name pneumonia --out results/
+# ```
+#
+# (`--name` because the file's stem is also the name of one of the book's data sets; `--positive`
+# maps a multi-class file to a binary task.) The command trains and caches the model by the
+# book's recipe, chooses every adaptive weight on the file's own selection set and writes
+# `table.md`, `table.csv`, `summary.png` and `settings.json` (minutes on a CPU at the `ci`
+# profile, most of them training the model). Read the PGD and PGD+HFC rows as in "Reading the grid": which detectors
+# catch PGD, and which of them HFC hides from. A finding that held on chest X-rays and failed on
+# fundus is a finding about a data set, not about medical images.
+# :::
