@@ -25,7 +25,7 @@
 #   setting of the profile controls what;
 # - read a test accuracy against the chance level of its task, and a confusion matrix for what the
 #   accuracy hides;
-# - put a 95% bootstrap interval on a test accuracy with
+# - put a 95% Wilson interval on a test accuracy with
 #   {py:func}`metrics.rate_interval <medadv_tutorial.metrics.rate_interval>`.
 # :::
 #
@@ -169,6 +169,8 @@ for k, label in names.items():
 show_table(rows, ["task", "stored (H, W)", "model input (C, H, W)", "train", "test", "train classes"])
 
 majority = {k: max(te.class_counts().values()) / len(te) for k, te in test_sets.items()}
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue("cifar10_per_class", per_class(train_sets["cifar10"]))
 book.glue("chest_train_pneumonia", share(train_sets["chest_xray"], "PNEUMONIA"), digits=2)
 book.glue("chest_test_pneumonia", share(test_sets["chest_xray"], "PNEUMONIA"), digits=2)
@@ -351,6 +353,8 @@ show_table(rows, ["task", "train images", "test images", "test accuracy [95% CI]
 
 acc = {k: r["test"]["accuracy"] for k, r in trained.items()}
 auroc = {k: r["test"]["auroc"] for k, r in trained.items()}
+
+# %% tags=["bookkeeping", "hide-input"]
 for k in names:
     book.glue(f"acc_{k}", acc[k], digits=2)
     book.glue(f"auroc_{k}", auroc[k], digits=2)
@@ -371,7 +375,7 @@ book.glue("fig_confusion", plots.confusion_matrices({names[k]: r for k, r in tra
 # holds more. CIFAR-10's ten classes are shown without counts.
 # ```
 
-# %%
+# %% tags=["bookkeeping", "hide-input"]
 # The claims this chapter makes, checked on the unrounded numbers; each band is meant to hold
 # for `ci` and `full` alike (the stored text above is the record, these asserts the contract).
 if book.check_claims(profile):
@@ -422,8 +426,8 @@ if book.check_claims(profile):
 # - The CIFAR-10 model reaches {glue:text}`acc_cifar10:.2f` on ten classes, after
 #   {glue:}`profile_epochs_cifar10` epochs on {glue:md}`cifar10_per_class` images per class.
 # - Accuracies do not rank tasks whose chance levels differ. The AUROC does not depend on class
-#   balance, and a bootstrap interval (Exercise 1.2) says how much of a difference the number of
-#   test images can explain.
+#   balance, and a Wilson interval (Exercise 1.2) says how precisely the number of test images
+#   measures an accuracy.
 # - The three models share the backbone, the input size ({glue:}`profile_image_size` px) and the
 #   training recipe: the matched setting in which Chapter 2 compares their vulnerability.
 #
@@ -505,8 +509,8 @@ if book.check_claims(profile):  # the smoke profile's numbers mean nothing
 #
 # Each accuracy above comes from a few hundred test images; other test images would give a
 # slightly different number, which is what the table's intervals say. Compute them yourself from
-# the confusion matrices alone: `metrics.rate_interval` resamples the images (a percentile
-# bootstrap) and takes one outcome per image, correct or not; the number of correct images is the
+# the confusion matrices alone: `metrics.rate_interval` gives the Wilson score interval of a rate
+# and takes one outcome per image, correct or not; the number of correct images is the
 # trace of the confusion matrix, the number of images its sum. Store the three intervals in a dict
 # `accuracy_ci`, keyed like `trained`. What do the intervals say about ranking the three tasks?
 
@@ -525,8 +529,8 @@ for k, r in trained.items():
     accuracy_ci[k] = metrics.rate_interval(torch.arange(n) < n_correct)  # one outcome per test image
 
 # %% tags=["exercise-check"]
-# Check of Exercise 1.2: the bootstrap interval is close to the normal approximation
-# p ± 1.96 sqrt(p (1 - p) / n), cut to [0, 1] (within 0.03, or 1/n for small n).
+# Check of Exercise 1.2: each interval is the Wilson score interval of the accuracy, by its closed form
+# (p + z²/2n ± z sqrt(p (1 - p) / n + z²/4n²)) / (1 + z²/n), z = 1.96, to 1e-6
 import math
 
 from medadv_tutorial.report import interval_cell
@@ -535,11 +539,10 @@ from medadv_tutorial.report import interval_cell
 def check_1_2(accuracy_ci):
     expected = {}
     for k, r in trained.items():
-        n, p = r["test"]["n"], acc[k]
-        half = 1.96 * math.sqrt(p * (1 - p) / n)
-        expected[k] = (p, max(0.0, p - half), min(1.0, p + half))
-    return book.check_answer("accuracy_ci", accuracy_ci, expected, tol=max(0.03, 1 / min(r["test"]["n"] for r in
-                             trained.values())), hint="give metrics.rate_interval one entry per test image "
+        n, p, z = r["test"]["n"], acc[k], 1.959963984540054
+        centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        expected[k] = (p, (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+    return book.check_answer("accuracy_ci", accuracy_ci, expected, tol=1e-6, hint="give metrics.rate_interval one entry per test image "
                              "(True = classified correctly), from the trace and the sum of the confusion matrix.")
 
 
@@ -558,12 +561,13 @@ if book.check_claims(profile):  # the smoke profile's numbers mean nothing
 # :class: dropdown
 #
 # The collapsed cell above holds a solution: one boolean per test image, `n_correct` of them true
-# (their order does not matter to the bootstrap). Each interval says how precisely its own
-# accuracy is measured; it does not rank the tasks. A two-class and a ten-class accuracy have
-# different chance levels, so even a measured difference would not say which task is easier. And
-# the difference between two accuracies needs an interval of its own: two 95% intervals that
-# overlap can still belong to accuracies that differ. Each interval covers the choice of test
-# images only, not the randomness of training (Exercise 1.3).
+# (their order does not matter to a rate). Each interval says how precisely its own accuracy is
+# measured; it does not rank the tasks. A two-class and a ten-class accuracy have different
+# chance levels, so even a measured difference would not say which task is easier. And a
+# difference between two accuracies is read from an interval of the difference
+# (`metrics.difference_interval`), never from whether two intervals overlap: two 95% intervals
+# that overlap can still belong to accuracies that differ. Each interval covers the choice of
+# test images only, not the randomness of training (Exercise 1.3).
 # :::
 #
 # ### Exercise 1.3: a second training run

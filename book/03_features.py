@@ -144,9 +144,11 @@ W = m.fc.weight.detach()
 
 # %%
 feature_dim = int(fs_train.penultimate.shape[1])
-book.glue_results(feature_dim=feature_dim, n_attacked=len(y))
 print(textwrap.fill(f"{len(fs_train)} training and {len(fs_test)} test images, {len(fs_train.layers)} "
                     f"layers; penultimate features: ({feature_dim},); attacked: {len(y)} images", book.WIDTH))
+
+# %% tags=["bookkeeping", "hide-input"]
+book.glue_results(feature_dim=feature_dim, n_attacked=len(y))
 
 # %% [markdown]
 # ## The gradient direction, checked
@@ -168,6 +170,8 @@ nonzero = g_auto.norm(dim=1) > 0
 cos = torch.nn.functional.cosine_similarity(g_auto[nonzero].double(), dw[nonzero].double(), dim=1, eps=1e-300)
 print(f"max |autograd - formula| = {float((g_auto - g_formula).abs().max()):.1e}; "
       f"cosine(gradient, w_t - w_y): min {float(cos.min()):.6f}")
+
+# %% tags=["bookkeeping", "hide-input"]
 # The algebra, exact up to float32 rounding: |difference| <= 1e-5, cosine >= 0.9999.
 assert torch.allclose(g_auto, g_formula, atol=1e-5) and float(cos.min()) > 0.9999
 
@@ -186,7 +190,6 @@ assert torch.allclose(g_auto, g_formula, atol=1e-5) and float(cos.min()) > 0.999
 eps, std_steps = 1 / 255, profile.attack_steps
 steps = 2 * std_steps
 n_random = 200  # random directions for the chance level of the cosine
-book.glue_results(pgd_long_steps=steps, n_random=n_random)
 traj, x_adv20 = direction.pgd_feature_trajectory(
     m, x, y, {"eps": eps, "steps": steps, "random_start": True, "seed": 0}, return_adv=True
 )
@@ -201,21 +204,22 @@ with torch.no_grad():
     flipped = m(x_adv).argmax(1).cpu() != y.cpu()  # one outcome per attacked image
     flipped20 = m(x_adv20).argmax(1).cpu() != y.cpu()
 
+# %% tags=["bookkeeping", "hide-input", "nbval-ignore-output"]
+book.glue_results(pgd_long_steps=steps, n_random=n_random)
+
 # %% [markdown]
 # The numbers below are measured on the same {glue:}`n_attacked` images. The success rates, the
 # mean cosine with $\Delta w$ and the shares of steps that raise the projection come with a 95%
-# percentile bootstrap interval over those images: for rates,
+# interval over those images: for rates, the Wilson interval of
 # {py:func}`metrics.rate_interval <medadv_tutorial.metrics.rate_interval>`; for means of one number
-# per image (a cosine, an image's share of steps),
+# per image (a cosine, an image's share of steps), the percentile bootstrap of
 # {py:func}`metrics.mean_interval <medadv_tutorial.metrics.mean_interval>`, which resamples the
-# images in the same way. The other rows (the chance level of a cosine, ratios, the cosine between
+# images. The other rows (the chance level of a cosine, ratios, the cosine between
 # successive steps, the displacement length) describe scales and are shown without an interval.
 #
-# A percentile bootstrap cannot reach beyond the data: when every image succeeds, every resample
-# succeeds too, and the interval collapses to 1.00 [1.00, 1.00]. That is not certainty. When all
-# $n$ images succeed, the "rule of three" gives an approximate one-sided 95% lower bound on the
-# success rate of $1 - 3/n$ (the exact bound is $0.05^{1/n}$), here
-# {glue:text}`rule3_lower:.2f` for the {glue:}`n_attacked` attacked images.
+# A rate of 1.00 measured on {glue:}`n_attacked` images is not certainty: its Wilson interval
+# reaches down to about $1 - 3.8/n$ (a percentile bootstrap, which cannot reach beyond the data,
+# would collapse to 1.00 [1.00, 1.00]).
 
 # %%
 def grows_per_image(tr, direction, first_step=1):
@@ -237,12 +241,6 @@ ci = {"success": metrics.rate_interval(flipped), "success20": metrics.rate_inter
       "grows20": metrics.mean_interval(grows_per_image(traj, u)),
       # steps std_steps + 1, ..., steps: after the standard attack has ended
       "grows_late": metrics.mean_interval(grows_per_image(traj, u, first_step=std_steps + 1))}
-# the per-image shares average to direction_stats' share over (image, step) pairs
-assert abs(ci["grows"].estimate - stats["frac_increasing"]) < 1e-9
-assert abs(ci["grows20"].estimate - stats20["frac_increasing"]) < 1e-9
-assert abs(ci["grows_late"].estimate - float(stats20["frac_increasing_per_step"][std_steps:].mean())) < 1e-9
-# a percentile bootstrap collapses when every image succeeds; the rule of three does not
-book.glue_results(rule3_lower=max(0.0, 1 - 3 / len(y)))
 
 
 def summary(st, tr, success, cos, grows):
@@ -262,6 +260,20 @@ show_table([list(c) for c in cols], ["chest X-ray, PGD ε = 1/255", f"{std_steps
 # the scale of a cosine in d dimensions: two independent random directions have cosine about
 # N(0, 1/d), so a root-mean-square cosine of 1/sqrt(d) and a mean |cosine| of sqrt(2 / (pi d))
 cos_chance_rms, cos_chance_mean = 1 / np.sqrt(feature_dim), np.sqrt(2 / (np.pi * feature_dim))
+# the same images under both counts: a paired interval of the difference (standard minus long count)
+grows_diff = metrics.difference_interval(grows_per_image(traj[: std_steps + 1], u), grows_per_image(traj, u),
+                                         paired=True)
+# after the standard attack: how often does a step still raise the projection?
+late = ci["grows_late"]
+# the same images in both: a paired interval of the difference, late steps minus the first ones
+late_vs_first = metrics.difference_interval(grows_per_image(traj, u, first_step=std_steps + 1),
+                                            grows_per_image(traj[: std_steps + 1], u), paired=True)
+
+# %% tags=["bookkeeping", "hide-input"]
+# the per-image shares average to direction_stats' share over (image, step) pairs
+assert abs(ci["grows"].estimate - stats["frac_increasing"]) < 1e-9
+assert abs(ci["grows20"].estimate - stats20["frac_increasing"]) < 1e-9
+assert abs(ci["grows_late"].estimate - float(stats20["frac_increasing_per_step"][std_steps:].mean())) < 1e-9
 assert abs(stats["cos_random_expected"] - cos_chance_mean) < 1e-12
 book.glue_results(cos_std=stats["cos_total"], cos_random=stats["cos_random"], cos_long=stats20["cos_total"],
                   cos_sq=stats["cos_total"] ** 2, frac_std=stats["frac_increasing"],
@@ -270,20 +282,18 @@ book.glue_results(3, cos_chance_rms=cos_chance_rms, cos_chance_mean=cos_chance_m
 book.glue_results(0, cos_ratio=stats["cos_total"] / stats["cos_random"])
 book.glue_results(cos_std_ci=f"{ci['cos']}", success_std_ci=f"{ci['success']:.0%}",
                   frac_std_ci=f"{ci['grows']:.0%}", frac_long_ci=f"{ci['grows20']:.0%}")
-book.glue_results(frac_verdict="overlap, so this run does not separate the two shares" if ci["grows"].overlaps(
-    ci["grows20"]) else "do not overlap")
-# after the standard attack: how often does a step still raise the projection?
-late = ci["grows_late"]
+book.glue_results(frac_verdict=f"differ by {grows_diff:.0%} (paired 95% interval), " + (
+    "so this run does not tell the two shares apart" if grows_diff.side() == 0 else "beyond sampling error"))
 book.glue_results(frac_late_ci=f"{late:.0%}", late_steps=f"{std_steps + 1}–{steps}",
                   cos_succ_long=float(stats20["cos_successive"].mean()))
 book.glue_results(
     frac_late_vs_half="more often than it falls" if late.low > 0.5 else "less often than it falls"
     if late.high < 0.5 else "about as often as it falls (the interval contains one half)",
-    frac_late_vs_first="though less often than in the first steps (the two intervals do not overlap)"
-    if late.high < ci["grows"].low else "with an interval that overlaps that of the first steps"
-    if late.overlaps(ci["grows"]) else "even more often than in the first steps")
+    frac_late_vs_first={-1: "though less often than in the first steps", 1: "more often than in the first steps",
+                        0: "as often as in the first steps, as far as this run tells"}[late_vs_first.side()]
+    + f" (paired difference {late_vs_first:.0%})")
 
-# %%
+# %% tags=["bookkeeping", "hide-input"]
 # The chapter's claims, on the unrounded numbers; the same bands under every profile.
 if book.check_claims(profile):
     # the total displacement is at least 10 times more aligned with Δw than a random direction
@@ -337,9 +347,8 @@ if book.check_claims(profile):
 # images), {glue:md}`frac_late_vs_half`, {glue:md}`frac_late_vs_first`.
 # Counted over all {glue:}`pgd_long_steps` steps, the share is {glue:md}`frac_long_ci`, against
 # {glue:md}`frac_std_ci` over the first {glue:}`profile_attack_steps`; the two intervals
-# {glue:md}`frac_verdict`. (Both shares come from the same images, and the longer count contains
-# the shorter one, so the two are not independent measurements and their intervals are a
-# cautious comparison.) So "every step pushes the features further" is not true of single steps,
+# {glue:md}`frac_verdict`. (Both shares come from the same images, so the difference is paired:
+# each resample takes the same images for both counts.) So "every step pushes the features further" is not true of single steps,
 # even while the budget lasts; what holds is that most steps push them further along $\Delta w$:
 # {glue:md}`frac_std_ci` of them in the first {glue:}`profile_attack_steps` steps and
 # {glue:md}`frac_late_ci` in steps {glue:md}`late_steps`, once the budget is spent.
@@ -383,6 +392,8 @@ for ax, title in zip(axes, ["drift along Δw", "projection grows at this step", 
 fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, frameon=False,
            fontsize=plots.MIN_FONT + 1)
 fig.tight_layout(rect=(0, 0.08, 1, 1))
+
+# %% tags=["bookkeeping", "hide-input", "remove-output", "nbval-ignore-output"]
 book.glue("fig_drift", fig)
 
 # %% [markdown]
@@ -410,9 +421,6 @@ show_table(
       interval_cell(ci["grows_c"])]],
     [f"model ({steps} steps)", "PGD success rate", "cos(total, Δw)", "random |cos|", "projection grows"],
 )
-book.glue_results(cos_cifar=stats_c["cos_total"], cos_cifar_ci=f"{ci['cos_c']}", cos_long_ci=f"{ci['cos20']}",
-                  n_attacked_cifar=len(yc))
-book.glue_results(0, cos_ratio_cifar=stats_c["cos_total"] / stats_c["cos_random"])
 diff = stats_c["cos_total"] - stats20["cos_total"]  # CIFAR-10 minus chest X-ray, same number of steps
 if abs(diff) < 0.02:
     comparison = "about as well as"
@@ -420,9 +428,17 @@ elif diff > 0:
     comparison = "slightly better than" if diff < 0.1 else "better than"
 else:
     comparison = "slightly less well than" if diff > -0.1 else "less well than"
-book.glue_results(cifar_vs_chest=comparison, cifar_vs_chest_verdict=(
-    "the two intervals overlap, so this run does not tell which model's features follow their Δw more "
-    "closely" if ci["cos_c"].overlaps(ci["cos20"]) else "the two intervals do not overlap"))
+# different images: an unpaired interval of the difference, CIFAR-10 minus chest X-ray
+cos_diff = metrics.difference_interval(stats_c["cos_total_per_image"], stats20["cos_total_per_image"], paired=False)
+
+# %% tags=["bookkeeping", "hide-input"]
+book.glue_results(cos_cifar=stats_c["cos_total"], cos_cifar_ci=f"{ci['cos_c']}", cos_long_ci=f"{ci['cos20']}",
+                  n_attacked_cifar=len(yc))
+book.glue_results(0, cos_ratio_cifar=stats_c["cos_total"] / stats_c["cos_random"])
+book.glue_results(cifar_vs_chest=comparison, cifar_vs_chest_verdict=f"the difference, CIFAR-10 minus chest X-ray, is "
+                  f"{cos_diff} (95% interval), " + ("so this run does not tell which model's features follow their "
+                                                    "Δw more closely" if cos_diff.side() == 0 else
+                                                    "beyond sampling error"))
 if book.check_claims(profile):
     # the ten-class model's drift along its per-image Δw is also at least 10 times chance
     assert stats_c["cos_total"] >= 10 * stats_c["cos_random"], stats_c["cos_total"] / stats_c["cos_random"]
@@ -465,6 +481,8 @@ ax.axvline(boundary, color="k", ls="--", lw=0.8, label="decision boundary")
 ax.set(xlabel="penultimate features projected on Δw", ylabel="density")
 ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=plots.MIN_FONT)  # beside the data
 fig.tight_layout()
+
+# %% tags=["bookkeeping", "hide-input", "remove-output", "nbval-ignore-output"]
 book.glue("fig_projection", fig)
 book.glue_results(n_test_images=len(fs_test))
 
@@ -491,6 +509,8 @@ for c in (0, 1):
         beyond[y_np == c] = torch.from_numpy(proj_adv[y_np == c] > edge if c == 0 else proj_adv[y_np == c] < edge)
 overshoot = metrics.rate_interval(beyond)
 print(f"adversarial images beyond 95% of the clean images of their new class: {overshoot}")
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(overshoot_ci=f"{overshoot:.0%}")
 if book.check_claims(profile):
     # most adversarial images overshoot the clean images of their new class
@@ -525,6 +545,8 @@ fs_clean_att = features.extract_features(m, (x, y), progress=False)
 outlier_model = outliers.MahalanobisOutliers(reg=1e-3).fit(fs_train)
 pct = {"clean test": outlier_model.percentiles(fs_test), "attacked images (clean)": outlier_model.percentiles(fs_clean_att),
        "PGD 1/255": outlier_model.percentiles(fs_adv)}
+
+# %% tags=["bookkeeping", "hide-input", "nbval-ignore-output"]
 book.glue_results(n_reference=len(outlier_model.reference_), ref_fraction=outlier_model.ref_fraction,
                   outlier_reg=f"{outlier_model.reg:g}")  # the relative ridge, as text
 
@@ -540,6 +562,8 @@ ax.set(ylabel="median Mahalanobis\npercentile", ylim=(0, 101))
 ax.grid(alpha=0.3)
 ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=plots.MIN_FONT)  # beside the data
 fig.tight_layout()
+
+# %% tags=["bookkeeping", "hide-input", "remove-output", "nbval-ignore-output"]
 book.glue("fig_depth", fig)
 
 # %% [markdown]
@@ -573,9 +597,11 @@ med_clean_stem = float(pct["clean test"]["stem"].median())
 med_adv_block3 = float(pct["PGD 1/255"]["block3"].median())
 print(textwrap.fill(f"penultimate layer: median percentile of PGD features {med_adv_pen:.1f}, "
                     f"of clean test features {med_clean_pen:.1f}", book.WIDTH))
+adv_above95_pen = metrics.rate_interval(pct["PGD 1/255"]["penultimate"] > 95)
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(1, pct_adv_pen=med_adv_pen, pct_adv_stem=med_adv_stem, pct_clean_pen=med_clean_pen,
                   pct_clean_stem=med_clean_stem, pct_adv_block3=med_adv_block3)
-adv_above95_pen = metrics.rate_interval(pct["PGD 1/255"]["penultimate"] > 95)
 book.glue_results(adv_above95_pen=f"{adv_above95_pen:.0%}")
 if book.check_claims(profile):
     # the median PGD image is beyond the 95th clean percentile in the penultimate layer ...
@@ -619,11 +645,6 @@ calib_numbers = {
     "rho_norm_dist": rho,
 }
 earlier = [float(pct["clean test"][l].median()) for l in layers[:-1]]
-book.glue_results(**calib_numbers)
-book.glue_results(below50_pen=f"{calib['below50']:.0%}", above95_pen=f"{calib['above95']:.0%}",
-                  below50_correct=f"{calib['below50_correct']:.0%}", below50_wrong=f"{calib['below50_wrong']:.0%}",
-                  acc_test_ci=f"{calib['acc_test']:.0%}", acc_ref_ci=f"{calib['acc_ref']:.0%}",
-                  pct_clean_earlier=span(earlier, 0))
 show_table([["share of clean test images below the 50th percentile", interval_cell(calib["below50"]), "0.50"],
             ["... among those the model classifies correctly", interval_cell(calib["below50_correct"]), "0.50"],
             ["... among those it misclassifies", interval_cell(calib["below50_wrong"]), "0.50"],
@@ -634,6 +655,13 @@ show_table([["accuracy [95% interval]", interval_cell(calib["acc_test"]), interv
             ["median norm of the penultimate features", calib_numbers["norm_test_pen"], calib_numbers["norm_ref_pen"]]],
            ["chest X-ray model", f"clean test images ({len(fs_test)})", f"reference images ({len(ref_fs)}, training)"])
 print(f"reference images: Spearman correlation of feature norm and Mahalanobis distance {rho:.2f}")
+
+# %% tags=["bookkeeping", "hide-input"]
+book.glue_results(**calib_numbers)
+book.glue_results(below50_pen=f"{calib['below50']:.0%}", above95_pen=f"{calib['above95']:.0%}",
+                  below50_correct=f"{calib['below50_correct']:.0%}", below50_wrong=f"{calib['below50_wrong']:.0%}",
+                  acc_test_ci=f"{calib['acc_test']:.0%}", acc_ref_ci=f"{calib['acc_ref']:.0%}",
+                  pct_clean_earlier=span(earlier, 0))
 if book.check_claims(profile):
     # clean test images sit closer than the reference: more than half lie below the 50th percentile
     assert calib["below50"].low > 0.5, calib["below50"]
@@ -685,7 +713,6 @@ if book.check_claims(profile):
 
 # %% tags=["remove-output", "nbval-ignore-output"]
 sel = torch.randperm(len(fs_test), generator=torch.Generator().manual_seed(0))[:300]
-book.glue_results(n_embed_clean=len(sel))
 fig, axes = plt.subplots(2, 3, figsize=(10, 7))
 for j, layer in enumerate(["block3", "block8", "penultimate"]):
     clean_l, adv_l = fs_test[layer][sel], fs_adv[layer]
@@ -707,6 +734,9 @@ for j, layer in enumerate(["block3", "block8", "penultimate"]):
 fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False,
            fontsize=plots.MIN_FONT + 1, markerscale=2)
 fig.tight_layout(rect=(0, 0.05, 1, 1))
+
+# %% tags=["bookkeeping", "hide-input", "remove-output", "nbval-ignore-output"]
+book.glue_results(n_embed_clean=len(sel))
 book.glue("fig_embeddings", fig)
 
 # %% [markdown]
@@ -957,8 +987,10 @@ if book.check_claims(profile):  # the smoke profile's numbers mean nothing
 # the class it has left; no detector can use that rule. The nearest class gives the attack the
 # most favourable reading: the smallest distance over the classes. In the penultimate layer the
 # overshoot along $\Delta w$ suggests that no rule saves the attack; in a shallow layer the rules
-# may differ more. Where the three rules give overlapping intervals, the layer's verdict does not
-# depend on the rule; where they do not, it does.
+# may differ more. The three rules score the same adversarial images, so whether the rule changes
+# a layer's verdict is read from a paired interval of the difference, e.g.
+# `metrics.difference_interval(p_a[l] > 95, p_b[l] > 95, paired=True)` for two rules' scores
+# `p_a`, `p_b`: where it contains zero, this run does not tell the two rules apart.
 # :::
 #
 # ### Exercise 3.5: a larger budget

@@ -115,14 +115,17 @@ from medadv_tutorial.report import and_join, show_table, span
 # from the result cache, bit for bit, instead of being recomputed; its key hashes the attack's
 # settings, the model's weights and the images (see the README).
 #
-# **Intervals.** With {glue:}`n_eval` images per set, every rate is uncertain. Each table cell
-# below is an estimate with its 95% bootstrap interval over the images, `estimate [low, high]`,
-# the interval under the estimate in wide tables (for AUROC, TPR and F1 the clean and the
-# adversarial images are resampled apart; the kept fraction of the evaluation images below has a
-# Wilson interval, the score interval for a proportion, which unlike the percentile bootstrap does
-# not shrink to a point when the rate is 0 or 1; a rate over all clean test images a bootstrap one). We call two numbers
-# different only when their intervals do not overlap, and an AUROC below chance only when its
-# whole interval lies below 0.5.
+# **Intervals.** With {glue:}`n_eval` images per set, every number is uncertain. Each table cell
+# below is an estimate with its 95% interval over the images, `estimate [low, high]`, the
+# interval under the estimate in wide tables: for AUROC, TPR and F1 a percentile bootstrap that
+# resamples the clean and the adversarial images apart; for a rate (a success rate, a kept
+# fraction) the Wilson interval, the score interval for a proportion, which unlike the bootstrap
+# does not shrink to a point when the rate is 0 or 1. Two detectors scored on the same images, or
+# two attacks on the same clean images, are compared by a *paired* bootstrap interval of the
+# difference ({py:func}`metrics.auroc_difference_interval
+# <medadv_tutorial.metrics.auroc_difference_interval>`), two data sets by an unpaired one: a
+# difference is stated when that interval excludes zero. An AUROC is called below chance only
+# when its whole interval lies below 0.5.
 
 # %% tags=["nbval-ignore-output"]
 cxr = ctx.setup("chest_xray", features=("train", "test"))  # model, data, cached features (shared by chapters 3-5)
@@ -141,11 +144,15 @@ eval_set = (f"the {n_eval} correctly classified test images drawn for the attack
             if n_eval == profile.n_attack else  # a small test set is split between the attack and selection sets
             f"{n_eval} correctly classified test images (the profile's `n_attack` + `n_select` = "
             f"{profile.n_attack} + {profile.n_select} is more than the test set has, so they were split in proportion)")
+
+# %% tags=["bookkeeping", "hide-input", "nbval-ignore-output"]
 book.glue_results(feature_dim=feature_dim, feature_dim_minus_1=feature_dim - 1, n_eval=n_eval, n_test=len(fs_test),
                   n_fgsm=min(n_fgsm, len(train)), eval_set=eval_set)
 
 # %%
 show_table(*protocol.success_table(evals, f"attack (ε = {eps_text}, white-box)"))
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(success_fgsm=f"{evals['FGSM'].success_ci}", success_pgd=f"{evals['PGD'].success_ci}")
 
 # %% [markdown]
@@ -158,7 +165,8 @@ book.glue_results(success_fgsm=f"{evals['FGSM'].success_ci}", success_pgd=f"{eva
 # not the attack fooled the model (FGSM's failures too), as in every table of this chapter. The
 # **follow-up AUROC** is the classifier's AUROC on the images the detector lets through (clean
 # and adversarial together): a perfect detector restores the clean AUROC, no defence leaves the
-# attacked one. Each cell shows the estimate over its 95% bootstrap interval.
+# attacked one. Each cell shows the estimate over its 95% bootstrap interval (the success rate: its
+# Wilson interval).
 
 # %% tags=["full-width"]
 li_zhu = protocol.li_zhu_table(dets, ["MGM", "ISO", "OCSVM"], fs_clean, evals)
@@ -169,14 +177,16 @@ def versus(iv, ref):  # where an interval lies relative to a number: the verdict
     return "lies below" if iv.high < ref else "lies above" if iv.low > ref else "includes"
 
 
-f1_mgm, kept = li_zhu.f1_ci["MGM"], metrics.Interval(*li_zhu.kept("MGM"))  # kept: with its Wilson interval
+f1_mgm, kept = li_zhu.f1_ci["MGM"], li_zhu.kept("MGM")  # kept: with its Wilson interval
 # the same threshold on the scores of all clean test images (the evaluation images are a subset of them)
 kept_all = metrics.rate_interval(dets.score(fs_test, names=["MGM"])["MGM"] <= li_zhu.thresholds["MGM"])
+
+# %% tags=["bookkeeping", "hide-input"]
 # against MGM's F1 as Li & Zhu report it (quoted from their paper): 0.975 on PGD, 0.936 on FGSM
 book.glue_results(f1_mgm_pgd=f"{f1_mgm['PGD']}", f1_pgd_vs=versus(f1_mgm["PGD"], 0.975),
                   f1_mgm_fgsm=f"{f1_mgm['FGSM']}", f1_fgsm_vs=versus(f1_mgm["FGSM"], 0.936),
                   kept=f"{kept:.0%}", kept_vs=versus(kept, 0.95), kept_all=f"{kept_all:.0%}", kept_all_vs=versus(
-                      kept_all, 0.95), kept_overlap="overlap" if kept.overlaps(kept_all) else "do not overlap")
+                      kept_all, 0.95))
 if book.check_claims(profile):
     # Band: MGM's F1 on PGD at its pre-set threshold is at least 0.90 (Li & Zhu report 0.975).
     assert li_zhu.f1["MGM"]["PGD"] >= 0.90, li_zhu.f1["MGM"]
@@ -212,6 +222,8 @@ evals_lz = protocol.evaluate_attacks({f"FGSM, ε = {LZ_WHITE} (Li & Zhu's)": att
 li_zhu_theirs = protocol.li_zhu_table(dets, ["MGM", "ISO", "OCSVM"], fs_clean, evals_lz)
 show_table(*li_zhu_theirs.table)
 f1_theirs = dict(zip(("FGSM", "PGD"), li_zhu_theirs.f1_ci["MGM"].values()))
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(f1_theirs_pgd=f"{f1_theirs['PGD']}", f1_theirs_pgd_vs=versus(f1_theirs["PGD"], 0.975),
                   f1_theirs_fgsm=f"{f1_theirs['FGSM']}", f1_theirs_fgsm_vs=versus(f1_theirs["FGSM"], 0.936),
                   success_theirs=and_join(f"{a.split(',')[0]} {ev.success_ci}" for a, ev in evals_lz.items()))
@@ -227,8 +239,8 @@ book.glue_results(f1_theirs_pgd=f"{f1_theirs['PGD']}", f1_theirs_pgd_vs=versus(f
 # keeps 95% of *those* by construction; nothing makes it keep 95% of other images. An interval
 # that lies below 95% shows that fewer of these images are kept, not why. Applied to all
 # {glue:}`n_test` clean test images, of which the evaluation images are a part, the same
-# threshold keeps {glue:md}`kept_all` (95% bootstrap interval), an interval that
-# {glue:md}`kept_all_vs` 95%; the two intervals {glue:md}`kept_overlap`.
+# threshold keeps {glue:md}`kept_all` (95% Wilson interval), an interval that
+# {glue:md}`kept_all_vs` 95%.
 #
 # Chapter 3 speaks against the idea that the features of unseen images simply lie further out:
 # measured against class Gaussians fitted on the training features (not MGM's single Gaussian),
@@ -267,6 +279,8 @@ at_their_budget = f"PGD, Lite2, ε = {LZ_BLACK} (Li & Zhu's)"
 evals_bb.update(protocol.evaluate_attacks({at_their_budget: attacks.PGD(LZ_BLACK, steps=steps, seed=0)}, m, x, y, dets,
                                           clean, clean_features=fs_clean, source_model=substitutes["Lite2"][0]))
 sub_acc = {k: rec["test"]["accuracy"] for k, (_, rec) in substitutes.items()}
+
+# %% tags=["bookkeeping", "hide-input", "nbval-ignore-output"]
 book.glue_results(sub_acc_lite2=sub_acc["Lite2"], sub_acc_seed1=sub_acc["seed 1"])
 
 # %% tags=["full-width"]
@@ -275,8 +289,9 @@ show_table(*bb.table)
 ours = [a for a in evals_bb if a != at_their_budget]  # the rows at this page's budget, 1/255
 bb_f1_high = max(bb.f1_ci["MGM"][a].high for a in ours)  # the highest upper end of MGM's F1 intervals at 1/255
 # transfer, paired on the same images: success of the Lite2 substitute's attacks minus the seed-1 one's
-transfer_diff = {a: metrics.mean_interval(evals_bb[f"{a}, Lite2"].outcomes.double()
-                                          - evals_bb[f"{a}, seed 1"].outcomes.double()) for a in attack_zoo}
+transfer_diff = {a: protocol.success_difference(evals_bb[f"{a}, Lite2"], evals_bb[f"{a}, seed 1"]) for a in attack_zoo}
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(transfer=span(bb.success[a] for a in ours), bb_f1_mgm=span(bb.f1["MGM"][a] for a in ours),
                   bb_f1_high=bb_f1_high, bb_auroc_iso=span(bb.auroc["ISO"][a] for a in ours),
                   bb_auroc_mgm=span(bb.auroc["MGM"][a] for a in ours),
@@ -300,7 +315,7 @@ if book.check_claims(profile):
 # {glue:md}`transfer_lite2` from the Lite2 substitute (test accuracy
 # {glue:text}`sub_acc_lite2:.3f`), {glue:md}`transfer_seed1` from the seed-1 one
 # ({glue:text}`sub_acc_seed1:.3f`). Both attack the same images, so their difference is paired:
-# Lite2's success minus seed 1's, per attack with its 95% bootstrap interval over images, is
+# Lite2's success minus seed 1's, per attack with its paired 95% bootstrap interval over images, is
 # {glue:md}`transfer_diff`; the attacks whose interval excludes 0: {glue:md}`transfer_diff_apart`.
 # MGM's black-box F1 at 1/255 is {glue:md}`bb_f1_mgm`: the highest upper end of its eight
 # intervals, {glue:text}`bb_f1_high:.2f`, lies below every black-box F1 Li & Zhu report for MGM,
@@ -371,11 +386,30 @@ fgsm_ok = {d: metrics.auroc_interval(clean[d], evals["FGSM"].scores[d][ok]) for 
 # the share of images the model classifies with a top softmax probability above 0.99 (clean and PGD)
 sure = {k: metrics.rate_interval(torch.softmax(f.logits.double(), 1).amax(1) > 0.99) for k, f in
         (("clean", fs_clean), ("pgd", evals["PGD"].fs))}
+# comparisons on the same images: paired intervals of the differences
+fgsm_minus_pgd = {d: protocol.auroc_difference(evals["FGSM"], evals["PGD"], d) for d in dets.detectors}
+# FGSM's fooled images against PGD's images of the same clean images
+fgsm_ok_minus_pgd = {d: metrics.auroc_difference_interval((clean[d], evals["FGSM"].scores[d][ok]),
+                                                          (clean[d], evals["PGD"].scores[d][ok]), paired=True)
+                     for d in fgsm_ok}
+minus_bu_fgsm = {d: protocol.auroc_difference(evals["FGSM"], evals["FGSM"], d, "BU") for d in density}
+# black-box minus white-box PGD, MGM, on the same clean images
+bb_minus_white = {k: protocol.auroc_difference(evals_bb[f"PGD, {k}"], evals["PGD"], "MGM") for k in substitutes}
+success_fgsm_minus_pgd = protocol.success_difference(evals["FGSM"], evals["PGD"])
+sure_diff = metrics.difference_interval(torch.softmax(evals["PGD"].fs.logits.double(), 1).amax(1) > 0.99,
+                                        torch.softmax(fs_clean.logits.double(), 1).amax(1) > 0.99, paired=True)
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(density_fgsm=span(auc[d]["FGSM"] for d in density), rho_mgm_maha=f"{rho_mgm_maha:.4f}",
+                  fgsm_minus_pgd=and_join(f"{d} {fgsm_minus_pgd[d]:+.2f}" for d in density),
+                  fgsm_ok_minus_pgd=and_join(f"{d} {iv:+.2f}" for d, iv in fgsm_ok_minus_pgd.items()),
+                  bb_minus_white=and_join(f"{k} {iv:+.2f}" for k, iv in bb_minus_white.items()),
+                  success_fgsm_minus_pgd=f"{success_fgsm_minus_pgd:+.2f}", sure_diff=f"{sure_diff:+.2f}",
                   density_fgsm_ok=span(iv.estimate for iv in fgsm_ok.values()),
                   sure_clean=f"{sure['clean']:.0%}", sure_pgd=f"{sure['pgd']:.0%}",
-                  below_bu_fgsm=and_join(d for d in density if ci[d]["FGSM"].high < ci["BU"]["FGSM"].low),
-                  fgsm_only=and_join(d for d in ("DNN", "LID-LR") if ci[d]["PGD"].high < ci[d]["FGSM"].low),
+                  below_bu_fgsm=and_join(f"{d} ({iv:+.2f})" for d, iv in minus_bu_fgsm.items() if iv.side() < 0),
+                  fgsm_only=and_join(f"{d} (PGD minus FGSM {-fgsm_minus_pgd[d]:+.2f})" for d in ("DNN", "LID-LR")
+                                     if fgsm_minus_pgd[d].side() > 0),
                   below_chance=and_join(f"{d} ({', '.join(a)})" for d, a in below.items() if a),
                   **{f"{d}_{a}".lower().replace("-", ""): f"{ci[d][a]}" for d, a in [
                       ("BU", "FGSM"), ("BU", "PGD"), ("LID", "PGD"), ("DNN", "FGSM"), ("DNN", "PGD"),
@@ -389,25 +423,25 @@ if book.check_claims(profile):
     # MGM, MAHA and KD separate the iterative attacks almost perfectly: AUROC >= 0.95
     assert all(auc[d][a] >= 0.95 for d in gaussian for a in iterative), {d: auc[d] for d in gaussian}
     # FGSM succeeds less often than PGD, and every density detector finds it harder than PGD,
-    # each beyond sampling error (intervals apart)
-    assert evals["FGSM"].success_ci.high < evals["PGD"].success_ci.low, (evals["FGSM"].success_ci,
-                                                                          evals["PGD"].success_ci)
-    assert all(ci[d]["FGSM"].high < ci[d]["PGD"].low for d in density), {d: ci[d] for d in density}
-    # ... also on the images FGSM fooled alone: its failures lower its AUROC, the rest of the gap remains
-    assert all(auc[d]["FGSM"] < iv.estimate and iv.high < ci[d]["PGD"].low for d, iv in fgsm_ok.items()), fgsm_ok
+    # each beyond sampling error (paired intervals of the differences below 0)
+    assert success_fgsm_minus_pgd.side() < 0, success_fgsm_minus_pgd
+    assert all(fgsm_minus_pgd[d].side() < 0 for d in density), fgsm_minus_pgd
+    # ... also on the images FGSM fooled alone (against PGD on the same images): its failures lower
+    # its AUROC, the rest of the gap remains
+    assert all(auc[d]["FGSM"] < fgsm_ok[d].estimate and iv.side() < 0 for d, iv in fgsm_ok_minus_pgd.items()), \
+        fgsm_ok_minus_pgd
     # LID and BU rank PGD images as less adversarial than clean ones (interval below 0.5);
     # BU's sign flips between FGSM (interval above 0.5) and PGD
     assert ci["LID"]["PGD"].high < 0.5 and ci["BU"]["PGD"].high < 0.5 < ci["BU"]["FGSM"].low, (ci["LID"], ci["BU"])
     # MAHA-LR, trained on FGSM only, still catches PGD: AUROC >= 0.90
     assert auc["MAHA-LR"]["PGD"] >= 0.90, auc["MAHA-LR"]
     # black-box images are caught less reliably than white-box ones (MGM, PGD at 1/255, from either
-    # substitute; intervals apart)
-    assert all(bb.auroc_ci["MGM"][f"PGD, {k}"].high < ci["MGM"]["PGD"].low for k in substitutes), (bb.auroc_ci["MGM"],
-                                                                                                   ci["MGM"])
+    # substitute; paired on the same clean images, difference below 0)
+    assert all(bb_minus_white[k].side() < 0 for k in substitutes), bb_minus_white
     # MGM and MAHA rank the images alike: Spearman correlation >= 0.9
     assert rho_mgm_maha >= 0.9, rho_mgm_maha
-    # PGD makes the model more confident than on the clean images (shares above 0.99, intervals apart)
-    assert sure["clean"].high < sure["pgd"].low, sure
+    # PGD makes the model more confident than on the clean images (shares above 0.99; paired, same images)
+    assert sure_diff.side() > 0, sure_diff
 
 # %% [markdown]
 # ## ROC curves and score histograms (PGD)
@@ -433,7 +467,9 @@ for label, s in [("clean training (leave-one-out)", s_train), ("clean test", cle
     axes[1].hist(s, bins=40, alpha=0.5, density=True, label=label)
 axes[1].axvline(dets.detectors["MGM"].threshold(0.95), color="k", ls="--", lw=0.8, label="95% threshold")
 axes[1].set(xlabel="MGM score = −log p(h)", ylabel="density", title="MGM scores")
-axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False, fontsize=plots.MIN_FONT)
+axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False, fontsize=plots.MIN_FONT);
+
+# %% tags=["bookkeeping", "hide-input", "remove-output", "nbval-ignore-output"]
 book.glue("fig_roc_pgd", fig)
 
 # %% [markdown]
@@ -475,6 +511,8 @@ book.glue("fig_roc_pgd", fig)
 # %% tags=["nbval-ignore-output"]
 grid = reproduce.run_grid(ctx, ["fundus", "cifar10"], reproduce.PLAIN_ATTACKS)
 runs_by_task = {"chest X-ray": evals, **{r.task: r.evaluations for r in grid.values()}}
+
+# %% tags=["bookkeeping", "hide-input", "nbval-ignore-output"]
 book.glue("fundus_upsample", f"{profile.image_size / 28:.1f}")
 
 # %% tags=["full-width"]
@@ -504,6 +542,8 @@ axes[1].set(xlabel="difference of AUROCs (> 0: medical easier to detect)")
 axes[0].invert_yaxis()
 for ax in axes:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False, fontsize=plots.MIN_FONT)
+
+# %% tags=["bookkeeping", "hide-input", "remove-output", "nbval-ignore-output"]
 book.glue("fig_three_datasets", fig)
 
 # %%
@@ -515,6 +555,8 @@ li_zhu_fundus = protocol.li_zhu_table(fundus_run.suite, ["MGM", "ISO", "OCSVM"],
 easier = {t: comparison.better(t, above_chance=True) for t in diff}
 harder = {t: comparison.worse(t, above_chance=True) for t in diff}
 below_both = {t: comparison.below_both(t) for t in diff}
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(**{f"{t.split()[0].lower()}_easier": and_join(v) for t, v in easier.items()},
                   **{f"{t.split()[0].lower()}_harder": and_join(v) for t, v in harder.items()},
                   **{f"n_{t.split()[0].lower()}_easier": len(v) for t, v in easier.items()},
@@ -602,17 +644,20 @@ show_table(*li_zhu_fundus.table)
 # far out that any density model notices.
 #
 # **FGSM is different.** With one step it succeeds on fewer images ({glue:md}`success_fgsm`
-# against {glue:md}`success_pgd` for PGD), and the density detectors (MGM, MAHA, KD, ISO, OCSVM)
-# reach AUROC {glue:md}`density_fgsm` on it, each with an interval wholly below its PGD one: by
+# against {glue:md}`success_pgd` for PGD; paired difference {glue:md}`success_fgsm_minus_pgd`), and
+# the density detectors (MGM, MAHA, KD, ISO, OCSVM) reach AUROC {glue:md}`density_fgsm` on it,
+# each below its PGD AUROC by a paired interval that excludes zero (FGSM minus PGD:
+# {glue:md}`fgsm_minus_pgd`): by
 # their measure, FGSM's images stay closer to the clean features than PGD's, and MGM's F1 at its
 # threshold is {glue:md}`f1_mgm_fgsm`. Part of the gap is FGSM's failures: every attacked image
 # counts as a positive, also those FGSM did not fool, as in the black-box table. On the images it
 # did fool, the density detectors reach AUROC {glue:md}`density_fgsm_ok` (clean images as
-# negatives, as before): each higher than over all FGSM images, and each interval still wholly
-# below the detector's PGD one (asserted below). Not every unsupervised detector does poorly on
+# negatives, as before): each higher than over all FGSM images, and each still below the
+# detector's AUROC against PGD on the same images (paired differences {glue:md}`fgsm_ok_minus_pgd`;
+# asserted below). Not every unsupervised detector does poorly on
 # FGSM: BU, which reads the model's uncertainty rather than the features' density, reaches
-# {glue:md}`bu_fgsm`; density detectors whose FGSM interval lies wholly below BU's:
-# {glue:md}`below_bu_fgsm`. Our reading, not verified here: a single step leaves the image near
+# {glue:md}`bu_fgsm`; the density detectors below BU on FGSM by a paired interval of the
+# difference that excludes zero: {glue:md}`below_bu_fgsm`. Our reading, not verified here: a single step leaves the image near
 # the decision boundary, whether it crossed it or not, where the MC-dropout predictions disagree.
 #
 # **Below chance.** In the white-box table, the AUROC intervals that lie wholly below 0.5 are
@@ -662,22 +707,24 @@ show_table(*li_zhu_fundus.table)
 # - **BU** also comes out below 0.5 on PGD ({glue:md}`bu_pgd`): the MC-dropout variance of the
 #   adversarial images is *smaller* than that of the clean ones. PGD makes the model more
 #   confident: it gives {glue:md}`sure_pgd` of the PGD images a top softmax probability above
-#   0.99, against {glue:md}`sure_clean` of the clean ones. That near-certain predictions also
+#   0.99, against {glue:md}`sure_clean` of the clean ones (the same images: paired difference
+#   {glue:md}`sure_diff`). That near-certain predictions also
 #   vary less under dropout is our reading, not measured here. The signal is there, with the
 #   opposite sign to the one the detector assumes; a detector fixed in advance cannot flip its
 #   sign after seeing the attack, so the number stands.
 # - **The DNN detector** and **LID-LR** were trained on FGSM, whose adversarial features barely
 #   leave the clean distribution; what they learn is FGSM's signature, which the iterative attacks
 #   need not share (DNN: {glue:md}`dnn_fgsm` on FGSM, {glue:md}`dnn_pgd` on PGD; LID-LR:
-#   {glue:md}`lidlr_fgsm` and {glue:md}`lidlr_pgd`). Of the two, those whose PGD interval lies
-#   wholly below their FGSM one: {glue:md}`fgsm_only`. MAHA-LR, trained on the same FGSM
+#   {glue:md}`lidlr_fgsm` and {glue:md}`lidlr_pgd`). Of the two, those that catch PGD less well
+#   than FGSM, by a paired interval of the difference that excludes zero: {glue:md}`fgsm_only`. MAHA-LR, trained on the same FGSM
 #   images, is a logistic regression too, but its inputs are Mahalanobis distances to the clean
 #   class Gaussians, layer by layer, and it transfers ({glue:md}`mahalr_pgd` on PGD).
 #
 # **Black-box attacks** crafted on either substitute (EfficientNet-Lite2, or Lite0 with another
 # seed) succeed on {glue:md}`transfer` of the images at this budget, and MGM catches them less
 # reliably than the white-box ones: its black-box AUROC is {glue:md}`bb_auroc_mgm`, and on PGD
-# its interval lies wholly below the white-box one for both substitutes (asserted above).
+# it lies below the white-box AUROC for both substitutes, by paired intervals of the difference
+# that exclude zero ({glue:md}`bb_minus_white`; asserted above).
 #
 # Every detector was fitted before any attack it is evaluated on was run, with settings fixed in
 # advance (relative ridge 10⁻³, k = 20, KD bandwidth from clean features, 10 MC-dropout samples),
@@ -723,8 +770,9 @@ show_table(*li_zhu_fundus.table)
 # - MGM and MAHA compute the same whitened distance in all but one of the
 #   {glue:text}`feature_dim:,d` dimensions, and rank the images almost alike (Spearman
 #   {glue:md}`rho_mgm_maha`).
-# - Detectors trained on FGSM features can miss the iterative attacks (PGD interval wholly below
-#   the FGSM one: {glue:md}`fgsm_only`); MAHA-LR, trained on the same images, transfers.
+# - Detectors trained on FGSM features can miss the iterative attacks (PGD below FGSM by a paired
+#   interval that excludes zero: {glue:md}`fgsm_only`); MAHA-LR, trained on the same images,
+#   transfers.
 #
 # ## Exercises
 #

@@ -79,8 +79,8 @@ from medadv_tutorial.report import and_join, show_table
 # python -m medadv_tutorial.reproduce --profile ci --datasets chest_xray fundus cifar10 --out results/
 # ```
 #
-# and writes `table.md` and `table.csv` (success and AUROC per detector, with 95% bootstrap
-# intervals), `summary.png` (the AUROCs as heat maps) and `settings.json` (every setting, the
+# and writes `table.md` and `table.csv` (success with its 95% Wilson interval, AUROC per detector
+# with its 95% bootstrap interval), `summary.png` (the AUROCs as heat maps) and `settings.json` (every setting, the
 # chosen weights, the package version). Your own data set comes as a MedMNIST-layout `.npz`
 # file: `train_images` and `test_images` (`uint8`, `(N, H, W)` grey or `(N, H, W, 3)` RGB),
 # `train_labels` and `test_labels` (integers, `(N,)` or `(N, 1)`). `--positive` turns its labels
@@ -129,7 +129,7 @@ one_sided = list(suite.DETECTOR_NAMES)
 show_table(*reproduce.grid_table(results, detectors=one_sided[:5]))
 show_table(*reproduce.grid_table(results, detectors=one_sided[5:] + ["MGM two-sided", "MAHA two-sided"]))
 
-# %% tags=["remove-output", "nbval-ignore-output"]
+# %% tags=["remove-output", "nbval-ignore-output", "bookkeeping", "hide-input"]
 book.glue("fig_grid", Image(filename=str(out["figure"])), display=False)  # the command's summary.png
 
 # %% [markdown]
@@ -147,6 +147,8 @@ book.glue("fig_grid", Image(filename=str(out["figure"])), display=False)  # the 
 verdict = {r.task: protocol.bypass(r.evaluations["PGD"], r.evaluations["PGD+HFC"], suite.DETECTOR_NAMES,
                                    catches=reproduce.BOOK.catches, hides=reproduce.BOOK.hides)
            for r in results.values()}  # of the detectors that catch PGD: hidden from, not hidden from, below chance
+
+# %% tags=["bookkeeping", "hide-input"]
 for t, v in verdict.items():
     book.glue_results(**{f"{t.split()[0].lower().replace('-', '')}_{k}": and_join(ds)
                          for k, ds in dataclasses.asdict(v).items()})
@@ -208,6 +210,8 @@ show_table([[a, iv] for a, iv in off.success.items()], [f"attack (official proto
 cxr = results["chest_xray"]  # the book's protocol, from the grid above
 book_pairs = {"KD+BU": ("KD", "BU"), "LID": ("LID-LR",), "MAHA": ("MAHA-LR",)}  # the book's nearest detectors
 v_off = {d: row["BIM+HFC"] for d, row in off.auroc.items()}
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(off_steps=official.OFFICIAL.steps, off_n_fit=off.n_fit, off_n_eval=off.n_eval,
                   off_success=and_join(f"{a} {iv}" for a, iv in off.success.items()),
                   off_bim=and_join(f"{d} {row['BIM']}" for d, row in off.auroc.items()),
@@ -234,6 +238,8 @@ book.glue_results(off_steps=official.OFFICIAL.steps, off_n_fit=off.n_fit, off_n_
 # %% tags=["hide-input"]
 weights = {r.task: r.selections["PGD+HFC"].weight for r in results.values() if "PGD+HFC" in r.selections}
 hfc_success = {r.task: r.evaluations["PGD+HFC"].success_ci for r in results.values()}
+
+# %% tags=["bookkeeping", "hide-input"]
 book.glue_results(found_weights=and_join(f"{t} λ = {w:g}" for t, w in weights.items()),
                   found_success=and_join(f"{t} {iv}" for t, iv in hfc_success.items()),
                   found_off_hfc_success=str(off.success["BIM+HFC"]))

@@ -723,13 +723,6 @@ class AttackResult:
         """``(N,)`` bool: attacked (clean-correct, target != y) and fooled (wrong / at target); see :func:`outcomes`."""
         return outcomes(self.y, self.pred_clean, self.pred_adv, self.target)[1]
 
-    def success_interval(self, **bootstrap):
-        """:attr:`success_rate` with its 95% bootstrap interval over the attacked images
-        (:func:`~medadv_tutorial.metrics.rate_interval`; ``bootstrap``: its ``n_boot``, ``level``, ``seed``)."""
-        from .metrics import rate_interval
-
-        return rate_interval(self.success, among=self.attacked, **bootstrap)
-
     def summary(self) -> dict[str, float]:
         """``success_rate`` (over clean-correct images), ``adv_accuracy``, ``clean_accuracy``,
         ``n_attacked``, ``n``."""

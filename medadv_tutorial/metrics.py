@@ -17,11 +17,24 @@ threshold, and a threshold taken as a quantile of clean scores follows
 :func:`followup_auroc` is the metric of Li & Zhu (ISBI 2020): the *classifier's* AUROC on
 the images that the detector lets through.
 
-How precise is a number measured on a few hundred images?  :func:`rate_interval` (a success
-rate, a TPR, an accuracy) and :func:`auroc_interval` return the estimate with a percentile
-bootstrap 95% interval over the images, as an :class:`Interval` that prints as a table cell::
+How precise is a number measured on a few hundred images?  Each estimate comes with a 95%
+interval over the images, as an :class:`Interval` that prints as a table cell, one method per
+kind of quantity:
 
-    f"{rate_interval(result.success)}"      # '0.93 [0.89, 0.96]'
+* a rate (a success rate, a TPR, an accuracy): :func:`rate_interval`, the Wilson score
+  interval, which does not collapse when every image (or none) succeeds;
+* an AUROC, a TPR at a TNR, an F1, a mean: a percentile bootstrap over the images
+  (:func:`auroc_interval`, :func:`tpr_interval`, :func:`f1_interval`, :func:`mean_interval`);
+* a difference of two such numbers: :func:`difference_interval` (rates and means) and
+  :func:`auroc_difference_interval`, *paired* when both were measured on the same images (two
+  attacks, two detectors), so that what the two share cancels.
+
+A verdict on a difference is read from the interval of the difference::
+
+    f"{rate_interval(result.success)}"      # '0.93 [0.87, 0.96]'
+    difference_interval(a.success, b.success, paired=True).side()   # +1, -1, or 0 (not told apart)
+
+Two separate intervals that overlap do *not* say that two numbers are alike.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ __all__ = [
     "auroc",
     "auroc_interval",
     "auroc_difference_interval",
+    "difference_interval",
     "f1_at_threshold",
     "f1_interval",
     "followup_auroc",
@@ -252,7 +266,7 @@ def followup_auroc(classifier_probs, labels, accepted_mask) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-    """A point estimate with its percentile-bootstrap interval.
+    """A point estimate with its interval (percentile bootstrap, or Wilson score for a rate).
 
     Unpacks as ``estimate, low, high = interval``; formats as a table cell, the format
     applying to each of the three numbers (default ``.2f``)::
@@ -263,10 +277,12 @@ class Interval:
     Attributes
     ----------
     estimate: the statistic on the images as they are (not the bootstrap mean).
-    low, high: the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the bootstrap
-        replicates (``low <= high``; the estimate usually, not always, lies between them).
+    low, high: the bounds (``low <= high``); for a bootstrap interval, the ``(1 - level) / 2`` and
+        ``(1 + level) / 2`` quantiles of the replicates (the estimate usually, not always, lies
+        between them).
     level: the nominal coverage, e.g. 0.95.
-    n_boot: number of bootstrap replicates.
+    n_boot: number of bootstrap replicates (0 for a Wilson interval).
+    method: ``"percentile bootstrap"`` or ``"Wilson score"``.
     """
 
     estimate: float
@@ -274,6 +290,7 @@ class Interval:
     high: float
     level: float = 0.95
     n_boot: int = 2000
+    method: str = "percentile bootstrap"
 
     def __iter__(self):
         return iter((self.estimate, self.low, self.high))
@@ -290,13 +307,13 @@ class Interval:
         """``(high - low) / 2``."""
         return (self.high - self.low) / 2
 
-    def overlaps(self, other: "Interval") -> bool:
-        """Whether the two intervals share a point (``[low, high]`` closed): the verdict
-        "not distinguishable" of two estimates.  Overlap is the cautious reading; two
-        intervals can overlap a little while the difference is still beyond noise."""
-        if not isinstance(other, Interval):
-            raise TypeError(f"other must be a metrics.Interval, got {type(other).__name__}")
-        return self.low <= other.high and other.low <= self.high
+    def side(self, value: float = 0.0) -> int:
+        """Where the interval lies against ``value``: ``+1`` wholly above, ``-1`` wholly below,
+        ``0`` when it contains ``value``.  On the interval of a difference
+        (:func:`difference_interval`, :func:`auroc_difference_interval`) with the default
+        ``value = 0``: which of the two is larger beyond sampling error, or ``0``, not told apart."""
+        value = check_real(value, "value")
+        return 1 if self.low > value else -1 if self.high < value else 0
 
     def excludes(self, value: float) -> bool:
         """Whether ``value`` lies outside ``[low, high]`` (e.g. ``auroc_ci.excludes(0.5)``:
@@ -340,29 +357,37 @@ def _as_outcomes(values, name: str) -> np.ndarray:
     return arr
 
 
-def rate_interval(successes, among=None, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
-    """A rate over images (success rate, TPR, accuracy) with its percentile bootstrap interval.
+def rate_interval(successes, among=None, *, level: float = 0.95) -> Interval:
+    """A rate over images (success rate, TPR, accuracy) with its Wilson score interval.
 
-    The images are resampled with replacement ``n_boot`` times and the rate recomputed; the
-    interval runs between the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those
-    replicates.  A resample of ``n`` images with ``k`` successes has ``Binomial(n, k / n)``
-    successes, so the replicates are drawn as such (the same distribution as resampling the
-    images, in ``O(n_boot)``).  For large ``n`` the interval approaches the Wilson score
-    interval.  When every (or no) image succeeds it collapses to that single value, although
-    the true rate may differ: with ``n`` successes out of ``n``, the exact 95% lower bound is
-    about ``1 - 3/n`` (the "rule of three").
+    With ``k`` successes among ``n`` images, the interval holds the rates ``p`` for which
+    ``|k/n - p| <= z sqrt(p (1 - p) / n)`` (``z`` the normal quantile of ``(1 + level) / 2``);
+    scipy's ``binomtest(k, n).proportion_ci(level, method="wilson")``.  Unlike a percentile
+    bootstrap it does not collapse to a point when every (or no) image succeeds: 50 successes
+    out of 50 give about ``[0.93, 1.00]``.
 
     Parameters
     ----------
     successes: (N,) bool or 0/1 per image, tensor / array / list: the outcome of each image
         (e.g. ``AttackResult.success``, or ``scores_adv > threshold`` for a TPR).  From a count
         ``k`` of ``n`` alone: ``rate_interval(torch.arange(n) < k)``.
-    among: optional (N,) bool mask of the images the rate is taken over (e.g. the images
-        classified correctly when clean, ``result.pred_clean == result.y``); default all N.
-    n_boot: bootstrap replicates, >= 1.  level: coverage in (0, 1).  seed: seeds the resampling.
+    among: optional (N,) bool mask of the images the rate is taken over (e.g. the images an
+        attack attacks, ``AttackResult.attacked``); default all N.
+    level: coverage in (0, 1).
 
-    Returns an :class:`Interval` with ``estimate = k / n``.
+    Returns an :class:`Interval` with ``estimate = k / n``, ``n_boot = 0`` and
+    ``method = "Wilson score"``.
     """
+    from scipy.stats import binomtest
+
+    s = _masked_outcomes(successes, among)
+    _, level, _ = _check_bootstrap(1, level, 0)
+    n, k = len(s), int(s.sum())
+    ci = binomtest(k, n).proportion_ci(level, method="wilson")
+    return Interval(k / n, float(ci.low), float(ci.high), level, 0, "Wilson score")
+
+
+def _masked_outcomes(successes, among) -> np.ndarray:
     s = _as_outcomes(successes, "successes")
     if among is not None:
         m = _as_outcomes(among, "among")
@@ -373,10 +398,54 @@ def rate_interval(successes, among=None, *, n_boot: int = 2000, level: float = 0
     if len(s) == 0:
         raise ValueError("successes is empty" + (" after the among mask" if among is not None else "")
                          + ": a rate needs at least one image")
+    return s
+
+
+def difference_interval(first, second, *, paired: bool, n_boot: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> Interval:
+    """The difference of two means of per-image values, ``mean(first) - mean(second)``, with its
+    percentile bootstrap interval.  A rate is the mean of 0/1 outcomes, so this serves a
+    difference of two success rates (give the per-image outcomes) as well as of two mean
+    displacements.
+
+    * ``paired=True``: both were measured on the *same* images, entry ``i`` of each being image
+      ``i`` (two attacks on the same images, two detectors' decisions on the same images): each
+      replicate resamples the images once and applies the resample to both, so that what the two
+      share cancels.  The two must then have equal lengths.
+    * ``paired=False``: independent samples (two data sets): each is resampled on its own.
+
+    Read the verdict with :meth:`Interval.side`: ``+1`` first larger, ``-1`` second larger,
+    ``0`` not told apart by these images.  When every image gives the same outcome under both
+    (a paired difference of two rates both at 0 or both at 1), no resample can differ and the
+    interval is the point ``[0, 0]``: these images show no difference, which bounds it no
+    better than their number does.
+
+    Parameters
+    ----------
+    first, second: (N,) and (M,) real or bool values, one per image (tensor / array / list;
+        finite).  n_boot: bootstrap replicates, >= 1.  level: coverage in (0, 1).
+    seed: seeds the resampling.
+    """
+    if not isinstance(paired, bool):
+        raise TypeError(f"paired must be True (the same images) or False (independent samples), got {paired!r}")
+    values = []
+    for name, v in (("first", first), ("second", second)):
+        v = _as_1d(v, name).astype(float)
+        if not np.isfinite(v).all():
+            raise ValueError(f"{name} must be finite, got {int((~np.isfinite(v)).sum())} non-finite value(s)")
+        values.append(v)
+    v1, v2 = values
+    if paired and len(v1) != len(v2):
+        raise ValueError(f"paired=True needs one value per image in both: first has {len(v1)}, second {len(v2)}")
     n_boot, level, seed = _check_bootstrap(n_boot, level, seed)
-    n, k = len(s), int(s.sum())
-    replicates = np.random.default_rng(seed).binomial(n, k / n, size=n_boot) / n
-    return _percentile_interval(k / n, replicates, level, n_boot)
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, _BOOT_CHUNK // (len(v1) + len(v2)))
+    replicates = []
+    for b in (min(per_chunk, n_boot - start) for start in range(0, n_boot, per_chunk)):
+        w1 = _resample_counts(rng, len(v1), b)
+        w2 = w1 if paired else _resample_counts(rng, len(v2), b)
+        replicates.append(w1 @ v1 / len(v1) - w2 @ v2 / len(v2))
+    return _percentile_interval(float(v1.mean() - v2.mean()), np.concatenate(replicates), level, n_boot)
 
 
 def tpr_interval(scores_clean, scores_adv, tnr: float = 0.90, *, n_boot: int = 2000, level: float = 0.95,

@@ -25,6 +25,18 @@ def to_display(img: torch.Tensor) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
 
 
+def amplified(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """A perturbation ``delta`` (values in ``[-eps, eps]``) as an image around mid-grey:
+    ``0.5 + delta / (2 eps)``, so that ``-eps`` shows black and ``+eps`` white (at ``eps`` =
+    1/255, an amplification of 127.5).  Every chapter shows perturbations this way, so that
+    their amplifications match."""
+    if not isinstance(delta, torch.Tensor):
+        raise TypeError(f"delta must be a tensor (a perturbation), got {type(delta).__name__}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a budget > 0 (the perturbation's L-inf bound), got {eps!r}")
+    return 0.5 + delta / (2 * eps)
+
+
 def sample_grid(dataset, n_per_class: int = 4, seed: int = 0, title: str | None = None, size: float = 1.6):
     """A grid of ``n_per_class`` random images per class (one row per class) with labels.
 

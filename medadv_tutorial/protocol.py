@@ -49,7 +49,8 @@ from .report import Table
 __all__ = ["SUCCESS_BAR", "AttackEvaluation", "evaluate_attack", "score_clean", "evaluate_attacks", "sweep_weight",
            "Selection", "select_weight", "catching", "success_table", "sweep_table", "DetectionTable",
            "detection_table", "timing_table", "LiZhuTable", "li_zhu_table", "BlackBoxTable", "black_box_table",
-           "evaluate_transfer", "SetComparison", "compare_sets", "success_by_set_table", "Bypass", "bypass"]
+           "evaluate_transfer", "SetComparison", "compare_sets", "success_by_set_table", "Bypass", "bypass",
+           "auroc_difference", "success_difference"]
 
 SUCCESS_BAR = 0.95
 """The success an attack must reach on the selection set for its weight to qualify."""
@@ -97,7 +98,7 @@ class AttackEvaluation:
 
     @functools.cached_property
     def success_ci(self) -> metrics.Interval:
-        """The success rate with its 95% bootstrap interval over the attacked images."""
+        """The success rate with its 95% Wilson interval over the attacked images."""
         return metrics.rate_interval(self._needs("outcomes", "success"))
 
     @functools.cached_property
@@ -349,6 +350,43 @@ def catching(evaluation: AttackEvaluation, detectors: Sequence[str], level: floa
     return [d for d in detectors if evaluation.auroc[d] >= level]
 
 
+def _scored(evaluation, detector: str, name: str):
+    if not isinstance(evaluation, AttackEvaluation):
+        raise TypeError(f"{name} must be an AttackEvaluation, got {describe(evaluation)}")
+    _check_detectors([detector], [evaluation], f"the detector of {name}")
+    if evaluation.clean_scores is None:
+        raise ValueError(f"{name} ({evaluation.name!r}) was built without clean scores: build it with evaluate_attack")
+    return evaluation.clean_scores[detector], evaluation.scores[detector]
+
+
+def auroc_difference(first: AttackEvaluation, second: AttackEvaluation, detector: str,
+                     second_detector: str | None = None, **bootstrap) -> metrics.Interval:
+    """AUROC of ``detector`` against ``first`` minus that of ``second_detector`` (default the same
+    detector) against ``second``, with its *paired* bootstrap interval
+    (:func:`~medadv_tutorial.metrics.auroc_difference_interval`, ``paired=True``).
+
+    Two attacks on the same clean images (``first`` and ``second`` evaluated on the same ``x``, the
+    one detector), or two detectors on the same images (``first is second``): each replicate
+    resamples the clean and the adversarial images once, for both.  ``bootstrap``: ``n_boot``,
+    ``level``, ``seed``.
+    """
+    second_detector = detector if second_detector is None else second_detector
+    return metrics.auroc_difference_interval(_scored(first, detector, "first"),
+                                             _scored(second, second_detector, "second"), paired=True, **bootstrap)
+
+
+def success_difference(first: AttackEvaluation, second: AttackEvaluation, **bootstrap) -> metrics.Interval:
+    """Success rate of ``first`` minus that of ``second``, two attacks on the same images, with the
+    paired bootstrap interval of the difference (:func:`~medadv_tutorial.metrics.difference_interval`
+    on the per-image outcomes; ``bootstrap``: ``n_boot``, ``level``, ``seed``)."""
+    outcomes = []
+    for name, ev in (("first", first), ("second", second)):
+        if not isinstance(ev, AttackEvaluation):
+            raise TypeError(f"{name} must be an AttackEvaluation, got {describe(ev)}")
+        outcomes.append(ev._needs("outcomes", "success"))
+    return metrics.difference_interval(*outcomes, paired=True, **bootstrap)
+
+
 # ---------------------------------------------------------------------------------- tables
 
 
@@ -542,18 +580,13 @@ class LiZhuTable:
     followup_ci: "OrderedDict[str, OrderedDict[str, metrics.Interval]]"
     followup_no_defence_ci: "OrderedDict[str, metrics.Interval]"
 
-    def kept(self, name: str, confidence: float = 0.95) -> tuple[float, float, float]:
-        """``(fraction, low, high)``: the fraction of the clean images that detector ``name``
-        lets through, and its Wilson score interval at ``confidence`` (scipy's ``binomtest``).
-        The threshold keeps 95% of the *training* scores; this is what it keeps of new images."""
-        from scipy.stats import binomtest
-
+    def kept(self, name: str, level: float = 0.95) -> metrics.Interval:
+        """The fraction of the clean images that detector ``name`` lets through, with its Wilson
+        score interval (:func:`~medadv_tutorial.metrics.rate_interval`).  The threshold keeps 95%
+        of the *training* scores; this is what it keeps of new images."""
         if name not in self.n_kept:
             raise KeyError(f"unknown detector {name!r}; the table has {list(self.n_kept)}")
-        confidence = check_real(confidence, "confidence", low=0.0, low_open=True, high=1.0)
-        k, n = self.n_kept[name], self.n_clean
-        ci = binomtest(k, n).proportion_ci(confidence, method="wilson")
-        return k / n, float(ci.low), float(ci.high)
+        return metrics.rate_interval(torch.arange(self.n_clean) < self.n_kept[name], level=level)
 
 
 def li_zhu_table(suite, names: Sequence[str], fs_clean: features.FeatureSet, adversarial: Mapping, *,

@@ -22,7 +22,7 @@ For each data set, under the book's protocol (:data:`BOOK`, Chapters 4 and 5):
    task; in a multi-class one, each image's most probable wrong class (clean logits).
 
 :func:`run_grid` returns one :class:`DatasetResult` per data set; :func:`write_outputs` writes
-``table.md`` and ``table.csv`` (success and AUROC per detector, with 95% bootstrap intervals),
+``table.md`` and ``table.csv`` (success with its 95% Wilson interval, AUROC per detector with its 95% bootstrap interval),
 ``summary.png`` (the AUROCs as a heat map per data set) and ``settings.json`` (the settings, the
 chosen weights and the package's version).  The Python equivalent of ``--data``::
 
@@ -270,7 +270,7 @@ def run_grid(ctx, datasets, attacks=ATTACKS, *, protocol=BOOK, progress: bool = 
 
 def grid_table(results, *, detectors=None):
     """The paper-style table: one row per data set and attack (the weight chosen, the images, the success
-    rate), and the AUROC of each detector, each with its 95% bootstrap interval."""
+    rate, with its 95% Wilson interval), and the AUROC of each detector, with its 95% bootstrap interval."""
     from .report import Table
 
     results = _check_results(results)
@@ -345,8 +345,8 @@ def write_outputs(results, out, ctx, *, protocol=BOOK, wall_seconds: float | Non
     table = grid_table(results, detectors=detectors)
     paths = {k: out / f for k, f in (("markdown", "table.md"), ("csv", "table.csv"), ("figure", "summary.png"),
                                      ("settings", "settings.json"))}
-    intro = (f"Success rate and AUROC (clean attacked images against their adversarial versions) with 95% bootstrap "
-             f"intervals over images; protocol {protocol.name!r}, profile {ctx.profile.name!r}, "
+    intro = (f"Success rate (95% Wilson interval) and AUROC (clean attacked images against their adversarial versions; "
+             f"95% bootstrap interval over images); protocol {protocol.name!r}, profile {ctx.profile.name!r}, "
              f"ε = {protocol.eps * 255:g}/255, λ chosen on each data set's selection set.\n\n")
     atomic_write_text(paths["markdown"], intro + markdown_table(*table, digits=2) + "\n")
     import io

@@ -20,6 +20,11 @@ averaged over images, where the expectation and the mean :math:`\mu` are over th
 clean images.  ``D = 1`` means the perturbation moved the feature vector as far as a typical
 clean image lies from the centre of the clean cloud.  (A per-channel normalisation would
 divide by the tiny spread of channels that are almost always zero after ReLU6 and blow up.)
+
+The radius over all clean images grows with the number of classes whose clouds it spans: a
+ten-class data set gets a wider yardstick, and so a smaller ``D`` for the same displacement,
+than a binary one.  Given the images' labels, :func:`stress_test` also measures ``D`` in units
+of the radius of each image's own class (:func:`class_radii`), which removes that difference.
 """
 
 from __future__ import annotations
@@ -115,6 +120,18 @@ def clean_radius(h: torch.Tensor) -> torch.Tensor:
     return (h - h.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt()
 
 
+def class_radii(h: torch.Tensor, y: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``{class: clean_radius(h[y == class])}``: the RMS radius of each class's clean features
+    (N, C), about that class's own mean.  Every class needs at least two images."""
+    y = check_labels(y, len(h), "y", of="the features h")
+    out = {}
+    for c in torch.unique(y).tolist():
+        if int((y == c).sum()) < 2:
+            raise ValueError(f"class {c} has {int((y == c).sum())} image in y: a class's radius needs at least 2")
+        out[c] = clean_radius(h[y == c])
+    return out
+
+
 def feature_deviation(h_adv: torch.Tensor, h_clean: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Per-image deviation ``||h_adv - h_clean||_2 / radius``: (N, C) x2, scalar -> (N,)."""
     if h_adv.shape != h_clean.shape:
@@ -132,6 +149,8 @@ def stress_test(
     *,
     eps: float,
     reference: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    reference_labels: torch.Tensor | None = None,
     steps: int = 10,
     batch_size: int | None = None,
     seed: int = 0,
@@ -145,6 +164,11 @@ def stress_test(
     layers: tap names (see ``model.feature_names``).
     eps: L-inf budget.
     reference: clean images whose feature spread defines the radius (default: ``x``).
+    labels: optional (N,) labels of ``x``; with them each layer's entry also holds
+        ``"per_image_class"`` and ``"mean_class_ci"``: ``D`` in units of the radius of the image's
+        own class among the reference images (:func:`class_radii`).
+    reference_labels: the labels of ``reference`` (needed with ``labels`` when a reference is
+        given; default ``labels``).
     batch_size: images per attack call (default: the device's,
         :func:`~medadv_tutorial.batching.default_batch_size`); image ``i`` of a batch starting at
         ``b`` is pushed from the random start of seed ``seed + b``.
@@ -163,6 +187,18 @@ def stress_test(
     if len(ref) < 2:
         raise ValueError(f"{name} must hold at least 2 clean images: the radius is the spread of their features, "
                          f"got {len(ref)}")
+    if labels is not None:
+        labels = check_labels(labels, len(x), "labels", of="the images x")
+        if reference is not None and reference_labels is None:
+            raise ValueError("reference_labels must be given with labels and a reference: the class radii are "
+                             "taken over the reference images")
+        reference_labels = labels if reference is None else check_labels(reference_labels, len(ref), "reference_labels",
+                                                                          of="the reference images")
+        missing = sorted(set(labels.tolist()) - set(reference_labels.tolist()))
+        if missing:
+            raise ValueError(f"labels holds classes {missing} that reference_labels does not: no radius for them")
+    elif reference_labels is not None:
+        raise ValueError("reference_labels needs labels (the labels of x) too")
     layers, eps = _check_layers(layers), check_eps(eps, "eps")
     steps, batch_size, seed = check_int(steps, "steps"), resolve_batch_size(batch_size, x.device), check_seed(seed)
     clean_ref = pooled_features(model, ref, layers)
@@ -187,6 +223,11 @@ def stress_test(
         v["mean"] = (v["max"] + v["min"]) / 2
         v["per_image"] = (per_image[layer][0] + per_image[layer][1]) / 2
         v["mean_ci"] = metrics.mean_interval(v["per_image"])
+        if labels is not None:
+            per_class = class_radii(clean_ref[layer], reference_labels)
+            scale = torch.stack([radius[layer] / per_class[int(c)] for c in labels]).double()
+            v["per_image_class"] = v["per_image"] * scale.cpu()
+            v["mean_class_ci"] = metrics.mean_interval(v["per_image_class"])
     return out
 
 

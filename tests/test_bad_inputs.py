@@ -577,8 +577,12 @@ def test_a_decoding_error_rehashes_the_file(tmp_path, monkeypatch):
     st = path.stat()
     monkeypatch.setitem(data._HASH_MEMO, (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns,
                                           st.st_ctime_ns), data.SHA256[rel])  # a stale memo entry
+    hashed, real = [], data.file_sha256
+    monkeypatch.setattr(data, "file_sha256", lambda *a: hashed.append(1) or real(*a))
+    assert data.offline_file(rel) == path and hashed == []  # the memo entry is live: the check passes unhashed
     with pytest.raises(DataIntegrityError, match=r"retinamnist\.npz is corrupt .*fresh copy"):
         data.load_dataset("retinamnist", "test", image_size=28, n=10)
+    assert hashed == [1]  # hashed again after the decoding error, once
 
 
 # ----------------------------------------------------------------------------- properties

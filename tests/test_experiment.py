@@ -166,15 +166,17 @@ def test_the_context_hands_out_each_object_once(smoke_cache):
 
 def test_the_suite_is_fitted_once_with_the_protocol_settings(monkeypatch):
     calls = []
-    monkeypatch.setattr(suite.DetectorSuite, "fit", classmethod(lambda cls, *a, **k: calls.append(k) or object()))
+    monkeypatch.setattr(suite.DetectorSuite, "fit", classmethod(lambda cls, *a, **k: calls.append((a, k)) or object()))
     ctx = Experiment("ci", seed=0)
     monkeypatch.setattr(ctx, "model", lambda dataset, **k: ("MODEL", {}))
     monkeypatch.setattr(ctx, "data", lambda dataset, split: f"{split} set")
     monkeypatch.setattr(ctx, "features", lambda dataset, split: f"{split} features")
     first = ctx.suite("chest_xray")
     assert ctx.suite("chest_xray") is first and len(calls) == 1
-    assert calls[0] == dict(eps=experiment.EPS, n_fgsm=experiment.FGSM_PER_ATTACKED * ctx.profile.n_attack, seed=0,
-                            cache=True)
+    # the context's own model, data and features (the patched methods, so they are live) with the protocol's settings
+    assert calls[0] == (("MODEL", "train set", "train features"),
+                        dict(eps=experiment.EPS, n_fgsm=experiment.FGSM_PER_ATTACKED * ctx.profile.n_attack, seed=0,
+                             cache=True))
     assert ctx.eps == 1 / 255 and ctx.n_fgsm == 2 * ctx.profile.n_attack
 
 

@@ -180,18 +180,30 @@ def test_stacked_and_per_class_evaluations_agree(setup, monkeypatch):
     feats = {k: v.double() for k, v in feats_of(model, setup["x"])[1].items()}
     h = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
     t = other_class(setup["y"])
+    assert len(t.unique()) > 1  # targets of one class take neither path (one class's product)
+    # a spy on the per-layer product: comp.n_classes of each call says which path ran
+    products, real = [], hfc_module._layer_energy
+    monkeypatch.setattr(hfc_module, "_layer_energy", lambda h, comp, *a: products.append(comp.n_classes) or
+                        real(h, comp, *a))
+    n_classes, default = len(hfc.classes), hfc_module._STACK_ELEMENTS
+    assert hfc._stackable("penultimate")
     stacked = hfc_energy(h, t, hfc)
+    assert n_classes in products  # stacked: one product for all classes (at least penultimate)
     (g_stacked,) = torch.autograd.grad(stacked.sum(), h["penultimate"])
     monkeypatch.setattr(hfc_module, "_STACK_ELEMENTS", 0)
     assert not hfc._stackable("penultimate")
+    products.clear()
     grouped = hfc_energy(h, t, hfc)
+    assert products and set(products) == {1}  # the patch is live: every layer one class at a time
     (g_grouped,) = torch.autograd.grad(grouped.sum(), h["penultimate"])
     assert torch.allclose(stacked, grouped, rtol=1e-9, atol=1e-12)
     assert torch.allclose(g_stacked, g_grouped, rtol=1e-8, atol=1e-12)
-    comps = hfc_components(feats, t, hfc)
-    monkeypatch.setattr(hfc_module, "_STACK_ELEMENTS", 1 << 20)
-    for layer, k in hfc_components(feats, t, hfc).items():
+    comps = hfc_components(feats, t, hfc)  # grouped
+    monkeypatch.setattr(hfc_module, "_STACK_ELEMENTS", default)
+    products.clear()
+    for layer, k in hfc_components(feats, t, hfc).items():  # stacked
         assert torch.equal(k, comps[layer])
+    assert n_classes in products
 
 
 def test_energy_validation(setup):

@@ -130,28 +130,22 @@ def test_interval_formats_as_a_table_cell_and_unpacks():
         interval_cell(0.93)
 
 
-@pytest.mark.parametrize("n, k", [(10_000, 3_000), (10_000, 9_000)])
-def test_rate_interval_matches_wilson_and_clopper_pearson_for_large_n(n, k):
-    from scipy.stats import beta
-
+@pytest.mark.parametrize("n, k", [(10_000, 3_000), (50, 50), (50, 0), (7, 3), (1, 1)])
+def test_rate_interval_is_the_wilson_score_interval(n, k):
     iv = metrics.rate_interval(torch.arange(n) < k)
-    assert iv.estimate == k / n and (iv.level, iv.n_boot) == (0.95, 2000)
-    lo, hi = wilson(k, n)
-    # Tolerance: a tenth of the Wilson half-width (about 0.001 here); measured: 0.04-0.06 of it.
-    tol = 0.1 * (hi - lo) / 2
-    assert iv.low == pytest.approx(lo, abs=tol) and iv.high == pytest.approx(hi, abs=tol)
-    exact = beta.ppf(0.025, k, n - k + 1), beta.ppf(0.975, k + 1, n - k)  # Clopper-Pearson
-    assert iv.low == pytest.approx(exact[0], abs=tol) and iv.high == pytest.approx(exact[1], abs=tol)
+    assert iv.estimate == k / n and (iv.level, iv.n_boot, iv.method) == (0.95, 0, "Wilson score")
+    lo, hi = wilson(k, n)  # the closed form, by hand
+    assert (iv.low, iv.high) == pytest.approx((lo, hi), abs=1e-12)
 
 
-def test_rate_interval_equals_resampling_the_images():
-    # The binomial draw is the distribution of the successes in a resample of the images.
-    outcomes = np.arange(200) < 150
-    rng = np.random.default_rng(5)
-    naive = outcomes[rng.integers(0, 200, size=(4000, 200))].mean(1)
-    iv = metrics.rate_interval(outcomes, n_boot=4000)
-    assert iv.low == pytest.approx(np.quantile(naive, 0.025), abs=0.011)  # 2 images' worth of rate
-    assert iv.high == pytest.approx(np.quantile(naive, 0.975), abs=0.011)
+def test_rate_interval_does_not_collapse_at_zero_or_one():
+    # 50 of 50: the interval reaches well below 1 (Wilson: about 0.929), where a percentile
+    # bootstrap would give [1, 1]; and it reaches 1, the estimate.
+    all_of = metrics.rate_interval(np.ones(50, dtype=bool))
+    assert all_of.high == pytest.approx(1.0) and 0.92 < all_of.low < 0.94
+    none_of = metrics.rate_interval(np.zeros(50, dtype=bool))
+    assert none_of.low == pytest.approx(0.0, abs=1e-12) and 0.06 < none_of.high < 0.08
+    assert none_of.low == pytest.approx(1 - all_of.high, abs=1e-12) and none_of.high == pytest.approx(1 - all_of.low)
 
 
 def test_rate_interval_among_mask_lists_and_degenerate_cases():
@@ -159,8 +153,8 @@ def test_rate_interval_among_mask_lists_and_degenerate_cases():
     attacked = np.array([1, 1, 1, 1, 0, 0])
     assert metrics.rate_interval(succ, attacked).estimate == 0.75
     assert metrics.rate_interval([1, 1, 0, 1]).estimate == 0.75
-    assert tuple(metrics.rate_interval(np.ones(30, dtype=bool))) == (1.0, 1.0, 1.0)
-    assert tuple(metrics.rate_interval(torch.zeros(30))) == (0.0, 0.0, 0.0)
+    assert metrics.rate_interval(np.ones(30, dtype=bool)).estimate == 1.0
+    assert metrics.rate_interval(torch.zeros(30)).estimate == 0.0
     narrow = metrics.rate_interval(np.arange(100) < 50, level=0.5)
     wide = metrics.rate_interval(np.arange(100) < 50, level=0.99)
     assert wide.low < narrow.low < 0.5 < narrow.high < wide.high
@@ -169,7 +163,7 @@ def test_rate_interval_among_mask_lists_and_degenerate_cases():
 def test_rate_interval_covers_the_true_rate_95_percent_of_the_time():
     rng, p, n, reps = np.random.default_rng(1), 0.8, 200, 400
     hits = sum(lo <= p <= hi for lo, hi in
-               (tuple(metrics.rate_interval(rng.random(n) < p, seed=r))[1:] for r in range(reps)))
+               (tuple(metrics.rate_interval(rng.random(n) < p))[1:] for _ in range(reps)))
     assert 0.91 <= hits / reps <= 0.98  # nominal 0.95; 400 runs: standard error 0.011
 
 
@@ -228,7 +222,6 @@ def test_auroc_interval_is_fast_and_deterministic():
     assert again == first  # same seed: identical interval
     assert metrics.auroc_interval(c, a, seed=1) != first
     assert metrics.rate_interval(c > 0) == metrics.rate_interval(c > 0)
-    assert metrics.rate_interval(c > 0, seed=1) != metrics.rate_interval(c > 0)
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -238,12 +231,14 @@ def test_auroc_interval_is_fast_and_deterministic():
     (lambda: metrics.rate_interval([0, 2, 1]), ValueError, r"successes must hold bool or 0/1.*1 other value"),
     (lambda: metrics.rate_interval(np.zeros((2, 2))), ValueError, r"successes must be a 1-D array"),
     (lambda: metrics.rate_interval(["a"]), TypeError, r"successes must hold bool or 0/1"),
-    (lambda: metrics.rate_interval([True], n_boot=0), ValueError, r"n_boot \(bootstrap replicates\) must be an int >= 1"),
-    (lambda: metrics.rate_interval([True], n_boot=10.0), TypeError, r"n_boot .* must be an int"),
+    (lambda: metrics.difference_interval([True], [True], paired=True, n_boot=0), ValueError,
+     r"n_boot \(bootstrap replicates\) must be an int >= 1"),
+    (lambda: metrics.difference_interval([True], [True], paired=True, n_boot=10.0), TypeError,
+     r"n_boot .* must be an int"),
     (lambda: metrics.rate_interval([True], level=0.0), ValueError, r"level must be > 0"),
     (lambda: metrics.rate_interval([True], level=1.0), ValueError, r"level must be < 1"),
     (lambda: metrics.rate_interval([True], level=95), ValueError, r"level must be <= 1"),
-    (lambda: metrics.rate_interval([True], seed=-1), ValueError, r"seed must be an int"),
+    (lambda: metrics.difference_interval([True], [True], paired=True, seed=-1), ValueError, r"seed must be an int"),
     (lambda: metrics.auroc_interval([], [0.3]), ValueError, r"scores_clean is empty"),
     (lambda: metrics.auroc_interval([0.1], []), ValueError, r"scores_adv is empty"),
     (lambda: metrics.auroc_interval([0.1], [float("nan")]), ValueError, r"scores_adv contains 1 NaN"),
@@ -325,15 +320,70 @@ def test_followup_auroc_interval_and_its_undefined_cases():
     assert interval_cell(only_one) == "n/a" and interval_cell((0.5, math.nan, math.nan)) == "0.50 [n/a]"
 
 
-def test_interval_overlap_and_exclusion():
-    a, b = metrics.Interval(0.6, 0.5, 0.7), metrics.Interval(0.8, 0.7, 0.9)
-    assert a.overlaps(b) and b.overlaps(a)  # closed intervals: sharing 0.7 counts
-    assert not a.overlaps(metrics.Interval(0.85, 0.71, 0.95))
+def test_interval_side_and_exclusion():
+    a = metrics.Interval(0.6, 0.5, 0.7)
+    assert a.side() == 1 and a.side(0.45) == 1 and a.side(0.5) == 0 and a.side(0.7) == 0 and a.side(0.71) == -1
+    assert metrics.Interval(-0.2, -0.3, -0.1).side() == -1 and metrics.Interval(0.0, -0.1, 0.1).side() == 0
+    assert not hasattr(a, "overlaps")  # overlap of two intervals is no verdict on a difference
     assert a.excludes(0.45) and not a.excludes(0.5) and metrics.Interval(0.3, 0.2, 0.4).excludes(0.5)
-    with pytest.raises(TypeError, match="other must be a metrics.Interval"):
-        a.overlaps((0.1, 0.0, 0.2))
     with pytest.raises(TypeError, match="value"):
         a.excludes("0.5")
+    with pytest.raises(TypeError, match="value"):
+        a.side("0")
+
+
+def test_difference_interval_paired_equals_resampling_image_pairs():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=80)
+    y = x + rng.normal(0.3, 0.2, size=80)  # shares most of its spread with x
+    iv = metrics.difference_interval(y, x, paired=True, n_boot=3000, seed=1)
+    idx = np.random.default_rng(1).integers(0, 80, size=(3000, 80))
+    naive = y[idx].mean(1) - x[idx].mean(1)  # the same image drawn for both
+    assert iv.estimate == pytest.approx(y.mean() - x.mean(), abs=1e-12)
+    assert (iv.low, iv.high) == pytest.approx(tuple(np.quantile(naive, [0.025, 0.975])), abs=0.01)
+    # pairing cancels the shared spread: the paired interval is several times narrower
+    unpaired = metrics.difference_interval(y, x, paired=False, n_boot=3000, seed=1)
+    assert unpaired.half_width > 3 * iv.half_width and iv.side() == 1
+    # unpaired equals resampling the two samples apart: its half-width is near 1.96 sqrt(s1^2/n1 + s2^2/n2)
+    se = math.sqrt(y.var(ddof=1) / 80 + x.var(ddof=1) / 80)
+    assert unpaired.half_width == pytest.approx(1.96 * se, rel=0.1)
+
+
+def test_difference_interval_of_rates_known_answers():
+    # two attacks on 10 images: A fools 8, B fools 5, and B's successes are A's too
+    a = np.arange(10) < 8
+    b = np.arange(10) < 5
+    iv = metrics.difference_interval(a, b, paired=True, n_boot=2000)
+    assert iv.estimate == pytest.approx(0.3)
+    assert iv.low >= 0  # no image where B succeeds and A fails: no resample has A below B
+    same = metrics.difference_interval(a, a, paired=True)
+    assert tuple(same) == (0.0, 0.0, 0.0)  # identical outcomes: the degenerate point the docstring names
+    swapped = metrics.difference_interval(b, a, paired=True, n_boot=2000)
+    assert (swapped.estimate, swapped.low, swapped.high) == pytest.approx((-iv.estimate, -iv.high, -iv.low))
+    assert metrics.difference_interval(torch.tensor([1.0, 2.0]), [0.0, 0.0, 0.0], paired=False).estimate == 1.5
+
+
+def test_difference_interval_paired_covers_the_true_difference():
+    rng, reps, hits = np.random.default_rng(7), 300, 0
+    for r in range(reps):
+        base = rng.random(60)
+        first, second = base < 0.7, base < 0.6  # paired outcomes, true difference 0.1
+        iv = metrics.difference_interval(first, second, paired=True, n_boot=500, seed=r)
+        hits += iv.low <= 0.1 <= iv.high
+    assert 0.89 <= hits / reps <= 0.99  # nominal 0.95; 300 runs: standard error 0.013
+
+
+def test_difference_interval_bad_inputs():
+    with pytest.raises(TypeError, match="paired must be True"):
+        metrics.difference_interval([1.0], [1.0], paired="yes")
+    with pytest.raises(ValueError, match="paired=True needs one value per image in both: first has 2, second 3"):
+        metrics.difference_interval([1.0, 2.0], [1.0, 2.0, 3.0], paired=True)
+    with pytest.raises(ValueError, match="second contains 1 NaN"):
+        metrics.difference_interval([1.0], [np.nan], paired=False)
+    with pytest.raises(ValueError, match="first must be finite"):
+        metrics.difference_interval([np.inf], [1.0], paired=False)
+    with pytest.raises(ValueError, match="n_boot"):
+        metrics.difference_interval([1.0], [1.0], paired=False, n_boot=0)
 
 
 def test_markdown_table_stacks_intervals_of_wide_rows():

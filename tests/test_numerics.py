@@ -98,12 +98,14 @@ def test_without_the_pin_an_avx512_machine_differs(pinned):
 
 def test_explicit_user_setting_is_kept_with_a_warning(monkeypatch):
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE")
-    monkeypatch.setattr(numerics, "_state", {"applied": False, "kept": {}})
+    state = {"applied": False, "kept": {}}  # a fresh state: not yet warned about this setting; the real one kept
+    monkeypatch.setattr(numerics, "_state", state)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         values = numerics.pin()
     assert values["DNNL_MAX_CPU_ISA"] == "AVX512_CORE"
     assert any("DNNL_MAX_CPU_ISA='AVX512_CORE'" in str(w.message) for w in caught)
+    assert state == {"applied": True, "kept": {"DNNL_MAX_CPU_ISA": "AVX512_CORE"}}  # pin used the patched state
 
 
 def test_opt_out(monkeypatch):

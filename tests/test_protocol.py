@@ -506,3 +506,28 @@ def test_bypass_verdicts():
         protocol.bypass(plain, {"MGM": 0.1}, ["MGM"])
     with pytest.raises(KeyError, match=r"unknown detector\(s\) \['DNN'\]"):
         protocol.bypass(plain, adaptive, ["DNN"])
+
+
+def test_paired_differences_of_two_attacks_and_two_detectors():
+    strong, weak = ev(0.9, "PGD", MGM=0.8, KD=0.6), ev(0.5, "FGSM", MGM=0.3, KD=0.3)
+    d = protocol.auroc_difference(strong, weak, "MGM", n_boot=500)
+    assert d == metrics.auroc_difference_interval((strong.clean_scores["MGM"], strong.scores["MGM"]),
+                                                  (weak.clean_scores["MGM"], weak.scores["MGM"]), paired=True,
+                                                  n_boot=500)
+    assert d.estimate == pytest.approx(0.5) and d.side() == 1
+    # two detectors on the same images: MGM minus KD against PGD
+    two = protocol.auroc_difference(strong, strong, "MGM", "KD", n_boot=500)
+    assert two.estimate == pytest.approx(0.2) and two.side() == 1
+    assert protocol.auroc_difference(strong, strong, "MGM").estimate == 0.0
+    s = protocol.success_difference(strong, weak, n_boot=500)
+    # ev() makes the first 50 outcomes successes in both: paired, the 40 extra are the whole difference
+    assert s.estimate == pytest.approx(0.4) and s.low > 0.25
+    with pytest.raises(KeyError, match="unknown detector"):
+        protocol.auroc_difference(strong, weak, "LID")
+    with pytest.raises(TypeError, match="second must be an AttackEvaluation"):
+        protocol.success_difference(strong, 0.5)
+    with pytest.raises(ValueError, match="built without outcomes"):
+        protocol.success_difference(strong, ev(float("nan"), MGM=0.5))
+    with pytest.raises(ValueError, match="built without clean scores"):
+        import dataclasses
+        protocol.auroc_difference(strong, dataclasses.replace(weak, clean_scores=None), "MGM")

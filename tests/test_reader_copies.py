@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
+import bookkeeping  # noqa: E402
 import reader_copies as rc  # noqa: E402
 
 sys.path.remove(str(REPO / "tools"))
@@ -129,6 +130,29 @@ def test_outputs_as_the_book_shows_them():
     assert out["cells"][0]["outputs"] == [] and [o["text"] for o in out["cells"][1]["outputs"]] == ["done"]
     assert "jupytext" not in out["metadata"] and "colab" in out["metadata"]
     assert len(nb["cells"][1]["outputs"]) == 3  # the chapter itself is left as it was
+
+
+def test_bookkeeping_cells_are_left_out():
+    nb = {"metadata": {}, "nbformat": 4, "nbformat_minor": 5, "cells": [
+        {"cell_type": "code", "metadata": {}, "source": "acc = evaluate()", "outputs": []},
+        {"cell_type": "code", "metadata": {"tags": ["bookkeeping", "hide-input"]}, "source": "book.glue('acc', acc)",
+         "outputs": [{"output_type": "display_data", "data": {rc.RECORD + "text/plain": "0.9"},
+                      "metadata": {"scrapbook": {"name": "acc"}}}]},
+        {"cell_type": "markdown", "metadata": {}, "source": "Accuracy {glue:}`acc`."}]}
+    out = rc.reader_copy(nb, _ctx(**rc.glue_values(nb)))
+    assert [c["source"] for c in out["cells"]] == ["acc = evaluate()", "Accuracy 0.9."]
+
+
+def test_no_bookkeeping_in_the_code_a_student_reads():
+    """Glue calls and claim checks (top-level asserts, ``if book.check_claims(profile):`` blocks) live in cells
+    tagged ``bookkeeping``, which the book collapses and the readers' copies leave out, so that a student reads
+    the story's code.  Fix: ``python tools/bookkeeping.py book/0[1-6]_*.py`` (then ``jupytext --sync``, re-execute,
+    ``python tools/reader_copies.py --write``); a statement it leaves in place (its warnings say why) is moved by
+    hand."""
+    twins = sorted(rc.BOOK.glob("[0-9][0-9]_*.py"))
+    assert len(twins) >= 6
+    left = [line for twin in twins for line in bookkeeping.leftovers(twin.read_text(), twin.name)]
+    assert not left, f"{len(left)} bookkeeping statements in cells a student reads:\n" + "\n".join(left)
 
 
 def _tagged(nb: dict, tag: str) -> list[str]:

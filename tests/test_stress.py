@@ -51,6 +51,46 @@ def test_stress_test_grows_with_eps():
         assert ci.low <= small[layer]["mean"] <= ci.high and ci.low >= float(per.min()) and ci.high <= float(per.max())
 
 
+def test_class_radii_known_answer_and_the_ten_class_yardstick():
+    # two classes, each a tight cloud (radius 0.1) around centres 2 apart: the pooled radius
+    # is about 1 (the centres' spread), each class's radius 0.1
+    offsets = torch.tensor([[0.1, 0.0], [-0.1, 0.0], [0.0, 0.1], [0.0, -0.1]])
+    h = torch.cat([offsets + torch.tensor([1.0, 0.0]), offsets - torch.tensor([1.0, 0.0])])
+    y = torch.tensor([0] * 4 + [1] * 4)
+    radii = stress.class_radii(h, y)
+    assert set(radii) == {0, 1}
+    torch.testing.assert_close(radii[0], torch.tensor(0.1))
+    torch.testing.assert_close(radii[1], torch.tensor(0.1))
+    torch.testing.assert_close(stress.clean_radius(h), torch.tensor(1.01).sqrt())
+    with pytest.raises(ValueError, match="class 1 has 1 image"):
+        stress.class_radii(h[:5], y[:5])
+    with pytest.raises(ValueError, match="y must have shape \\(3,\\)"):
+        stress.class_radii(h[:3], y)
+
+
+def test_stress_test_per_class_radius():
+    model = _model()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    ref = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    y_ref = torch.tensor([0, 1] * 4)
+    dev = stress.stress_test(model, x, ["penultimate"], eps=1 / 255, steps=2, reference=ref, labels=y,
+                             reference_labels=y_ref, progress=False)["penultimate"]
+    # the same displacement, in units of the image's class radius instead of the pooled one
+    h_ref = stress.pooled_features(model, ref, ["penultimate"])["penultimate"]
+    radii, pooled = stress.class_radii(h_ref, y_ref), stress.clean_radius(h_ref)
+    expected = dev["per_image"] * torch.tensor([float(pooled / radii[int(c)]) for c in y], dtype=torch.float64)
+    torch.testing.assert_close(dev["per_image_class"], expected, rtol=1e-5, atol=0)
+    assert dev["mean_class_ci"].estimate == pytest.approx(float(expected.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="reference_labels must be given"):
+        stress.stress_test(model, x, ["penultimate"], eps=1 / 255, steps=1, reference=ref, labels=y, progress=False)
+    with pytest.raises(ValueError, match="reference_labels needs labels"):
+        stress.stress_test(model, x, ["penultimate"], eps=1 / 255, steps=1, reference_labels=y, progress=False)
+    with pytest.raises(ValueError, match=r"classes \[3\] that reference_labels does not"):
+        stress.stress_test(model, x, ["penultimate"], eps=1 / 255, steps=1, reference=ref, labels=y + 2 * (y == 1),
+                           reference_labels=y_ref, progress=False)
+
+
 def test_mean_interval_known_answers():
     from medadv_tutorial import metrics
 

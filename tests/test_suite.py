@@ -189,11 +189,32 @@ def test_suite_errors_name_what_is_missing(fitted):
         DetectorSuite.fit(model, Pairs(x[:10], y[:10]), fs)
 
 
+def spy_on_the_checks(monkeypatch):
+    """Spies on the names the detectors look up when they check their inputs: ``calls`` gets the ``finite``
+    flag of each features check (``base._check_features``, which every ``Detector._validate`` and the
+    ensembles' ``_check_layers`` call, and DNN's own import of it); ``scans`` gets ``(module, name)`` of each
+    NaN / infinity scan (``checks.check_finite``, which ``check_features`` scans with, and BU's own import
+    of it).  BU's ``check_images`` (a scan too) runs only for a ``Classifier``, not for the toy model here."""
+    import medadv_tutorial.checks as checks
+    import medadv_tutorial.detectors.base as base
+    import medadv_tutorial.detectors.dnn as dnn
+    import medadv_tutorial.detectors.uncertainty as uncertainty
+
+    calls, scans = [], []
+    real_features = checks.check_features
+    spy_features = lambda *a, **k: (calls.append(k.get("finite", True)), real_features(*a, **k))[1]  # noqa: E731
+    for module in (base, dnn):
+        monkeypatch.setattr(module, "_check_features", spy_features)
+    for module in (checks, uncertainty):
+        real = module.check_finite
+        monkeypatch.setattr(module, "check_finite", lambda v, name, real=real, m=module.__name__.split(".")[-1]:
+                            (scans.append((m, name)), real(v, name))[1])
+    return calls, scans
+
+
 def test_values_are_scanned_once_where_they_enter(fitted, monkeypatch):
     """A FeatureSet scans its values when it is made; the suite checks its images once and tells the
     detectors (and the ensembles their per-layer detectors) not to scan again; shapes are still checked."""
-    import medadv_tutorial.checks as checks
-    import medadv_tutorial.detectors.base as base
     from medadv_tutorial.features import FeatureSet
 
     suite, model, x, y = fitted["suite"], fitted["model"], fitted["x"], fitted["y"]
@@ -202,26 +223,35 @@ def test_values_are_scanned_once_where_they_enter(fitted, monkeypatch):
     bad["block8"][3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"feats\['block8'\] contains NaN"):
         FeatureSet(bad, fs.labels, fs.logits)
-    calls = []
-    real = checks.check_finite
-    monkeypatch.setattr(base, "check_features", lambda *a, **k: (calls.append(k.get("finite", True)),
-                                                                   checks.check_features(*a, **k))[1])
-    monkeypatch.setattr(base, "_check_features", base.check_features)
-    scans = []
-    monkeypatch.setattr(checks, "check_finite", lambda v, name: (scans.append(name), real(v, name))[1])
-    scores = suite.score(fs, x)
-    assert calls and not any(calls), "a detector scanned rows the FeatureSet had scanned"
+    calls, scans = spy_on_the_checks(monkeypatch)
+    names = [n for n in suite.detectors if n != "BU"]  # BU: test_bu_does_not_scan_the_suites_images_again
+    scores = suite.score(fs, x, names=names)
+    assert len(calls) >= len(names) and not any(calls), \
+        "a detector scanned rows the FeatureSet had scanned"  # the spy is live: each detector checked its rows
     assert scans == [], f"values scanned again while scoring: {scans}"
-    assert set(scores) == set(suite.detectors)
-    # a direct call of a detector's public score still scans its input
-    calls.clear()
-    suite.detectors["MGM"].score(fs.penultimate)
-    assert calls == [True]
+    assert list(scores) == names
+    # a direct call of a detector's public score still scans its input (and the spies see it)
+    for name in ("MGM", "DNN"):  # base._check_features; dnn's own import of it
+        calls.clear(), scans.clear()
+        suite.detectors[name].score(fs.penultimate)
+        assert calls == [True] and scans == [("checks", "features")], name
     # shapes are checked whatever the caller says
     with pytest.raises(ValueError, match=r"shape \(N, 8\)"):
         suite.detectors["MGM"].score(fs.penultimate[:, :5], scanned=True)
     with pytest.raises(ValueError, match="images must be the 60 images"):
         suite.score(fs, x[:10])
+
+
+def test_bu_does_not_scan_the_suites_images_again(fitted, monkeypatch):
+    suite, model, x, y = fitted["suite"], fitted["model"], fitted["x"], fitted["y"]
+    fs = extract_features(model, (x, y), progress=False)
+    _, scans = spy_on_the_checks(monkeypatch)
+    suite.detectors["BU"].score(x)
+    if ("uncertainty", "features") not in scans:  # not an AssertionError: a dead spy fails, never xfails
+        pytest.fail(f"the spy on BU's scan is not live: a direct call scanned {scans}")
+    scans.clear()
+    suite.score(fs, x, names=["BU"])
+    assert scans == [], f"BU scanned the suite's images again: {scans}"
 
 
 def test_two_sided_entries_and_evaluate_attack(fitted):

@@ -14,6 +14,10 @@ Colab and plain Jupyter render none of MyST's roles and fences, so a chapter ope
 * an exercise keeps its answer cell (the scaffold ``...``) and its check, without the check's stored
   output; its solution (the cell tagged ``exercise-solution`` and the "Solution" dropdown) is left
   out, and so are the cells the book removes (``remove-cell``: the tests of the checks);
+* the cells tagged ``bookkeeping`` (the glue calls that carry numbers into the prose and the checks
+  of the chapter's claims, which ``tools/bookkeeping.py`` moves out of the story's cells and the
+  book collapses) are left out: the copy's prose already holds the numbers, and a student reads
+  the story's code;
 * ``{ref}`` and ``{doc}`` become their text (a section's title, a figure's caption, a page's
   title), and ``(label)=`` targets go.
 
@@ -39,7 +43,7 @@ BOOK = REPO / "book"
 OUT = REPO / "colab"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
 RECORD = "application/papermill.record/"
-DROPPED = {"remove-cell", "exercise-solution"}  # cells a reader's copy leaves out
+DROPPED = {"remove-cell", "exercise-solution", "bookkeeping"}  # cells a reader's copy leaves out
 
 ROLE = re.compile(r"\{(?P<role>[a-z]+(?::[a-z]*)?)\}`(?P<body>[^`]*)`")
 LABEL_LINE = re.compile(r"^\((?P<label>[A-Za-z0-9_-]+)\)=\s*$")
@@ -277,7 +281,8 @@ def convert_markdown(source: str, ctx: Context, attachments: dict) -> str:
 def reader_copy(nb: dict, ctx: Context) -> dict:
     """The reader's copy of a chapter notebook (a new dict; ``nb`` is left as it was)."""
     nb = copy.deepcopy(nb)
-    # what the book leaves out (remove-cell: the tests of the exercises' checks) and the exercises' solutions
+    # what the book leaves out (remove-cell: the tests of the exercises' checks), the exercises' solutions and
+    # the bookkeeping (glue calls and claim checks: tools/bookkeeping.py)
     nb["cells"] = [c for c in nb["cells"] if not DROPPED & set(c.get("metadata", {}).get("tags", []))]
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":

@@ -36,9 +36,15 @@ def mc_dropout_variance(model: nn.Module, x: torch.Tensor, n_samples: int = 20, 
     and only the dropout and the head run ``T`` times -- the same masks from the same generator,
     the same numbers as ``T`` whole passes, at about ``1/T`` of the cost.
     """
+    _check_inputs(x, "x", model)
+    return _mc_dropout_variance(model, x, n_samples, batch_size=batch_size, seed=seed)
+
+
+def _mc_dropout_variance(model, x, n_samples, *, batch_size, seed) -> torch.Tensor:
+    """:func:`mc_dropout_variance` on inputs already checked (BU's score: the suite checks and scans
+    its images once)."""
     from torch.nn.modules.dropout import _DropoutNd
 
-    _check_inputs(x, "x", model)
     n_samples, batch_size = check_int(n_samples, "n_samples", 2), resolve_batch_size(batch_size, x.device)
     seed = None if seed is None else check_seed(seed)
     if not isinstance(model, nn.Module):
@@ -118,4 +124,4 @@ class BU(Detector):
         pass
 
     def _score(self, x, labels):
-        return mc_dropout_variance(self.model, x, self.n_samples, batch_size=self.batch_size, seed=self.seed)
+        return _mc_dropout_variance(self.model, x, self.n_samples, batch_size=self.batch_size, seed=self.seed)
