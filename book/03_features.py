@@ -346,9 +346,9 @@ if book.check_claims(profile):
 # {glue:md}`frac_late_ci` of the steps (each image's share of those steps, averaged over the
 # images), {glue:md}`frac_late_vs_half`, {glue:md}`frac_late_vs_first`.
 # Counted over all {glue:}`pgd_long_steps` steps, the share is {glue:md}`frac_long_ci`, against
-# {glue:md}`frac_std_ci` over the first {glue:}`profile_attack_steps`; the two intervals
-# {glue:md}`frac_verdict`. (Both shares come from the same images, so the difference is paired:
-# each resample takes the same images for both counts.) So "every step pushes the features further" is not true of single steps,
+# {glue:md}`frac_std_ci` over the first {glue:}`profile_attack_steps`; the two shares
+# {glue:md}`frac_verdict`. (Both come from the same images, so the difference is paired: each
+# resample takes the same images for both counts.) So "every step pushes the features further" is not true of single steps,
 # even while the budget lasts; what holds is that most steps push them further along $\Delta w$:
 # {glue:md}`frac_std_ci` of them in the first {glue:}`profile_attack_steps` steps and
 # {glue:md}`frac_late_ci` in steps {glue:md}`late_steps`, once the budget is spent.

@@ -310,14 +310,17 @@ lam_chance = min(sel_worst, key=lambda lam: max(abs(sweep[lam].auroc[n] - 0.5) f
 # %% tags=["bookkeeping", "hide-input", "remove-output", "nbval-ignore-output"]
 book.glue("fig_lambda_sweep", fig)
 book.glue_results(sel_worst_star=f"{sel_worst.get(lam_star, 'n/a')}",
-                  sel_tied=and_join(f"{lam:g} ({sel_worst[lam]}; paired difference {vs_star[lam]:+.2f})" for lam in tied),
+                  sel_tie_text=(f"The choice of λ rests on little: the worst AUROCs of λ = " + and_join(
+                      f"{lam:g} ({sel_worst[lam]}; paired difference {vs_star[lam]:+.2f})" for lam in tied)
+                      + " are not told apart from the chosen λ's by paired intervals on the same selection images"
+                      if tied else "No other λ with 95% success comes within sampling error of the chosen λ's worst "
+                      "AUROC: each paired interval of the difference excludes zero"),
                   lam_chance=f"{lam_chance:g}", lam_chance_dev=f"{max(abs(sweep[lam_chance].auroc[n] - 0.5) for n in one_sided):.2f}",
                   lam_chance_same="the same λ" if lam_chance == lam_star else "a larger λ" if lam_chance > lam_star
                   else "a smaller λ")
 if book.check_claims(profile):
-    # The choice of λ is effectively a tie: another λ with 95% success has a worst AUROC not told apart
-    # from the chosen λ's (paired interval of the difference contains 0).
-    assert lam_star in sel_worst and tied, {lam: f"{iv}" for lam, iv in vs_star.items()}
+    # The chosen λ reaches the 95% success bar on the selection set (the rule's condition).
+    assert lam_star in sel_worst, {lam: f"{iv}" for lam, iv in sel_worst.items()}
 
 # %% [markdown]
 # ```{glue:figure} fig_lambda_sweep
@@ -836,7 +839,7 @@ book.glue_results(
     aware_maha_lr=said(aware_ci["MAHA-LR"]), hfc_maha_lr=said(ci["MAHA-LR"]), fm_maha_lr=f"{fm_ci['MAHA-LR']}",
     aware_uncaught=and_join(f"{n} {aware_ci[n]} against HFC's {ci[n]} ({vs(diff(hfc_ev, aware_ev, n))})"
                             for n in uncaught),
-    fm_apart=and_join(f"{n} ({-hfc_minus['fm'][n]:+.2f})" for n in caught if hfc_minus["fm"][n].side() != 0),
+    fm_apart=and_join(f"{n} ({diff(hfc_ev, fm_ev, n):+.2f})" for n in caught if hfc_minus["fm"][n].side() != 0),
     kd_sel=f"{sel_ci['KD']}", fm_overlap=and_join(n for n in caught if hfc_minus["fm"][n].side() == 0),
     kd_sets=vs(diff(sel_ev, hfc_ev, "KD", paired=False)) + ", unpaired: different images",
     fm_above=and_join(n for n in caught if fm_ci[n].low > 0.5), fm_caught=span([fm_ci[n].estimate for n in penult]),
@@ -872,10 +875,10 @@ if book.check_claims(profile):
     # Feature matching gets a higher AUROC than HFC from every detector that caught PGD
     # (band: strict, on the estimates; the prose says where the paired difference excludes 0).
     assert all(fm_ci[n].estimate > ci[n].estimate for n in caught), {n: (f"{fm_ci[n]}", f"{ci[n]}") for n in caught}
-    # The two-sided AUROCs at the smallest λ and at the chosen λ: not told apart (paired). A setting of the
+    # A setting of the
     # two-sided-aware grid hid from every detector, one- and two-sided, on the selection set (band: the
     # best setting's worst AUROC at most HIDES = 0.60). Values: the tables.
-    assert best.worst_auroc <= HIDES and all(small_minus_sel[n].side() == 0 for n in two_sided), (best, small_minus_sel)
+    assert best.worst_auroc <= HIDES, best
 
 # %% [markdown]
 # ### Without the 1,280-channel layer: is over-hiding HFC's, or this configuration's?
@@ -1033,8 +1036,7 @@ if book.check_claims(profile):
 # detector carries the *least* information about the attack. KD measures closeness to actual
 # clean training features, while HFC pulls towards the dense region of two Gaussians, which need
 # not contain any. On the selection set KD scored {glue:md}`kd_sel` ({glue:md}`kd_sets`). The
-# choice of λ rests on little: the worst AUROCs of λ = {glue:md}`sel_tied` are not told apart from
-# the chosen λ's, {glue:md}`sel_worst_star`.
+# chosen λ's worst AUROC on the selection set is {glue:md}`sel_worst_star`. {glue:md}`sel_tie_text`.
 #
 # **The detectors that missed PGD** still miss PGD+HFC ({glue:md}`uncaught_text`); against PGD,
 # then PGD+HFC: {glue:md}`uncaught_change`, a rise beyond sampling error only for

@@ -27,7 +27,9 @@ kind of quantity:
   (:func:`auroc_interval`, :func:`tpr_interval`, :func:`f1_interval`, :func:`mean_interval`);
 * a difference of two such numbers: :func:`difference_interval` (rates and means) and
   :func:`auroc_difference_interval`, *paired* when both were measured on the same images (two
-  attacks, two detectors), so that what the two share cancels.
+  attacks, two detectors), so that what the two share cancels; two rates on different images
+  (two data sets): :func:`rate_difference_interval`, Newcombe's interval built from the two
+  Wilson intervals, which does not collapse when both rates are 0 or 1.
 
 A verdict on a difference is read from the interval of the difference::
 
@@ -53,6 +55,7 @@ __all__ = [
     "auroc_interval",
     "auroc_difference_interval",
     "difference_interval",
+    "rate_difference_interval",
     "f1_at_threshold",
     "f1_interval",
     "followup_auroc",
@@ -399,6 +402,31 @@ def _masked_outcomes(successes, among) -> np.ndarray:
         raise ValueError("successes is empty" + (" after the among mask" if among is not None else "")
                          + ": a rate needs at least one image")
     return s
+
+
+def rate_difference_interval(first, second, *, level: float = 0.95) -> Interval:
+    """The difference of two rates measured on *different* images (two data sets),
+    ``rate(first) - rate(second)``, with Newcombe's hybrid score interval (his method 10, 1998).
+
+    With the two Wilson intervals ``[l1, u1]`` and ``[l2, u2]`` (:func:`rate_interval`) of the
+    rates ``p1`` and ``p2``, the difference ``d = p1 - p2`` gets
+    ``[d - sqrt((p1 - l1)^2 + (u2 - p2)^2),  d + sqrt((u1 - p1)^2 + (p2 - l2)^2)]``: each bound
+    combines the two rates' distances to the Wilson bounds on its side.  It inherits the Wilson
+    interval's behaviour at 0 and 1: 50 of 50 against 50 of 50 gives about ``[-0.07, 0.07]``,
+    where a bootstrap gives the point 0.  For two rates on the *same* images use
+    :func:`difference_interval` with ``paired=True``.
+
+    Parameters
+    ----------
+    first, second: (N,) and (M,) bool or 0/1 per-image outcomes (as for :func:`rate_interval`).
+    level: coverage in (0, 1).
+    """
+    a = rate_interval(first, level=level)
+    b = rate_interval(second, level=level)
+    d = a.estimate - b.estimate
+    low = d - math.hypot(a.estimate - a.low, b.high - b.estimate)
+    high = d + math.hypot(a.high - a.estimate, b.estimate - b.low)
+    return Interval(d, low, high, a.level, 0, "Newcombe hybrid score")
 
 
 def difference_interval(first, second, *, paired: bool, n_boot: int = 2000, level: float = 0.95,

@@ -26,6 +26,7 @@ from torch import nn
 
 from medadv_tutorial import adaptive, attacks, data, detectors, features, gmm, hfc, metrics, models, plots, profiles
 from medadv_tutorial import direction, experiment, outliers, report, rng, stress, suite, training
+from medadv_tutorial import gradcam, landscape, saliency
 from medadv_tutorial.attacks import BIM, CWLinf, FGSM, MIM, PGD
 from medadv_tutorial.checks import CorruptFileError
 from medadv_tutorial.data import DataIntegrityError
@@ -429,6 +430,31 @@ CASES = {
     "markdown_table digits=-1": (lambda: report.markdown_table([[1.0]], ["a"], digits=-1), ValueError,
                                  r"\bdigits must be an int >= 0"),
     "to_display 2-D": (lambda: plots.to_display(torch.rand(2, 2)), ValueError, r"\bimg must be one image \(C, H, W\)"),
+    # ---- Grad-CAM, saliency, loss landscape (Ma et al.'s three explanations)
+    "grad_cam 0..255 images": (lambda: gradcam.grad_cam(MODEL, X * 255, "block1"), ValueError,
+                               r"\bx must lie in \[0, 1\]"),
+    "grad_cam unknown layer": (lambda: gradcam.grad_cam(MODEL, X, "block9"), KeyError,
+                               r"layer 'block9' is not a tap of the model"),
+    "grad_cam batch_size=0": (lambda: gradcam.grad_cam(MODEL, X, "block1", batch_size=0), ValueError,
+                              r"\bbatch_size must be an int >= 1"),
+    "top_region fraction=20 (a percentage)": (lambda: gradcam.top_region(X[:2, 0], 20), ValueError,
+                                              r"\bfraction must be in \(0, 1\)"),
+    "normalise_maps negative": (lambda: gradcam.normalise_maps(-X[:2, 0]), ValueError,
+                                r"\bmaps must be non-negative"),
+    "input_gradients label out of range": (lambda: saliency.input_gradients(MODEL, X, Y + 4), ValueError,
+                                           r"\by holds class index 5"),
+    "fraction_above threshold=nan": (lambda: saliency.fraction_above(X[:2, 0], float("nan")), ValueError,
+                                     r"\bthreshold must be a finite number"),
+    "top_mass_share top=5 (a percentage)": (lambda: saliency.top_mass_share(X[:2, 0], 5), ValueError,
+                                            r"\btop must be in \(0, 1\)"),
+    "local_texture window=4": (lambda: saliency.local_texture(X, 4), ValueError, r"\bwindow must be an odd int"),
+    "texture_correlation shapes differ": (lambda: saliency.texture_correlation(X[:2, 0], X[:2, 0, :, :7]),
+                                          ValueError, r"\btexture must be a floating tensor of the shape of maps"),
+    "loss_grid radii=[0, 8] (meant 8/255)": (lambda: landscape.loss_grid(MODEL, X, Y, X, X, [0, 8]), ValueError,
+                                             r"\bradii\b.*did you mean 8/255"),
+    "sign_gradient float labels": (lambda: landscape.sign_gradient(MODEL, X, Y.float()), TypeError,
+                                   r"\by must hold integer class indices"),
+    "sharpness eps=8": (lambda: landscape.sharpness(MODEL, X, Y, eps=8), ValueError, r"\beps\b.*did you mean 8/255"),
 }
 
 
@@ -632,6 +658,12 @@ HELPERS = {
     "attacks.run_attack": lambda m: attacks.run_attack(FGSM(1 / 255), m, (X, Y), progress=False),
     "attacks.success_rate": lambda m: attacks.success_rate(FGSM(1 / 255), m, (X, Y), [1 / 255], progress=False),
     "detectors.mc_dropout_variance": lambda m: detectors.mc_dropout_variance(m, X, 2),
+    "gradcam.grad_cam": lambda m: gradcam.grad_cam(m, X, "block1"),
+    "saliency.input_gradients": lambda m: saliency.input_gradients(m, X, Y),
+    "landscape.sign_gradient": lambda m: landscape.sign_gradient(m, X, Y),
+    "landscape.loss_grid": lambda m: landscape.loss_grid(m, X, Y, torch.ones_like(X), -torch.ones_like(X),
+                                                         [0.0, 1 / 255]),
+    "landscape.sharpness": lambda m: landscape.sharpness(m, X, Y),
 }
 
 

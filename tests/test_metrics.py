@@ -441,3 +441,23 @@ def test_auroc_difference_interval_refuses_bad_input():
         metrics.auroc_difference_interval(([0.1], [0.3]), [0.1, 0.2, 0.3], paired=False)
     with pytest.raises(ValueError, match="NaN"):
         metrics.auroc_difference_interval(([0.1], [float("nan")]), ([0.1], [0.3]), paired=False)
+
+
+@pytest.mark.parametrize("k1, n1, k2, n2, low, high", [
+    # Newcombe (1998), Statistics in Medicine 17:873, Table II, method 10
+    (56, 70, 48, 80, 0.0524, 0.3339), (9, 10, 3, 10, 0.1705, 0.8090), (5, 56, 0, 29, -0.0381, 0.1926)])
+def test_rate_difference_interval_newcombe_known_answers(k1, n1, k2, n2, low, high):
+    iv = metrics.rate_difference_interval(np.arange(n1) < k1, torch.arange(n2) < k2)
+    assert iv.estimate == pytest.approx(k1 / n1 - k2 / n2)
+    assert (iv.low, iv.high) == pytest.approx((low, high), abs=5e-5)
+    assert iv.method == "Newcombe hybrid score" and iv.n_boot == 0
+
+
+def test_rate_difference_interval_does_not_collapse_and_is_antisymmetric():
+    both = metrics.rate_difference_interval(np.ones(50, bool), np.ones(50, bool))
+    assert both.estimate == 0 and 0.06 < both.high < 0.08 and both.high == pytest.approx(-both.low)
+    a, b = np.arange(40) < 30, np.arange(60) < 20
+    ab, ba = metrics.rate_difference_interval(a, b), metrics.rate_difference_interval(b, a)
+    assert (ab.estimate, ab.low, ab.high) == pytest.approx((-ba.estimate, -ba.high, -ba.low))
+    with pytest.raises(ValueError, match="successes must hold bool or 0/1"):
+        metrics.rate_difference_interval([0.5], [1])
