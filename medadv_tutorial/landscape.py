@@ -23,20 +23,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .batching import resolve_batch_size
-from .checks import check_eps, check_finite, check_images, check_labels, check_model, describe, eval_mode
+from .checks import check_eps, check_finite, describe, eval_mode
+from .saliency import _check_loss_inputs, loss_gradient
 
 __all__ = ["loss_grid", "sign_gradient", "sharpness"]
-
-
-def _check_common(model, x, y, batch_size) -> int:
-    check_model(model)
-    check_images(x, "x", ndim=(4,))
-    check_labels(y, len(x), "y", getattr(model, "num_classes", None))
-    batch_size = resolve_batch_size(batch_size, x.device)
-    if len(x) == 0:
-        raise ValueError("x is empty: no image to evaluate the loss at")
-    return batch_size
 
 
 def _check_direction(d, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -79,7 +69,7 @@ def loss_grid(model, x: torch.Tensor, y: torch.Tensor, d1: torch.Tensor, d2: tor
     batch_size: images per forward pass (default the device's,
         :func:`~medadv_tutorial.batching.default_batch_size`).
     """
-    batch_size = _check_common(model, x, y, batch_size)
+    batch_size = _check_loss_inputs(model, x, y, batch_size)
     d1, d2 = _check_direction(d1, x, "d1"), _check_direction(d2, x, "d2")
     r = _check_radii(radii).tolist()
     grid = torch.empty(len(r), len(r), len(x), dtype=torch.float64)
@@ -98,15 +88,7 @@ def sign_gradient(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | Non
 
     The direction of one FGSM step; computed in eval mode (restored afterwards).
     """
-    batch_size = _check_common(model, x, y, batch_size)
-    out = []
-    with eval_mode(model), torch.enable_grad():
-        for n in range(0, len(x), batch_size):
-            xb = x[n : n + batch_size].clone().requires_grad_(True)
-            loss = F.cross_entropy(model(xb), y[n : n + batch_size], reduction="sum")
-            (g,) = torch.autograd.grad(loss, xb)
-            out.append(g.sign().detach())
-    return torch.cat(out)
+    return loss_gradient(model, x, y, batch_size).sign()
 
 
 def sharpness(model, x: torch.Tensor, y: torch.Tensor, eps: float = 1 / 255,
@@ -123,7 +105,7 @@ def sharpness(model, x: torch.Tensor, y: torch.Tensor, eps: float = 1 / 255,
     model, x, y: as for :func:`loss_grid`.
     eps: the step, in pixel units (default 1/255).
     """
-    batch_size = _check_common(model, x, y, batch_size)
+    batch_size = _check_loss_inputs(model, x, y, batch_size)
     eps = check_eps(eps, "eps")
     d = sign_gradient(model, x, y, batch_size=batch_size)
     out = []

@@ -29,7 +29,40 @@ from .batching import resolve_batch_size
 from .checks import check_finite, check_images, check_int, check_labels, check_model, check_real, describe, eval_mode
 from .gradcam import _check_maps, _top_count
 
-__all__ = ["input_gradients", "fraction_above", "top_mass_share", "local_texture", "texture_correlation"]
+__all__ = ["loss_gradient", "input_gradients", "fraction_above", "top_mass_share", "local_texture",
+           "texture_correlation"]
+
+
+def _check_loss_inputs(model, x, y, batch_size) -> int:
+    """The checks of a per-image loss's inputs (model, images, labels); returns the batch size."""
+    check_model(model)
+    check_images(x, "x", ndim=(4,))
+    check_labels(y, len(x), "y", getattr(model, "num_classes", None))
+    batch_size = resolve_batch_size(batch_size, x.device)
+    if len(x) == 0:
+        raise ValueError("x is empty: no image to evaluate the loss at")
+    return batch_size
+
+
+def loss_gradient(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """``d L / d x`` of the cross-entropy ``L(f(x), y)`` per image: (N, C, H, W), ``x``'s dtype.
+
+    The one computation of the loss's input gradient in the package: :func:`input_gradients` (the
+    saliency map), :func:`~medadv_tutorial.stress.input_gradient_l1` (its L1 norm) and
+    :func:`~medadv_tutorial.landscape.sign_gradient` (one FGSM step's direction) read it.  Computed
+    in eval mode (restored afterwards); ``x`` (N, C, H, W) in [0, 1], ``y`` (N,) true labels;
+    ``batch_size`` images per pass (default the device's,
+    :func:`~medadv_tutorial.batching.default_batch_size`).
+    """
+    batch_size = _check_loss_inputs(model, x, y, batch_size)
+    out = []
+    with eval_mode(model), torch.enable_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].clone().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), y[i : i + batch_size], reduction="sum")
+            (g,) = torch.autograd.grad(loss, xb)
+            out.append(g.detach())
+    return torch.cat(out)
 
 
 def input_gradients(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
@@ -46,20 +79,7 @@ def input_gradients(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | N
     batch_size: images per pass (default the device's,
         :func:`~medadv_tutorial.batching.default_batch_size`).
     """
-    check_model(model)
-    check_images(x, "x", ndim=(4,))
-    check_labels(y, len(x), "y", getattr(model, "num_classes", None))
-    batch_size = resolve_batch_size(batch_size, x.device)
-    if len(x) == 0:
-        raise ValueError("x is empty: no image to differentiate at")
-    out = []
-    with eval_mode(model), torch.enable_grad():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].clone().requires_grad_(True)
-            loss = F.cross_entropy(model(xb), y[i : i + batch_size], reduction="sum")
-            (g,) = torch.autograd.grad(loss, xb)
-            out.append(g.abs().sum(1).detach())
-    return torch.cat(out)
+    return loss_gradient(model, x, y, batch_size).abs().sum(1)
 
 
 def fraction_above(maps: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -239,17 +239,6 @@ def input_gradient_l1(model, x: torch.Tensor, y: torch.Tensor, batch_size: int |
     -- one of the explanations Ma et al. give for the vulnerability of medical models.
     Computed in eval mode; ``x`` (N, C, H, W) in [0, 1], ``y`` (N,) true labels.
     """
-    check_model(model)
-    check_images(x, "x", ndim=(4,))
-    check_labels(y, len(x), "y", getattr(model, "num_classes", None))
-    batch_size = resolve_batch_size(batch_size, x.device)
-    if len(x) == 0:
-        raise ValueError("x is empty: no image to differentiate at")
-    out = []
-    with eval_mode(model), torch.enable_grad():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].clone().requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(model(xb), y[i : i + batch_size], reduction="sum")
-            (g,) = torch.autograd.grad(loss, xb)
-            out.append(g.abs().flatten(1).sum(1).detach())
-    return torch.cat(out)
+    from .saliency import loss_gradient
+
+    return loss_gradient(model, x, y, batch_size).abs().flatten(1).sum(1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from toys import LinearClassifier
 
 from medadv_tutorial import landscape, stress
 
@@ -21,20 +21,7 @@ Y = torch.tensor([0, 1, 2, 0, 1, 2])
 RADII = torch.linspace(0, 4 / 255, 5)
 
 
-class Linear(nn.Module):
-    """logits = W flatten(dropout(x)) + b, K = 3 classes, weights from an explicit generator."""
-
-    num_classes = 3
-
-    def __init__(self, d: int = 16, seed: int = 1):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.dropout = nn.Dropout(0.5)
-        self.weight = nn.Parameter(torch.randn(3, d, generator=g))
-        self.bias = nn.Parameter(torch.randn(3, generator=g))
-
-    def forward(self, x):
-        return self.dropout(x).flatten(1) @ self.weight.T + self.bias
+Linear = LinearClassifier
 
 
 def closed_form_loss(m: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -46,7 +33,7 @@ def closed_form_loss(m: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 def closed_form_gradient(m: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     w, b = m.weight.detach().double(), m.bias.detach().double()
     p = torch.softmax(x.flatten(1).double() @ w.T + b, dim=1)
-    return ((p - nn.functional.one_hot(y, 3).double()) @ w).view(x.shape)
+    return ((p - torch.nn.functional.one_hot(y, 3).double()) @ w).view(x.shape)
 
 
 def test_sign_gradient_known_answer():
@@ -66,7 +53,7 @@ def test_loss_grid_equals_the_closed_form_at_the_shifted_inputs():
     assert grid.shape == (5, 5, 6) and grid.dtype == torch.float64
     expected = torch.stack([torch.stack([closed_form_loss(m, X + a * d1 + b * d2, Y) for b in RADII]) for a in RADII])
     torch.testing.assert_close(grid, expected, rtol=1e-5, atol=1e-5)
-    clean = nn.functional.cross_entropy(m.eval()(X), Y, reduction="none").double()
+    clean = torch.nn.functional.cross_entropy(m.eval()(X), Y, reduction="none").double()
     m.train()
     assert torch.equal(grid[0, 0], clean)  # x + 0 * d1 + 0 * d2 is x
     torch.testing.assert_close(landscape.loss_grid(m, X, Y, d1, d2, RADII.tolist(), batch_size=4), grid,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from torch import nn
+from toys import LinearClassifier
 
 from medadv_tutorial import saliency, stress
 
@@ -20,27 +20,14 @@ MAPS = torch.rand(2, 4, 4, generator=G)
 Y = torch.tensor([0, 2, 1, 2])
 
 
-class Linear(nn.Module):
-    """logits = W flatten(dropout(x)) + b, K = 3 classes, weights from an explicit generator."""
-
-    num_classes = 3
-
-    def __init__(self, d: int, seed: int = 1):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.dropout = nn.Dropout(0.5)
-        self.weight = nn.Parameter(torch.randn(3, d, generator=g))
-        self.bias = nn.Parameter(torch.randn(3, generator=g))
-
-    def forward(self, x):
-        return self.dropout(x).flatten(1) @ self.weight.T + self.bias
+Linear = LinearClassifier
 
 
 def closed_form_gradient(m: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """d CE / d x = W^T (softmax(z) - onehot(y)), in float64."""
     w, b = m.weight.detach().double(), m.bias.detach().double()
     p = torch.softmax(x.flatten(1).double() @ w.T + b, dim=1)
-    return ((p - nn.functional.one_hot(y, 3).double()) @ w).view(x.shape)
+    return ((p - torch.nn.functional.one_hot(y, 3).double()) @ w).view(x.shape)
 
 
 # ----------------------------------------------------------------------------- input gradients

@@ -20,3 +20,21 @@ def lda_head(h: torch.Tensor, y: torch.Tensor, margin: float | None = None):
         w = w / (w @ (mu[1] - mu[0])) * margin
     b = -w @ (mu[0] + mu[1]) / 2
     return torch.stack([-w / 2, w / 2]).float(), torch.stack([-b / 2, b / 2]).float()
+
+
+class LinearClassifier(torch.nn.Module):
+    """logits = W flatten(dropout(x)) + b, K = 3 classes, weights from an explicit generator: the
+    cross-entropy's input gradient and losses have closed forms (eval mode must switch off the
+    dropout)."""
+
+    num_classes = 3
+
+    def __init__(self, d: int = 16, seed: int = 1):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.weight = torch.nn.Parameter(torch.randn(3, d, generator=g))
+        self.bias = torch.nn.Parameter(torch.randn(3, generator=g))
+
+    def forward(self, x):
+        return self.dropout(x).flatten(1) @ self.weight.T + self.bias
