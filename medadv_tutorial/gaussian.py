@@ -80,7 +80,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 """``log(2 pi)``, the constant of every Gaussian log density."""
 
 _MIN_MEAN_VARIANCE = 1e-12  # floor of trace(cov)/d in the ridge: constant features still factorise
-_MIN_PIVOT = 1e-10  # a Cholesky pivot below this times the largest diagonal entry counts as a failure
+_MIN_PIVOT = 1e-10  # a Cholesky pivot at or below this times the largest diagonal entry counts as a failure
 
 
 # =========================================================================== class-conditional moments
@@ -146,7 +146,7 @@ def regularised_cholesky(cov: torch.Tensor, reg: float, *, ridge: float | None =
 
     Raises ``ValueError`` when ``cov`` holds NaN or infinite values (an overflow: features
     too large, rescale them), and when :math:`\mathrm{cov} + \lambda I` is not safely
-    positive definite -- a failed factorisation, or a pivot :math:`L_{ii}^2` below ``1e-10``
+    positive definite -- a failed factorisation, or a pivot :math:`L_{ii}^2` at or below ``1e-10``
     times the largest diagonal entry (float64 rounding can let a singular matrix through
     with meaningless tiny pivots) -- naming a larger ``reg`` to use.
     """
