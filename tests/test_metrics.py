@@ -461,3 +461,16 @@ def test_rate_difference_interval_does_not_collapse_and_is_antisymmetric():
     assert (ab.estimate, ab.low, ab.high) == pytest.approx((-ba.estimate, -ba.high, -ba.low))
     with pytest.raises(ValueError, match="successes must hold bool or 0/1"):
         metrics.rate_difference_interval([0.5], [1])
+
+
+def test_rate_difference_interval_at_another_level():
+    # Newcombe's bounds from the two Wilson intervals at the same level (here 50%): narrower than at 95%
+    a, b = np.arange(70) < 56, np.arange(80) < 48
+    half = metrics.rate_difference_interval(a, b, level=0.5)
+    wa, wb = metrics.rate_interval(a, level=0.5), metrics.rate_interval(b, level=0.5)
+    d = wa.estimate - wb.estimate
+    assert half.level == 0.5
+    assert (half.low, half.high) == pytest.approx((d - math.hypot(wa.estimate - wa.low, wb.high - wb.estimate),
+                                                   d + math.hypot(wa.high - wa.estimate, wb.estimate - wb.low)))
+    full = metrics.rate_difference_interval(a, b)
+    assert full.low < half.low < half.high < full.high
