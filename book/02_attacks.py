@@ -255,10 +255,15 @@ book.glue("fig_success_vs_eps", fig);
 # ```
 
 # %% tags=["full-width"]
+def flips(stats):
+    """One outcome per attacked image (True: flipped), from a success rate of attacks.success_rate and its count."""
+    n = stats["n_attacked"]
+    return torch.arange(n) < round(stats["success_rate"] * n)
+
+
 def rate_ci(stats):
     """A success rate of attacks.success_rate with its 95% Wilson interval over the attacked images."""
-    n = stats["n_attacked"]
-    return metrics.rate_interval(torch.arange(n) < round(stats["success_rate"] * n))
+    return metrics.rate_interval(flips(stats))
 
 
 rows = []
@@ -465,12 +470,6 @@ book.glue("first_order_gap_task", names[max(first_order_off, key=lambda k: abs(f
 # same way.
 
 # %% tags=["full-width"]
-def flips(stats):
-    """One outcome per attacked image (True: flipped), from a success rate and its count."""
-    n = stats["n_attacked"]
-    return torch.arange(n) < round(stats["success_rate"] * n)
-
-
 PAIRS = [("chest_xray", "cifar10"), ("retinamnist", "cifar10"), ("pneumoniamnist", "cifar10"),
          ("pneumoniamnist", "chest_xray")]
 

@@ -384,8 +384,9 @@ below = {d: [a for a, iv in row.items() if versus(iv, 0.5) == "lies below"] for 
 ok = evals["FGSM"].fs.predictions != fs_clean.labels  # per image, did FGSM fool the model? (positives include failures)
 fgsm_ok = {d: metrics.auroc_interval(clean[d], evals["FGSM"].scores[d][ok]) for d in density if ok.any()}
 # the share of images the model classifies with a top softmax probability above 0.99 (clean and PGD)
-sure = {k: metrics.rate_interval(torch.softmax(f.logits.double(), 1).amax(1) > 0.99) for k, f in
-        (("clean", fs_clean), ("pgd", evals["PGD"].fs))}
+confident = {k: torch.softmax(f.logits.double(), 1).amax(1) > 0.99 for k, f in
+             (("clean", fs_clean), ("pgd", evals["PGD"].fs))}
+sure = {k: metrics.rate_interval(c) for k, c in confident.items()}
 # comparisons on the same images: paired intervals of the differences
 fgsm_minus_pgd = {d: protocol.auroc_difference(evals["FGSM"], evals["PGD"], d) for d in dets.detectors}
 # FGSM's fooled images against PGD's images of the same clean images
@@ -398,8 +399,7 @@ pgd_minus_fgsm = {d: protocol.auroc_difference(evals["PGD"], evals["FGSM"], d) f
 # black-box minus white-box PGD, MGM, on the same clean images
 bb_minus_white = {k: protocol.auroc_difference(evals_bb[f"PGD, {k}"], evals["PGD"], "MGM") for k in substitutes}
 success_fgsm_minus_pgd = protocol.success_difference(evals["FGSM"], evals["PGD"])
-sure_diff = metrics.difference_interval(torch.softmax(evals["PGD"].fs.logits.double(), 1).amax(1) > 0.99,
-                                        torch.softmax(fs_clean.logits.double(), 1).amax(1) > 0.99, paired=True)
+sure_diff = metrics.difference_interval(confident["pgd"], confident["clean"], paired=True)  # the same images
 
 # %% tags=["bookkeeping", "hide-input"]
 book.glue_results(density_fgsm=span(auc[d]["FGSM"] for d in density), rho_mgm_maha=f"{rho_mgm_maha:.4f}",
