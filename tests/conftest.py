@@ -23,6 +23,10 @@ os.environ.setdefault("MEDADV_CACHE", str(REPO / ".cache" / "medadv"))
 os.environ.setdefault("MEDADV_PROFILE", "ci")
 torch.set_num_threads(int(os.environ.get("MEDADV_TEST_THREADS", "1")))
 
+import kernel_start  # noqa: E402
+
+kernel_start.install()  # a chapter's kernel that dies while starting is started again (tests/kernel_start.py)
+
 
 # --------------------------------------------------------------------------- longest first
 # pytest-xdist (--dist loadfile --no-loadscope-reorder) hands files to the two workers in this
