@@ -45,6 +45,9 @@ LONGEST_FIRST = (
     "tests/test_smoke_01.py",
     "tests/test_smoke_03.py",
     "tests/test_book_build.py",
+    "tests/test_smoke_07.py",
+    # reads the chest X-ray detector suite and PGD run that chapter 4 stores in the result cache
+    "book/07_explanations.ipynb",
     # last of the chapters: it reads back from the result cache what chapters 4 and 5 computed
     "book/06_reproduce.ipynb",
     "tests/test_smoke_06.py",
