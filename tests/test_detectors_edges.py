@@ -1,0 +1,101 @@
+"""Detectors at their boundaries: the largest k of LID, distance blocks smaller than the data (the
+leave-one-out mask across blocks), the kernel density's normalisation, the Gaussian detectors'
+leave-one-out scores on tiny sets.  Known answers from numpy / scipy written out here, so that a
+changed index, bound or constant fails a test (benchmarks/mutation.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+import torch
+from scipy.spatial.distance import cdist
+
+from medadv_tutorial import detectors as D
+from medadv_tutorial.detectors import kernel_density, lid
+
+G = torch.Generator().manual_seed(5)
+REF = torch.randn(15, 4, generator=G, dtype=torch.float64)
+Q = torch.randn(7, 4, generator=G, dtype=torch.float64) + 0.5
+
+
+def numpy_lid(q, ref, k, exclude_self=False):
+    d = cdist(q, ref)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    r = np.sort(d, axis=1)[:, :k]
+    return -k / np.sum(np.log(r / r[:, -1:]), axis=1)
+
+
+def numpy_kde(q, train, h, exclude_self=False):
+    d2 = cdist(q, train, "sqeuclidean")
+    if exclude_self:
+        np.fill_diagonal(d2, np.inf)
+    n = len(train) - (1 if exclude_self else 0)
+    d = train.shape[1]
+    return scipy.special.logsumexp(-d2 / (2 * h * h), axis=1) - math.log(n) - d / 2 * math.log(2 * math.pi * h * h)
+
+
+@pytest.mark.parametrize("exclude_self, kmax", [(False, 15), (True, 14)])
+def test_lid_accepts_k_up_to_the_reference_size(exclude_self, kmax):
+    q = REF if exclude_self else Q
+    got = lid.lid_mle(q, REF, k=kmax, exclude_self=exclude_self)
+    np.testing.assert_allclose(got.numpy(), numpy_lid(q.numpy(), REF.numpy(), kmax, exclude_self), rtol=1e-10)
+    for bad in (kmax + 1, 0, True):
+        with pytest.raises(ValueError, match=rf"k must be an int in \[1, {kmax}\]"):
+            lid.lid_mle(q, REF, k=bad, exclude_self=exclude_self)
+
+
+def test_lid_exclude_self_needs_the_reference_itself():
+    with pytest.raises(ValueError, match="exclude_self=True needs features to be the reference set itself"):
+        lid.lid_mle(Q, REF, k=3, exclude_self=True)
+
+
+@pytest.mark.parametrize("elements", [15, 31, 45, 1])
+def test_lid_in_small_blocks_equals_one_block(monkeypatch, elements):
+    """Rows are taken in blocks of _CHUNK_ELEMENTS // m; the self-exclusion mask must follow the block."""
+    whole_q, whole_self = lid.lid_mle(Q, REF, k=4), lid.lid_mle(REF, REF, k=4, exclude_self=True)
+    monkeypatch.setattr(lid, "_CHUNK_ELEMENTS", elements)  # 1, 2 or 3 rows per block (at least one)
+    # (a block's matrix product rounds differently: equal to 1e-12, not bit for bit)
+    torch.testing.assert_close(lid.lid_mle(Q, REF, k=4), whole_q, rtol=1e-12, atol=0)
+    torch.testing.assert_close(lid.lid_mle(REF, REF, k=4, exclude_self=True), whole_self, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(whole_self.numpy(), numpy_lid(REF.numpy(), REF.numpy(), 4, True), rtol=1e-10)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("elements", [1 << 24, 15, 45])
+def test_kde_log_density_known_answer_in_any_block_size(monkeypatch, exclude_self, elements):
+    monkeypatch.setattr(kernel_density, "_CHUNK_ELEMENTS", elements)
+    q = REF if exclude_self else Q
+    got = kernel_density.gaussian_kde_log_density(q, REF, bandwidth=0.7, exclude_self=exclude_self)
+    np.testing.assert_allclose(got.numpy(), numpy_kde(q.numpy(), REF.numpy(), 0.7, exclude_self), rtol=1e-10)
+
+
+def test_kde_exclude_self_checks():
+    with pytest.raises(ValueError, match="exclude_self=True needs features to be the training set itself"):
+        kernel_density.gaussian_kde_log_density(Q, REF, bandwidth=1.0, exclude_self=True)
+    one = REF[:1]
+    with pytest.raises(ValueError, match="n >= 2"):
+        kernel_density.gaussian_kde_log_density(one, one, bandwidth=1.0, exclude_self=True)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_gaussian_detectors_on_tiny_training_sets(n):
+    """Below three points there is no leave-one-out Gaussian: the in-sample score is the reference."""
+    x = REF[:n]
+    mgm = D.MGM(reg=0.1).fit(x)
+    maha = D.Mahalanobis(reg=0.1).fit(x)
+    if n < 3:
+        assert torch.allclose(mgm.reference_scores_, mgm.score(x), rtol=1e-12)
+        assert torch.allclose(maha.reference_scores_, maha.score(x), rtol=1e-12)
+    else:  # leave-one-out: each point is scored by the Gaussian of the other n - 1 (their ridge: the fit's)
+        xn = x.numpy()
+        for i in range(n):
+            o = np.delete(xn, i, axis=0)
+            cov = np.cov(o, rowvar=False, bias=False) if n - 1 > 1 else np.zeros((4, 4))
+            sigma = cov + mgm.ridge_ * np.eye(4)
+            u = xn[i] - o.mean(0)
+            nll = 0.5 * (u @ np.linalg.solve(sigma, u) + np.linalg.slogdet(sigma)[1] + 4 * math.log(2 * math.pi))
+            assert mgm.reference_scores_[i].item() == pytest.approx(nll, rel=1e-8)
+            cov_ml = (o - o.mean(0)).T @ (o - o.mean(0)) / len(o) + maha.ridge_ * np.eye(4)
+            assert maha.reference_scores_[i].item() == pytest.approx(u @ np.linalg.solve(cov_ml, u), rel=1e-8)
