@@ -13,18 +13,11 @@ from scipy.spatial.distance import cdist
 
 from medadv_tutorial import detectors as D
 from medadv_tutorial.detectors import kernel_density, lid
+from test_detectors import _numpy_lid as numpy_lid
 
 G = torch.Generator().manual_seed(5)
 REF = torch.randn(15, 4, generator=G, dtype=torch.float64)
 Q = torch.randn(7, 4, generator=G, dtype=torch.float64) + 0.5
-
-
-def numpy_lid(q, ref, k, exclude_self=False):
-    d = cdist(q, ref)
-    if exclude_self:
-        np.fill_diagonal(d, np.inf)
-    r = np.sort(d, axis=1)[:, :k]
-    return -k / np.sum(np.log(r / r[:, -1:]), axis=1)
 
 
 def numpy_kde(q, train, h, exclude_self=False):
