@@ -92,3 +92,23 @@ def test_gaussian_detectors_on_tiny_training_sets(n):
             assert mgm.reference_scores_[i].item() == pytest.approx(nll, rel=1e-8)
             cov_ml = (o - o.mean(0)).T @ (o - o.mean(0)) / len(o) + maha.ridge_ * np.eye(4)
             assert maha.reference_scores_[i].item() == pytest.approx(u @ np.linalg.solve(cov_ml, u), rel=1e-8)
+
+
+def test_mahalanobis_leave_one_out_when_another_class_is_nearer():
+    """Random labels on one cloud: for many points the nearest class mean, without the point, is the
+    other class, so the leave-one-out distance to every class (not only the own) is checked."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=g)
+    maha = D.Mahalanobis(reg=0.05).fit(x, y)
+    xn, yn = x.numpy(), y.numpy()
+    other_class_nearest = 0
+    for i in range(40):
+        keep = np.arange(40) != i
+        o, oy = xn[keep], yn[keep]
+        means = np.stack([o[oy == c].mean(0) for c in range(3)])
+        sigma = (o - means[oy]).T @ (o - means[oy]) / len(o) + maha.ridge_ * np.eye(4)
+        d2 = [(xn[i] - m) @ np.linalg.solve(sigma, xn[i] - m) for m in means]
+        other_class_nearest += int(np.argmin(d2) != yn[i])
+        assert maha.reference_scores_[i].item() == pytest.approx(min(d2), rel=1e-9), i
+    assert other_class_nearest >= 10
