@@ -112,3 +112,58 @@ def test_mahalanobis_leave_one_out_when_another_class_is_nearer():
         other_class_nearest += int(np.argmin(d2) != yn[i])
         assert maha.reference_scores_[i].item() == pytest.approx(min(d2), rel=1e-9), i
     assert other_class_nearest >= 10
+
+
+def test_pairwise_distances_without_precomputed_norms():
+    from medadv_tutorial.detectors.kernel_density import _pairwise_sq_dist
+
+    np.testing.assert_allclose(_pairwise_sq_dist(Q, REF).numpy(), cdist(Q.numpy(), REF.numpy(), "sqeuclidean"),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_lid_with_k_one_and_kde_leaving_one_of_two_out():
+    assert torch.isinf(lid.lid_mle(Q, REF, k=1)).all()  # r_1 / r_1 = 1: log 0, an infinite estimate, not an error
+    two = REF[:2]
+    got = kernel_density.gaussian_kde_log_density(two, two, bandwidth=0.5, exclude_self=True)
+    np.testing.assert_allclose(got.numpy(), numpy_kde(two.numpy(), two.numpy(), 0.5, True), rtol=1e-12)
+
+
+def _dropout_classifier():
+    from medadv_tutorial.capacity import small_cnn
+
+    torch.manual_seed(0)
+    model = small_cnn(2, 3, 1)
+    model.dropout.p = 0.5
+    return model.eval()
+
+
+def test_mc_dropout_variance_of_a_classifier_head_known_answer():
+    model = _dropout_classifier()
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    got = D.mc_dropout_variance(model, x, n_samples=4, seed=7)
+    with torch.no_grad():
+        pooled = model.forward_features(x, layers=["penultimate"], logits=False)[1]["penultimate"]
+        torch.manual_seed(7)
+        p = torch.stack([torch.softmax(model.fc(torch.nn.functional.dropout(pooled, 0.5, True)).double(), 1)
+                         for _ in range(4)])
+    torch.testing.assert_close(got, p.var(0, unbiased=False).sum(1))
+
+
+def test_mc_dropout_variance_arguments():
+    model = _dropout_classifier()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="n_samples"):
+        D.mc_dropout_variance(model, x, n_samples=1)
+    state = torch.random.get_rng_state()
+    D.mc_dropout_variance(model, x, n_samples=2, seed=None)  # unseeded: draws from (and advances) the global RNG
+    assert not torch.equal(torch.random.get_rng_state(), state)
+    model.dropout.p = 0.0
+    with pytest.raises(ValueError, match="no dropout layer with p > 0"):
+        D.mc_dropout_variance(model, x)
+
+
+def test_bu_scores_repeat():
+    model = _dropout_classifier()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    bu = D.BU(model, n_samples=3).fit(x)
+    assert torch.equal(bu.score(x), bu.score(x))
