@@ -167,3 +167,32 @@ def test_bu_scores_repeat():
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     bu = D.BU(model, n_samples=3).fit(x)
     assert torch.equal(bu.score(x), bu.score(x))
+
+
+def test_fit_size_bounds():
+    D.LID(k=1)  # the smallest k
+    D.LID(k=3).fit(REF[:4])  # k + 1 rows suffice (each point's k neighbours, itself left out)
+    with pytest.raises(ValueError, match=r"needs at least k\+1=4"):
+        D.LID(k=3).fit(REF[:3])
+    y = torch.tensor([0] * 13 + [1] * 2)  # two points of class 1: the least KD and Mahalanobis accept
+    D.KD(bandwidth=1.0).fit(REF, y)
+    D.Mahalanobis().fit(REF, y)
+    y1 = torch.tensor([0] * 14 + [1])
+    with pytest.raises(ValueError, match="KD needs at least 2 clean training features per class"):
+        D.KD(bandwidth=1.0).fit(REF, y1)
+    with pytest.raises(ValueError, match="Mahalanobis needs at least 2 clean training features per class"):
+        D.Mahalanobis().fit(REF, y1)
+
+
+@pytest.mark.parametrize("make, method", [(D.MGM, "log_density"), (D.Mahalanobis, "class_distances")])
+def test_unfitted_messages_name_the_method(make, method):
+    with pytest.raises(Exception, match=rf"before \.{method}\(\)"):
+        getattr(make(), method)(REF)
+
+
+def test_calibrate_scores_with_the_labels_given():
+    y = torch.tensor([0, 1] * 7 + [0])
+    kd = D.KD(bandwidth=1.0).fit(REF, y)
+    kd.calibrate(Q, torch.tensor([0, 1, 0, 1, 0, 1, 0]))
+    assert torch.equal(kd.reference_scores_, kd.score(Q, torch.tensor([0, 1, 0, 1, 0, 1, 0])))
+    assert kd.reference_scores_.dtype == torch.float64
